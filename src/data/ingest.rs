@@ -1,0 +1,253 @@
+//! JSON-lines ingestion: streaming line reader (plain or gzip) and the validation of one
+//! record against SPEC §1, with a message per problem naming the field.
+
+use serde_json::{Map, Value};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
+
+use super::{ConvId, Conversation, Split, Utterance};
+use super::{MAX_AUTHOR, MAX_EMOTION, MAX_SATISFACTION, MAX_STATUS, PAD_TEXT};
+use crate::error::{Error, Result};
+use crate::store::Store;
+
+/// Reads an input file line by line, decompressing `.gz` files, in bounded memory.
+pub struct LineReader {
+    url: String,
+    inner: Box<dyn AsyncBufRead + Send + Unpin>,
+    line: u64,
+}
+
+impl LineReader {
+    pub async fn open(url: &str) -> Result<Self> {
+        let (store, name) = Store::open_file(url)?;
+        let raw = store.reader(&name).await?;
+        let inner: Box<dyn AsyncBufRead + Send + Unpin> = if name.ends_with(".gz") {
+            let mut decoder = async_compression::tokio::bufread::GzipDecoder::new(raw);
+            decoder.multiple_members(true);
+            Box::new(BufReader::with_capacity(1 << 16, decoder))
+        } else {
+            Box::new(raw)
+        };
+        Ok(LineReader { url: url.to_string(), inner, line: 0 })
+    }
+
+    /// Reads the next line into `buf` (without the line ending); returns its 1-based number,
+    /// or `None` at the end of the input.
+    pub async fn next_line(&mut self, buf: &mut Vec<u8>) -> Result<Option<u64>> {
+        buf.clear();
+        let n = self.inner.read_until(b'\n', buf).await.map_err(|e| read_error(&self.url, e))?;
+        if n == 0 {
+            return Ok(None);
+        }
+        while matches!(buf.last(), Some(b'\n' | b'\r')) {
+            buf.pop();
+        }
+        self.line += 1;
+        Ok(Some(self.line))
+    }
+}
+
+fn read_error(url: &str, e: std::io::Error) -> Error {
+    if e.kind() == std::io::ErrorKind::InvalidData || e.kind() == std::io::ErrorKind::UnexpectedEof {
+        return Error::input(format!("{url}: cannot decompress: {e}"));
+    }
+    match e.into_inner().map(|inner| inner.downcast::<object_store::Error>()) {
+        Some(Ok(store_err)) => Error::store("read", url, *store_err),
+        Some(Err(other)) => Error::Io(std::io::Error::other(other)),
+        None => Error::Io(std::io::Error::other(format!("{url}: read failed"))),
+    }
+}
+
+/// Parses and validates one JSON line. On failure returns every problem found, each
+/// naming its field.
+pub fn parse_record(line: &[u8]) -> std::result::Result<Conversation, Vec<String>> {
+    let text = std::str::from_utf8(line)
+        .map_err(|e| vec![format!("not valid UTF-8 (at byte {})", e.valid_up_to())])?;
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| vec![format!("not JSON: {} (column {})", strip_position(&e), e.column())])?;
+    let Value::Object(obj) = value else {
+        return Err(vec![format!("expected a JSON object, found {}", describe(&value))]);
+    };
+    let mut problems = Vec::new();
+    let id = parse_id(&obj).map_err(|p| problems.push(p)).ok();
+    let split = parse_split(&obj).map_err(|p| problems.push(p)).ok();
+    let labeled = split.is_some_and(Split::is_labeled);
+    let status = int_field(&obj, "status", MAX_STATUS, labeled).map_err(|p| problems.push(p)).ok();
+    let satisfaction =
+        int_field(&obj, "satisfaction", MAX_SATISFACTION, labeled).map_err(|p| problems.push(p)).ok();
+    let texts = list_field(&obj, "texts", |v| v.as_str().map(str::to_string).ok_or("a string"), &mut problems);
+    let authors = list_field(&obj, "authors", |v| small_int(v, MAX_AUTHOR), &mut problems);
+    let labels = list_field(&obj, "labels", |v| small_int(v, MAX_EMOTION), &mut problems);
+    if let (Some(t), Some(a), Some(l)) = (&texts, &authors, &labels) {
+        if t.len() != a.len() || t.len() != l.len() {
+            problems.push(format!(
+                "fields `texts`, `authors`, `labels` have different lengths ({}, {}, {})",
+                t.len(),
+                a.len(),
+                l.len()
+            ));
+        }
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    let (Some(id), Some(split), Some(status), Some(satisfaction), Some(texts), Some(authors), Some(labels)) =
+        (id, split, status, satisfaction, texts, authors, labels)
+    else {
+        unreachable!("every field parsed or a problem was recorded")
+    };
+    // Padding utterances of the original data are dropped on ingestion (SPEC §1).
+    let utterances: Vec<Utterance> = texts
+        .into_iter()
+        .zip(authors)
+        .zip(labels)
+        .filter(|((text, author), _)| text != PAD_TEXT && *author != 0)
+        .map(|((text, speaker), label)| Utterance { text, speaker, label })
+        .collect();
+    if utterances.is_empty() {
+        return Err(vec!["empty conversation: no utterances (after dropping padding)".to_string()]);
+    }
+    Ok(Conversation { id, split, status, satisfaction, utterances })
+}
+
+fn parse_id(obj: &Map<String, Value>) -> std::result::Result<ConvId, String> {
+    match obj.get("id") {
+        None => Err("missing field `id`".into()),
+        Some(Value::String(s)) if s.is_empty() => Err("field `id`: must not be empty".into()),
+        Some(Value::String(s)) => Ok(ConvId::Str(s.clone())),
+        Some(v @ Value::Number(n)) => n
+            .as_i64()
+            .map(ConvId::Int)
+            .ok_or_else(|| format!("field `id`: expected an integer or a string, found {}", describe(v))),
+        Some(v) => Err(format!("field `id`: expected an integer or a string, found {}", describe(v))),
+    }
+}
+
+fn parse_split(obj: &Map<String, Value>) -> std::result::Result<Split, String> {
+    match obj.get("split") {
+        None => Err("missing field `split`".into()),
+        Some(Value::String(s)) => Split::parse(s).ok_or_else(|| {
+            format!("field `split`: unknown split {s:?} (expected train, val, test or unlabeled)")
+        }),
+        Some(v) => Err(format!("field `split`: expected a string, found {}", describe(v))),
+    }
+}
+
+fn int_field(
+    obj: &Map<String, Value>,
+    name: &str,
+    max: u8,
+    required: bool,
+) -> std::result::Result<Option<u8>, String> {
+    match obj.get(name) {
+        None | Some(Value::Null) if required => {
+            Err(format!("missing field `{name}` (required on labeled splits)"))
+        }
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => small_int(v, max).map(Some).map_err(|e| format!("field `{name}`: {e}")),
+    }
+}
+
+fn small_int(v: &Value, max: u8) -> std::result::Result<u8, String> {
+    match v.as_i64() {
+        Some(i) if (0..=i64::from(max)).contains(&i) => Ok(i as u8),
+        Some(i) => Err(format!("{i} is out of range 0..={max}")),
+        None => Err(format!("expected an integer, found {}", describe(v))),
+    }
+}
+
+fn list_field<T, E: std::fmt::Display>(
+    obj: &Map<String, Value>,
+    name: &str,
+    item: impl Fn(&Value) -> std::result::Result<T, E>,
+    problems: &mut Vec<String>,
+) -> Option<Vec<T>> {
+    let list = match obj.get(name) {
+        None => {
+            problems.push(format!("missing field `{name}`"));
+            return None;
+        }
+        Some(Value::Array(list)) => list,
+        Some(v) => {
+            problems.push(format!("field `{name}`: expected a list, found {}", describe(v)));
+            return None;
+        }
+    };
+    let before = problems.len();
+    let out: Vec<T> = list
+        .iter()
+        .enumerate()
+        .filter_map(|(i, v)| {
+            item(v).map_err(|e| problems.push(format!("field `{name}[{i}]`: {}", expected(e, v)))).ok()
+        })
+        .collect();
+    (problems.len() == before).then_some(out)
+}
+
+fn expected(e: impl std::fmt::Display, v: &Value) -> String {
+    let e = e.to_string();
+    if e.starts_with("a ") { format!("expected {e}, found {}", describe(v)) } else { e }
+}
+
+fn describe(v: &Value) -> String {
+    match v {
+        Value::Null => "null".into(),
+        Value::Bool(b) => format!("a boolean ({b})"),
+        Value::Number(n) => format!("a number ({n})"),
+        Value::String(s) if s.len() > 40 => format!("a string ({:?}…)", &s[..s.floor_char_boundary(40)]),
+        Value::String(s) => format!("a string ({s:?})"),
+        Value::Array(_) => "a list".into(),
+        Value::Object(_) => "an object".into(),
+    }
+}
+
+/// serde_json appends " at line L column C"; the line is always 1 here, so keep the message.
+fn strip_position(e: &serde_json::Error) -> String {
+    let msg = e.to_string();
+    match msg.rfind(" at line ") {
+        Some(i) => msg[..i].to_string(),
+        None => msg,
+    }
+}
+
+/// Serialises a conversation back to the JSON-lines input format.
+pub fn to_record(c: &Conversation) -> Value {
+    serde_json::json!({
+        "id": c.id,
+        "split": c.split,
+        "status": c.status,
+        "satisfaction": c.satisfaction,
+        "texts": c.utterances.iter().map(|u| &u.text).collect::<Vec<_>>(),
+        "authors": c.utterances.iter().map(|u| u.speaker).collect::<Vec<_>>(),
+        "labels": c.utterances.iter().map(|u| u.label).collect::<Vec<_>>(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(line: &str) -> Conversation {
+        parse_record(line.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn drops_padding_and_keeps_ids_as_given() {
+        let c = ok(r#"{"id":"c-1","split":"train","status":1,"satisfaction":3,
+            "texts":["a","<pad>","b"],"authors":[2,0,3],"labels":[1,0,2]}"#);
+        assert_eq!(c.id, ConvId::Str("c-1".into()));
+        assert_eq!(c.utterances.len(), 2);
+        assert_eq!(c.utterances[1], Utterance { text: "b".into(), speaker: 3, label: 2 });
+        let c = ok(r#"{"id":7,"split":"unlabeled","texts":["x"],"authors":[2],"labels":[0]}"#);
+        assert_eq!((c.id, c.status, c.satisfaction), (ConvId::Int(7), None, None));
+    }
+
+    #[test]
+    fn reports_every_problem_of_a_record() {
+        let errs = parse_record(br#"{"id":1.5,"split":"train","status":9,"satisfaction":3,"texts":["a",2],"authors":[2,2],"labels":[1,1]}"#)
+            .unwrap_err();
+        assert_eq!(errs.len(), 3, "{errs:?}");
+        assert!(errs[0].contains("field `id`"));
+        assert!(errs[1].contains("field `status`: 9 is out of range 0..=4"));
+        assert!(errs[2].contains("field `texts[1]`: expected a string, found a number (2)"));
+    }
+}

@@ -1,0 +1,265 @@
+//! `conversations.parquet`: one row per conversation, utterances as a list of
+//! `{text, speaker, label}` structs, zstd-compressed, written in bounded row groups.
+
+use std::sync::Arc;
+
+use arrow_array::builder::{Int32Builder, Int64Builder, StringBuilder};
+use arrow_array::{Array, ArrayRef, Int32Array, Int64Array, ListArray, RecordBatch, StringArray, StructArray};
+use arrow_schema::{DataType, Field, Fields, Schema, SchemaRef};
+use bytes::Bytes;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::AsyncArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use tokio::io::AsyncWrite;
+
+use super::{ConvId, Conversation, Split, Utterance};
+use crate::error::{Error, Result};
+
+/// The file name prep writes.
+pub const CONVERSATIONS: &str = "conversations.parquet";
+/// Conversations per row group (and per Arrow batch): bounds the writer's memory.
+pub const ROW_GROUP: usize = 4096;
+
+/// Whether conversation ids are integers or strings; fixed by the first record of a dataset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdKind {
+    Int,
+    Str,
+}
+
+impl IdKind {
+    pub fn of(id: &ConvId) -> IdKind {
+        match id {
+            ConvId::Int(_) => IdKind::Int,
+            ConvId::Str(_) => IdKind::Str,
+        }
+    }
+}
+
+fn utterance_fields() -> Fields {
+    Fields::from(vec![
+        Field::new("text", DataType::Utf8, false),
+        Field::new("speaker", DataType::Int32, false),
+        Field::new("label", DataType::Int32, false),
+    ])
+}
+
+/// The Arrow schema of `conversations.parquet`.
+pub fn schema(id: IdKind) -> SchemaRef {
+    let id_type = match id {
+        IdKind::Int => DataType::Int64,
+        IdKind::Str => DataType::Utf8,
+    };
+    let item = Field::new("item", DataType::Struct(utterance_fields()), false);
+    Arc::new(Schema::new(vec![
+        Field::new("id", id_type, false),
+        Field::new("split", DataType::Utf8, false),
+        Field::new("status", DataType::Int32, true),
+        Field::new("satisfaction", DataType::Int32, true),
+        Field::new("utterances", DataType::List(Arc::new(item)), false),
+    ]))
+}
+
+/// Converts conversations (all with ids of one kind) into a record batch.
+pub fn to_batch(id: IdKind, rows: &[Conversation]) -> Result<RecordBatch> {
+    let ids: ArrayRef = match id {
+        IdKind::Int => {
+            let mut b = Int64Builder::with_capacity(rows.len());
+            for c in rows {
+                match &c.id {
+                    ConvId::Int(i) => b.append_value(*i),
+                    ConvId::Str(_) => return Err(Error::Other("mixed id kinds in one batch".into())),
+                }
+            }
+            Arc::new(b.finish())
+        }
+        IdKind::Str => {
+            let mut b = StringBuilder::new();
+            for c in rows {
+                match &c.id {
+                    ConvId::Str(s) => b.append_value(s),
+                    ConvId::Int(_) => return Err(Error::Other("mixed id kinds in one batch".into())),
+                }
+            }
+            Arc::new(b.finish())
+        }
+    };
+    let split = StringArray::from_iter_values(rows.iter().map(|c| c.split.as_str()));
+    let status: Int32Array = rows.iter().map(|c| c.status.map(i32::from)).collect();
+    let satisfaction: Int32Array = rows.iter().map(|c| c.satisfaction.map(i32::from)).collect();
+    let n_utt: usize = rows.iter().map(|c| c.utterances.len()).sum();
+    let mut text = StringBuilder::with_capacity(n_utt, n_utt * 64);
+    let mut speaker = Int32Builder::with_capacity(n_utt);
+    let mut label = Int32Builder::with_capacity(n_utt);
+    for u in rows.iter().flat_map(|c| &c.utterances) {
+        text.append_value(&u.text);
+        speaker.append_value(i32::from(u.speaker));
+        label.append_value(i32::from(u.label));
+    }
+    let items = StructArray::try_new(
+        utterance_fields(),
+        vec![Arc::new(text.finish()), Arc::new(speaker.finish()), Arc::new(label.finish())],
+        None,
+    )?;
+    let offsets = arrow_buffer::OffsetBuffer::from_lengths(rows.iter().map(|c| c.utterances.len()));
+    let item = Arc::new(Field::new("item", DataType::Struct(utterance_fields()), false));
+    let utterances = ListArray::try_new(item, offsets, Arc::new(items), None)?;
+    Ok(RecordBatch::try_new(
+        schema(id),
+        vec![ids, Arc::new(split), Arc::new(status), Arc::new(satisfaction), Arc::new(utterances)],
+    )?)
+}
+
+/// Streams conversations into a Parquet file, one row group per [`ROW_GROUP`] rows.
+pub struct ConversationWriter<W: AsyncWrite + Unpin + Send> {
+    id: IdKind,
+    url: String,
+    writer: AsyncArrowWriter<W>,
+    pending: Vec<Conversation>,
+    rows: u64,
+}
+
+impl<W: AsyncWrite + Unpin + Send> ConversationWriter<W> {
+    pub fn new(sink: W, id: IdKind, url: &str) -> Result<Self> {
+        let props = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).expect("valid zstd level")))
+            .set_max_row_group_row_count(Some(ROW_GROUP))
+            .set_created_by(crate::store::manifest::program())
+            .build();
+        let writer = AsyncArrowWriter::try_new(sink, schema(id), Some(props))
+            .map_err(|source| Error::Parquet { url: url.to_string(), source })?;
+        Ok(ConversationWriter { id, url: url.to_string(), writer, pending: Vec::with_capacity(ROW_GROUP), rows: 0 })
+    }
+
+    /// The id kind this file was created for.
+    pub fn id_kind(&self) -> IdKind {
+        self.id
+    }
+
+    pub async fn push(&mut self, conversation: Conversation) -> Result<()> {
+        self.pending.push(conversation);
+        if self.pending.len() >= ROW_GROUP {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let batch = to_batch(self.id, &self.pending)?;
+        self.writer.write(&batch).await.map_err(|source| Error::Parquet { url: self.url.clone(), source })?;
+        self.rows += self.pending.len() as u64;
+        self.pending.clear();
+        Ok(())
+    }
+
+    /// Writes what is pending and the footer; returns the number of rows.
+    pub async fn finish(mut self) -> Result<(u64, W)> {
+        self.flush().await?;
+        let url = self.url.clone();
+        // `finish` writes the footer and shuts the sink down (completing the upload).
+        self.writer.finish().await.map_err(|source| Error::Parquet { url, source })?;
+        Ok((self.rows, self.writer.into_inner()))
+    }
+}
+
+/// Reads a whole `conversations.parquet` back into records.
+pub fn read_conversations(bytes: Bytes, url: &str) -> Result<Vec<Conversation>> {
+    let perr = |source| Error::Parquet { url: url.to_string(), source };
+    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(perr)?.build().map_err(perr)?;
+    let mut out = Vec::new();
+    for batch in reader {
+        out.extend(from_batch(&batch?, url)?);
+    }
+    Ok(out)
+}
+
+fn column<'a, T: 'static>(batch: &'a RecordBatch, name: &str, url: &str) -> Result<&'a T> {
+    batch
+        .column_by_name(name)
+        .and_then(|c| c.as_any().downcast_ref::<T>())
+        .ok_or_else(|| Error::input(format!("{url}: column `{name}` missing or of the wrong type")))
+}
+
+/// Converts a record batch with the [`schema`] back into conversations.
+pub fn from_batch(batch: &RecordBatch, url: &str) -> Result<Vec<Conversation>> {
+    let id_col = batch
+        .column_by_name("id")
+        .ok_or_else(|| Error::input(format!("{url}: column `id` missing")))?;
+    let ids: Vec<ConvId> = if let Some(a) = id_col.as_any().downcast_ref::<Int64Array>() {
+        a.values().iter().map(|&i| ConvId::Int(i)).collect()
+    } else if let Some(a) = id_col.as_any().downcast_ref::<StringArray>() {
+        a.iter().map(|s| ConvId::Str(s.unwrap_or_default().to_string())).collect()
+    } else {
+        return Err(Error::input(format!("{url}: column `id` is neither int64 nor string")));
+    };
+    let split: &StringArray = column(batch, "split", url)?;
+    let status: &Int32Array = column(batch, "status", url)?;
+    let satisfaction: &Int32Array = column(batch, "satisfaction", url)?;
+    let utterances: &ListArray = column(batch, "utterances", url)?;
+    let items = utterances
+        .values()
+        .as_any()
+        .downcast_ref::<StructArray>()
+        .ok_or_else(|| Error::input(format!("{url}: `utterances` is not a list of structs")))?;
+    let text = items.column_by_name("text").and_then(|c| c.as_any().downcast_ref::<StringArray>());
+    let speaker = items.column_by_name("speaker").and_then(|c| c.as_any().downcast_ref::<Int32Array>());
+    let label = items.column_by_name("label").and_then(|c| c.as_any().downcast_ref::<Int32Array>());
+    let (Some(text), Some(speaker), Some(label)) = (text, speaker, label) else {
+        return Err(Error::input(format!("{url}: `utterances` items lack text/speaker/label")));
+    };
+    let opt = |a: &Int32Array, i: usize| (!a.is_null(i)).then(|| a.value(i) as u8);
+    let offsets = utterances.value_offsets();
+    ids.into_iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let split = Split::parse(split.value(i))
+                .ok_or_else(|| Error::input(format!("{url}: row {i}: unknown split {:?}", split.value(i))))?;
+            let range = offsets[i] as usize..offsets[i + 1] as usize;
+            Ok(Conversation {
+                id,
+                split,
+                status: opt(status, i),
+                satisfaction: opt(satisfaction, i),
+                utterances: range
+                    .map(|j| Utterance {
+                        text: text.value(j).to_string(),
+                        speaker: speaker.value(j) as u8,
+                        label: label.value(j) as u8,
+                    })
+                    .collect(),
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn round_trips_through_parquet_in_several_row_groups() {
+        let rows: Vec<Conversation> = (0..(ROW_GROUP as i64 + 10))
+            .map(|i| Conversation {
+                id: ConvId::Str(format!("c{i}")),
+                split: if i % 2 == 0 { Split::Train } else { Split::Unlabeled },
+                status: (i % 2 == 0).then_some((i % 5) as u8),
+                satisfaction: (i % 2 == 0).then_some((i % 7) as u8),
+                utterances: (0..(1 + i % 4))
+                    .map(|j| Utterance { text: format!("é {i} {j}"), speaker: 2 + (j % 2) as u8, label: j as u8 })
+                    .collect(),
+            })
+            .collect();
+        let mut w = ConversationWriter::new(Vec::<u8>::new(), IdKind::Str, "mem").unwrap();
+        for r in rows.clone() {
+            w.push(r).await.unwrap();
+        }
+        let (n, bytes) = w.finish().await.unwrap();
+        assert_eq!(n as usize, rows.len());
+        let back = read_conversations(Bytes::from(bytes), "mem").unwrap();
+        assert_eq!(back, rows);
+    }
+}

@@ -1,0 +1,277 @@
+//! The seeded synthetic dataset that stands in for the confidential one (SPEC §1):
+//! French-like sentences, 5–15 utterances, uniform labels; and a `learnable` variant whose
+//! speaker role, status and satisfaction can be predicted from the words.
+
+use rand::seq::IndexedRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use super::{ConvId, Conversation, Split, Utterance};
+use crate::error::{Error, Result};
+
+/// Settings of the generator; the defaults are the dummy dataset's sizes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SyntheticConfig {
+    pub seed: u64,
+    pub train: usize,
+    pub val: usize,
+    pub test: usize,
+    pub unlabeled: usize,
+    pub min_utterances: usize,
+    pub max_utterances: usize,
+    /// Put words in the text that reveal the speaker role, status and satisfaction.
+    pub learnable: bool,
+}
+
+impl Default for SyntheticConfig {
+    fn default() -> Self {
+        SyntheticConfig {
+            seed: 42,
+            train: 1000,
+            val: 250,
+            test: 250,
+            unlabeled: 4300,
+            min_utterances: 5,
+            max_utterances: 15,
+            learnable: false,
+        }
+    }
+}
+
+impl SyntheticConfig {
+    pub fn validate(&self) -> Result<()> {
+        if self.min_utterances == 0 || self.min_utterances > self.max_utterances {
+            return Err(Error::config(format!(
+                "synthetic: need 1 <= min_utterances <= max_utterances, got {}..{}",
+                self.min_utterances, self.max_utterances
+            )));
+        }
+        if self.total() == 0 {
+            return Err(Error::config("synthetic: all split sizes are 0"));
+        }
+        Ok(())
+    }
+
+    pub fn total(&self) -> usize {
+        self.train + self.val + self.test + self.unlabeled
+    }
+
+    /// Multiplies every split size by `factor`.
+    pub fn scaled(mut self, factor: usize) -> Self {
+        self.train *= factor;
+        self.val *= factor;
+        self.test *= factor;
+        self.unlabeled *= factor;
+        self
+    }
+
+    /// The conversations, in split order (train, val, test, unlabeled), ids 0..total.
+    pub fn generate(&self) -> impl Iterator<Item = Conversation> + Send + '_ {
+        let vocab = Vocab::new();
+        let splits = [
+            (Split::Train, self.train),
+            (Split::Val, self.val),
+            (Split::Test, self.test),
+            (Split::Unlabeled, self.unlabeled),
+        ];
+        splits
+            .into_iter()
+            .flat_map(|(split, n)| std::iter::repeat_n(split, n))
+            .enumerate()
+            .map(move |(i, split)| self.conversation(&vocab, i as u64, split))
+    }
+
+    fn conversation(&self, vocab: &Vocab, index: u64, split: Split) -> Conversation {
+        // One stream per conversation: any conversation can be generated on its own.
+        let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
+        rng.set_stream(index);
+        let n = rng.random_range(self.min_utterances..=self.max_utterances);
+        let (status, satisfaction) = if split.is_labeled() {
+            (Some(rng.random_range(0..=4u8)), Some(rng.random_range(0..=6u8)))
+        } else {
+            (None, None)
+        };
+        let mut utterances: Vec<Utterance> = (0..n)
+            .map(|_| {
+                let speaker = rng.random_range(2..=3u8);
+                let label = rng.random_range(0..=9u8);
+                let mut words = vocab.sentence(&mut rng);
+                if self.learnable {
+                    let markers = if speaker == 2 { CUSTOMER } else { OPERATOR };
+                    insert_words(&mut rng, &mut words, markers, 2);
+                }
+                Utterance { text: finish_sentence(&mut rng, words), speaker, label }
+            })
+            .collect();
+        if self.learnable {
+            if let Some(s) = status {
+                for _ in 0..2 {
+                    let u = rng.random_range(0..utterances.len());
+                    append_word(&mut utterances[u].text, STATUS[s as usize].choose(&mut rng).unwrap());
+                }
+            }
+            if let Some(s) = satisfaction {
+                let last = utterances.len() - 1;
+                append_word(&mut utterances[last].text, SATISFACTION[s as usize].choose(&mut rng).unwrap());
+            }
+        }
+        Conversation { id: ConvId::Int(index as i64), split, status, satisfaction, utterances }
+    }
+}
+
+/// Writes the dataset as JSON lines to `url` (gzip-compressed when it ends in `.gz`);
+/// returns the number of conversations. The file appears whole or not at all.
+pub async fn write_jsonl(config: &SyntheticConfig, url: &str) -> Result<u64> {
+    use tokio::io::{AsyncWrite, AsyncWriteExt};
+    let (store, name) = crate::store::Store::open_file(url)
+        .or_else(|_| {
+            // The parent directory may not exist yet.
+            let parent = url.rsplit_once('/').map_or(".", |(p, _)| p);
+            crate::store::Store::create(parent)?;
+            crate::store::Store::open_file(url)
+        })?;
+    let writer = store.writer(&name);
+    let mut sink: Box<dyn AsyncWrite + Unpin + Send> = if name.ends_with(".gz") {
+        Box::new(async_compression::tokio::write::GzipEncoder::new(writer))
+    } else {
+        Box::new(writer)
+    };
+    let mut n = 0;
+    let mut line = Vec::with_capacity(4096);
+    for conversation in config.generate() {
+        line.clear();
+        serde_json::to_writer(&mut line, &super::ingest::to_record(&conversation))?;
+        line.push(b'\n');
+        sink.write_all(&line).await?;
+        n += 1;
+    }
+    sink.shutdown().await?;
+    Ok(n)
+}
+
+const FUNCTION_WORDS: &[&str] = &[
+    "le", "la", "les", "de", "des", "du", "et", "un", "une", "je", "vous", "nous", "il", "elle",
+    "est", "a", "à", "pour", "avec", "sur", "dans", "pas", "ne", "que", "qui", "ça", "très",
+    "déjà", "été", "où", "mais", "donc", "aussi", "plus", "bien", "votre", "mon", "ma",
+];
+const SYLLABLES: &[&str] = &[
+    "la", "ré", "con", "ti", "nu", "mé", "pro", "ser", "vi", "ce", "tion", "ment", "por", "ta",
+    "ble", "ri", "que", "ou", "eu", "an", "on", "in", "è", "ê", "ça", "gé", "dé", "pas", "fi",
+    "ran", "té", "lo", "gi", "mar", "cho", "sé", "quen", "bou", "leur", "ain", "oi", "vé", "ter",
+];
+const CUSTOMER: &[&str] = &["bonjour", "aidez-moi", "ma_commande", "panne", "pourquoi", "urgent", "client", "colis"];
+const OPERATOR: &[&str] = &["conseiller", "vérifions", "patienter", "dossier", "procédure", "désolé", "assistance", "ticket"];
+const STATUS: [&[&str]; 5] = [
+    &["interrompu", "abandon", "déconnecté"],
+    &["résolu", "réglé", "fonctionne"],
+    &["tester", "essayer", "vérifiez"],
+    &["hors_sujet", "autre_service", "redirigé"],
+    &["impossible", "aucune_solution", "bloqué"],
+];
+const SATISFACTION: [&[&str]; 7] = [
+    &["furieux", "inadmissible"],
+    &["mécontent", "déçu"],
+    &["bof", "moyen"],
+    &["neutre", "correct"],
+    &["satisfait", "merci"],
+    &["content", "efficace"],
+    &["ravi", "parfait"],
+];
+
+/// A fixed pseudo-French vocabulary (independent of the seed, so datasets share words).
+struct Vocab {
+    words: Vec<String>,
+}
+
+impl Vocab {
+    fn new() -> Vocab {
+        let mut rng = ChaCha8Rng::seed_from_u64(0x7AF7);
+        let mut words: Vec<String> = FUNCTION_WORDS.iter().map(|w| w.to_string()).collect();
+        while words.len() < 1500 {
+            let n = rng.random_range(1..=3);
+            let word: String = (0..n).map(|_| *SYLLABLES.choose(&mut rng).unwrap()).collect();
+            if !words.contains(&word) {
+                words.push(word);
+            }
+        }
+        Vocab { words }
+    }
+
+    fn sentence(&self, rng: &mut ChaCha8Rng) -> Vec<String> {
+        let n = rng.random_range(4..=14);
+        (0..n)
+            .map(|_| {
+                // Function words are frequent, as in real text.
+                if rng.random_bool(0.4) {
+                    FUNCTION_WORDS.choose(rng).unwrap().to_string()
+                } else {
+                    self.words.choose(rng).unwrap().clone()
+                }
+            })
+            .collect()
+    }
+}
+
+fn insert_words(rng: &mut ChaCha8Rng, words: &mut Vec<String>, from: &[&str], n: usize) {
+    for _ in 0..n {
+        let at = rng.random_range(0..=words.len());
+        words.insert(at, from.choose(rng).unwrap().to_string());
+    }
+}
+
+fn append_word(text: &mut String, word: &str) {
+    let end = text.pop();
+    text.push(' ');
+    text.push_str(word);
+    text.extend(end);
+}
+
+fn finish_sentence(rng: &mut ChaCha8Rng, words: Vec<String>) -> String {
+    let mut text = words.join(" ");
+    if let Some(first) = text.chars().next() {
+        let upper: String = first.to_uppercase().collect();
+        text.replace_range(..first.len_utf8(), &upper);
+    }
+    text.push_str([".", "?", "!", "."].choose(rng).unwrap());
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_seed_same_data_and_spec_ranges() {
+        let cfg = SyntheticConfig { train: 20, val: 5, test: 5, unlabeled: 30, ..Default::default() };
+        let a: Vec<_> = cfg.generate().collect();
+        let b: Vec<_> = cfg.generate().collect();
+        assert_eq!(a, b);
+        assert_eq!(a.len(), 60);
+        let other: Vec<_> = SyntheticConfig { seed: 7, ..cfg.clone() }.generate().collect();
+        assert_ne!(a, other);
+        for c in &a {
+            assert!((5..=15).contains(&c.utterances.len()));
+            assert_eq!(c.status.is_some(), c.split.is_labeled());
+            assert!(c.status.unwrap_or(0) <= 4 && c.satisfaction.unwrap_or(0) <= 6);
+            assert!(c.utterances.iter().all(|u| (2..=3).contains(&u.speaker) && u.label <= 9));
+        }
+        assert!(a.iter().any(|c| c.utterances.iter().any(|u| !u.text.is_ascii())), "accents expected");
+    }
+
+    #[test]
+    fn learnable_variant_reveals_labels_in_words() {
+        let cfg = SyntheticConfig { train: 50, val: 0, test: 0, unlabeled: 0, learnable: true, ..Default::default() };
+        for c in cfg.generate() {
+            for u in &c.utterances {
+                let markers = if u.speaker == 2 { CUSTOMER } else { OPERATOR };
+                assert!(markers.iter().any(|m| u.text.contains(m)), "{:?}", u);
+            }
+            let all: String = c.utterances.iter().map(|u| u.text.as_str()).collect::<Vec<_>>().join(" ");
+            assert!(STATUS[c.status.unwrap() as usize].iter().any(|m| all.contains(m)));
+            let last = &c.utterances.last().unwrap().text;
+            assert!(SATISFACTION[c.satisfaction.unwrap() as usize].iter().any(|m| last.contains(m)));
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! The `taft` binary: parse the command line, run, and turn the outcome into an exit code.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use taft::config::RawConfig;
+use taft::steps::{self, Overrides, Report, StepKind};
+
+mod cli;
+use cli::{Cli, Command, LogFormat};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let json = match cli.log_format {
+        LogFormat::Json => true,
+        LogFormat::Text => false,
+        LogFormat::Auto => !std::io::stderr().is_terminal(),
+    };
+    init_logging(json);
+    taft::progress::set_interactive(!json && std::io::stderr().is_terminal());
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(taft::error::exit_code(&err))
+        }
+    }
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TAFT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("taft=info,warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().flatten_event(true).with_current_span(true).with_span_list(false).init();
+    } else {
+        builder.compact().init();
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    match command {
+        Command::Prep(args) => runtime.block_on(step(StepKind::Prep, args)),
+        Command::Run(args) => runtime.block_on(workflow(args)),
+        Command::Synth(args) => runtime.block_on(synth(args)),
+        Command::Info => {
+            println!("{}", serde_json::to_string_pretty(&taft::runtime::describe())?);
+            Ok(())
+        }
+    }
+}
+
+async fn step(kind: StepKind, args: cli::StepArgs) -> anyhow::Result<()> {
+    let mut raw = match &args.config {
+        Some(path) => RawConfig::from_file(path)?,
+        None => RawConfig::empty("(command line)"),
+    };
+    raw.apply_sets(&args.sets)?;
+    let overrides = Overrides { inputs: args.inputs, out: args.out, force: args.force };
+    let report = steps::run(kind, &raw, &overrides).await.with_context(|| format!("taft {}", kind.name()))?;
+    print_report(&report);
+    Ok(())
+}
+
+fn print_report(report: &Report) {
+    if report.up_to_date {
+        println!("{}: up to date: {}", report.step, report.out);
+    } else {
+        println!("{}: done: {} {}", report.step, report.out, report.summary);
+    }
+}
+
+async fn workflow(args: cli::RunArgs) -> anyhow::Result<()> {
+    let wf = taft::workflow::Workflow::load(&args.workflow, args.store.as_deref())?;
+    if args.dry_run {
+        for step in &wf.steps {
+            let inputs = step.overrides.inputs.join(", ");
+            println!("{} ({}) <- [{inputs}] -> {}", step.name, step.kind.name(), step.overrides.out.as_deref().unwrap_or(""));
+        }
+        return Ok(());
+    }
+    let outcome = taft::workflow::runner::run(&wf, args.force, args.jobs)
+        .await
+        .with_context(|| format!("workflow {}", wf.source))?;
+    for report in &outcome.reports {
+        print_report(report);
+    }
+    println!("workflow {}: {} step(s) finished; outputs under {}", wf.name, outcome.reports.len(), wf.store);
+    Ok(())
+}
+
+async fn synth(args: cli::SynthArgs) -> anyhow::Result<()> {
+    let mut raw = match &args.config {
+        Some(path) => RawConfig::from_file(path)?,
+        None => RawConfig::empty("(command line)"),
+    };
+    raw.apply_sets(&args.sets)?;
+    let config: taft::data::synthetic::SyntheticConfig = raw.resolve()?;
+    let config = config.scaled(args.scale);
+    config.validate()?;
+    let n = taft::data::synthetic::write_jsonl(&config, &args.out).await?;
+    println!("synth: wrote {n} conversations to {}", args.out);
+    Ok(())
+}

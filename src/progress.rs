@@ -1,0 +1,65 @@
+//! Progress reporting: a bar on a terminal, periodic log events otherwise (what schedulers
+//! collect).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+static INTERACTIVE: AtomicBool = AtomicBool::new(false);
+
+/// Chooses bars (a person at a terminal) or log events; set once by the binary.
+pub fn set_interactive(on: bool) {
+    INTERACTIVE.store(on, Ordering::Relaxed);
+}
+
+/// Counts work items for one phase of a step.
+pub struct Progress {
+    what: &'static str,
+    unit: &'static str,
+    bar: Option<ProgressBar>,
+    count: AtomicU64,
+    started: Instant,
+    last_log: Mutex<Instant>,
+}
+
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
+impl Progress {
+    pub fn new(what: &'static str, unit: &'static str) -> Self {
+        let bar = INTERACTIVE.load(Ordering::Relaxed).then(|| {
+            let bar = ProgressBar::new_spinner();
+            bar.set_style(
+                ProgressStyle::with_template("{spinner} {prefix} {human_pos} {msg} ({per_sec}, {elapsed})")
+                    .expect("valid template"),
+            );
+            bar.set_prefix(what);
+            bar.set_message(unit);
+            bar.enable_steady_tick(Duration::from_millis(200));
+            bar
+        });
+        let now = Instant::now();
+        Progress { what, unit, bar, count: AtomicU64::new(0), started: now, last_log: Mutex::new(now) }
+    }
+
+    pub fn inc(&self, n: u64) {
+        let total = self.count.fetch_add(n, Ordering::Relaxed) + n;
+        if let Some(bar) = &self.bar {
+            bar.inc(n);
+            return;
+        }
+        let mut last = self.last_log.lock().unwrap_or_else(|e| e.into_inner());
+        if last.elapsed() >= LOG_EVERY {
+            *last = Instant::now();
+            let rate = total as f64 / self.started.elapsed().as_secs_f64();
+            tracing::info!(phase = self.what, count = total, unit = self.unit, per_sec = rate.round(), "progress");
+        }
+    }
+
+    pub fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}

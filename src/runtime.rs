@@ -1,0 +1,70 @@
+//! The compute back ends this build carries: libtorch through `tch` (training) and ONNX
+//! Runtime through `ort` (inference), and where each was found.
+
+use serde_json::{json, Value};
+
+/// The libtorch version this binary was built against (checked by build.rs).
+pub const LIBTORCH_VERSION: Option<&str> = option_env!("TAFT_LIBTORCH_VERSION");
+
+/// A description of the back ends, for `taft info`.
+pub fn describe() -> Value {
+    json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "train": train(),
+        "serve": serve(),
+    })
+}
+
+#[cfg(feature = "train")]
+fn train() -> Value {
+    // A small computation proves the library is linked and runs, not only that it loads.
+    let a = tch::Tensor::from_slice(&[1.0f32, 2.0, 3.0, 4.0]).reshape([2, 2]);
+    let check = a.matmul(&a).sum(tch::Kind::Float).double_value(&[]);
+    json!({
+        "libtorch": LIBTORCH_VERSION,
+        "cuda": tch::Cuda::is_available(),
+        "cuda_devices": tch::Cuda::device_count(),
+        "threads": tch::get_num_threads(),
+        "matmul_check": check,
+    })
+}
+
+#[cfg(not(feature = "train"))]
+fn train() -> Value {
+    Value::Null
+}
+
+/// The ONNX Runtime library: `ORT_DYLIB_PATH`, else the one found at build time.
+#[cfg(feature = "serve")]
+pub fn ort_dylib() -> Option<std::path::PathBuf> {
+    std::env::var_os("ORT_DYLIB_PATH")
+        .map(std::path::PathBuf::from)
+        .or_else(|| option_env!("TAFT_ORT_DYLIB").map(std::path::PathBuf::from))
+}
+
+/// Loads ONNX Runtime once per process; returns its build description.
+#[cfg(feature = "serve")]
+pub fn init_ort() -> crate::Result<&'static str> {
+    use std::sync::OnceLock;
+    static INFO: OnceLock<std::result::Result<&'static str, String>> = OnceLock::new();
+    INFO.get_or_init(|| {
+        let path = ort_dylib().ok_or("no ONNX Runtime library: set ORT_DYLIB_PATH")?;
+        ort::init_from(&path).map_err(|e| format!("ONNX Runtime {}: {e}", path.display()))?;
+        Ok(ort::info())
+    })
+    .clone()
+    .map_err(crate::Error::Other)
+}
+
+#[cfg(feature = "serve")]
+fn serve() -> Value {
+    match init_ort() {
+        Ok(info) => json!({"onnxruntime": ort_dylib(), "build": info}),
+        Err(e) => json!({"error": e.to_string()}),
+    }
+}
+
+#[cfg(not(feature = "serve"))]
+fn serve() -> Value {
+    Value::Null
+}

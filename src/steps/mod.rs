@@ -1,0 +1,155 @@
+//! The pipeline steps. Each is a typed config plus `run`; [`drive`] gives every step the
+//! same contract: resolve and validate the config, fingerprint it with the inputs, skip when
+//! the output is up to date, otherwise run and commit atomically.
+
+pub mod prep;
+
+use std::future::Future;
+
+use serde::de::DeserializeOwned;
+use tracing::Instrument;
+use serde::{Deserialize, Serialize};
+
+use crate::config::RawConfig;
+use crate::error::{Error, Result};
+use crate::store::commit::{Begin, Output};
+use crate::store::manifest::{self, Manifest};
+use crate::store::Store;
+
+/// Every step kind, as named on the command line and in workflows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum StepKind {
+    /// JSON lines (or synthetic data) → validated `conversations.parquet` + `stats.json`.
+    Prep,
+}
+
+impl StepKind {
+    pub const ALL: [StepKind; 1] = [StepKind::Prep];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            StepKind::Prep => prep::Prep::NAME,
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<StepKind> {
+        StepKind::ALL.into_iter().find(|k| k.name() == s)
+    }
+}
+
+/// What a caller gives on top of the config document (CLI flags, workflow wiring).
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// Replaces the config's `inputs` when not empty.
+    pub inputs: Vec<String>,
+    /// Replaces the config's `out`.
+    pub out: Option<String>,
+    /// Run even when the output is up to date.
+    pub force: bool,
+}
+
+/// What a step did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub step: String,
+    pub out: String,
+    pub up_to_date: bool,
+    pub fingerprint: String,
+    pub summary: serde_json::Value,
+}
+
+/// Inputs and output of a step config.
+pub trait StepIo {
+    fn inputs(&self) -> &[String];
+    fn out(&self) -> Option<&str>;
+}
+
+/// One pipeline step.
+pub trait Step {
+    const NAME: &'static str;
+    type Config: DeserializeOwned + Serialize + StepIo + Send + Sync;
+
+    /// Checks what serde cannot (ranges, combinations) before any work starts.
+    fn validate(config: &Self::Config) -> Result<()>;
+
+    /// Does the work, writing files through `out`; returns the summary for the manifest.
+    fn run(config: &Self::Config, out: &mut Output) -> impl Future<Output = Result<serde_json::Value>> + Send;
+}
+
+/// Resolves and validates a step's config without running it.
+pub fn check(kind: StepKind, raw: &RawConfig, overrides: &Overrides) -> Result<()> {
+    match kind {
+        StepKind::Prep => resolve::<prep::Prep>(raw, overrides).map(drop),
+    }
+}
+
+/// Runs one step under the step contract.
+pub async fn run(kind: StepKind, raw: &RawConfig, overrides: &Overrides) -> Result<Report> {
+    match kind {
+        StepKind::Prep => drive::<prep::Prep>(raw, overrides).await,
+    }
+}
+
+fn resolve<S: Step>(raw: &RawConfig, overrides: &Overrides) -> Result<S::Config> {
+    let mut raw = raw.clone();
+    if !overrides.inputs.is_empty() {
+        let list = overrides.inputs.iter().map(|s| serde_yaml::Value::String(s.clone())).collect();
+        raw.set("inputs", serde_yaml::Value::Sequence(list)).map_err(Error::config)?;
+    }
+    if let Some(out) = &overrides.out {
+        raw.set("out", serde_yaml::Value::String(out.clone())).map_err(Error::config)?;
+    }
+    let config: S::Config = raw.resolve()?;
+    if config.out().is_none() {
+        return Err(Error::config(format!(
+            "config {}: no output: give `--out URL` or `out:` in the config",
+            raw.source
+        )));
+    }
+    S::validate(&config).map_err(|e| match e {
+        Error::Config(msg) => Error::config(format!("config {}: {msg}", raw.source)),
+        other => other,
+    })?;
+    Ok(config)
+}
+
+/// The step contract (DESIGN.md): fingerprint, up-to-date check, run, atomic commit.
+pub async fn drive<S: Step>(raw: &RawConfig, overrides: &Overrides) -> Result<Report> {
+    let config = resolve::<S>(raw, overrides)?;
+    let out_url = config.out().expect("checked by resolve").to_string();
+    let store = Store::create(&out_url)?;
+    let mut inputs = Vec::with_capacity(config.inputs().len());
+    for url in config.inputs() {
+        inputs.push(manifest::input_fingerprint(url).await?);
+    }
+    let config_json = serde_json::to_value(&config)?;
+    let span = tracing::info_span!("step", step = S::NAME, out = %out_url);
+    async move {
+    match Output::begin(store, S::NAME, config_json, inputs, overrides.force).await? {
+        Begin::UpToDate(manifest) => {
+            tracing::info!(fingerprint = %manifest.fingerprint, "up to date");
+            Ok(report(S::NAME, &out_url, true, manifest))
+        }
+        Begin::Fresh(mut output) => {
+            tracing::info!(fingerprint = %output.fingerprint(), "started");
+            let summary = S::run(&config, &mut output).await?;
+            let manifest = output.commit(summary).await?;
+            tracing::info!(files = manifest.files.len(), "committed");
+            Ok(report(S::NAME, &out_url, false, manifest))
+        }
+    }
+    }
+    .instrument(span)
+    .await
+}
+
+fn report(step: &str, out: &str, up_to_date: bool, manifest: Manifest) -> Report {
+    Report {
+        step: step.to_string(),
+        out: out.to_string(),
+        up_to_date,
+        fingerprint: manifest.fingerprint,
+        summary: manifest.summary,
+    }
+}

@@ -1,0 +1,247 @@
+//! Workflows: a YAML file of steps wired by their outputs, validated as a whole before
+//! anything runs, and executed locally as a DAG (see [`runner`]).
+//!
+//! ```yaml
+//! name: demo
+//! store: runs/demo            # root of every step's output (a path or a URL)
+//! steps:
+//!   - name: prep
+//!     kind: prep
+//!     config: {synthetic: {seed: 42}}
+//!   - name: init
+//!     kind: init
+//!     inputs: [prep]          # other steps whose outputs this one reads
+//!     out: models/init        # key under the store root (default: the step name)
+//!     config: {}
+//! ```
+
+pub mod runner;
+
+use std::collections::{HashMap, HashSet};
+
+use serde::Deserialize;
+
+use crate::config::RawConfig;
+use crate::error::{Error, Result};
+use crate::steps::{self, Overrides, StepKind};
+use crate::store::check_key;
+
+/// A workflow file as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkflowSpec {
+    pub name: String,
+    /// Root URL (or path) under which each step writes its output.
+    pub store: String,
+    /// Container image for rendered workflows (Argo, Airflow).
+    #[serde(default)]
+    pub image: Option<String>,
+    pub steps: Vec<StepSpec>,
+}
+
+/// One step of a workflow.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepSpec {
+    pub name: String,
+    pub kind: String,
+    /// Names of the steps whose outputs are this step's inputs, in order.
+    #[serde(default)]
+    pub inputs: Vec<String>,
+    /// Output key under the store root; defaults to the step name.
+    #[serde(default)]
+    pub out: Option<String>,
+    #[serde(default)]
+    pub config: serde_yaml::Value,
+}
+
+/// A validated step, ready to run.
+#[derive(Debug, Clone)]
+pub struct Planned {
+    pub name: String,
+    pub kind: StepKind,
+    pub config: RawConfig,
+    pub overrides: Overrides,
+    /// Indexes of the steps this one depends on.
+    pub deps: Vec<usize>,
+}
+
+/// A validated workflow: steps in a topological order.
+#[derive(Debug, Clone)]
+pub struct Workflow {
+    pub name: String,
+    pub source: String,
+    pub store: String,
+    pub steps: Vec<Planned>,
+}
+
+impl Workflow {
+    /// Reads and validates a workflow file; `store` replaces the file's store root.
+    pub fn load(path: &std::path::Path, store: Option<&str>) -> Result<Workflow> {
+        let source = path.display().to_string();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::config(format!("workflow {source}: {e}")))?;
+        Self::parse(&source, &text, store)
+    }
+
+    /// Validates a workflow document: known kinds, unique names, no dangling references,
+    /// no cycles, keys inside the store root, and every step's config resolved.
+    pub fn parse(source: &str, text: &str, store: Option<&str>) -> Result<Workflow> {
+        let err = |msg: String| Error::config(format!("workflow {source}: {msg}"));
+        let de = serde_yaml::Deserializer::from_str(text);
+        let spec: WorkflowSpec = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            err(if path == "." { e.inner().to_string() } else { format!("key `{path}`: {}", e.inner()) })
+        })?;
+        let root = store.unwrap_or(&spec.store).trim_end_matches('/').to_string();
+        if spec.steps.is_empty() {
+            return Err(err("no steps".into()));
+        }
+        let mut index = HashMap::new();
+        for (i, step) in spec.steps.iter().enumerate() {
+            if step.name.is_empty()
+                || !step.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(err(format!("step name {:?}: use letters, digits, `-` and `_`", step.name)));
+            }
+            if index.insert(step.name.as_str(), i).is_some() {
+                return Err(err(format!("two steps are named `{}`", step.name)));
+            }
+        }
+        let mut outs = HashSet::new();
+        let mut planned = Vec::with_capacity(spec.steps.len());
+        for step in &spec.steps {
+            let at = |msg: String| err(format!("step `{}`: {msg}", step.name));
+            let kind = StepKind::parse(&step.kind).ok_or_else(|| {
+                let known: Vec<_> = StepKind::ALL.iter().map(|k| k.name()).collect();
+                at(format!("unknown kind `{}` (expected one of: {})", step.kind, known.join(", ")))
+            })?;
+            let key = step.out.clone().unwrap_or_else(|| step.name.clone());
+            check_key(&key).map_err(|e| at(e.to_string()))?;
+            if !outs.insert(key.clone()) {
+                return Err(at(format!("output key `{key}` is used by another step")));
+            }
+            let deps = step
+                .inputs
+                .iter()
+                .map(|input| {
+                    index.get(input.as_str()).copied().ok_or_else(|| {
+                        at(format!("input `{input}` names no step of this workflow"))
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let config = match &step.config {
+                serde_yaml::Value::Null => RawConfig::empty(format!("{source}: step `{}`", step.name)),
+                value => RawConfig::from_yaml(
+                    &format!("{source}: step `{}`", step.name),
+                    &serde_yaml::to_string(value).map_err(|e| at(e.to_string()))?,
+                )?,
+            };
+            planned.push(Planned {
+                name: step.name.clone(),
+                kind,
+                config,
+                overrides: Overrides { out: Some(join_url(&root, &key)), ..Default::default() },
+                deps,
+            });
+        }
+        // Inputs are the outputs of the steps named, in the order given.
+        for i in 0..planned.len() {
+            let inputs: Vec<String> =
+                planned[i].deps.iter().map(|&d| planned[d].overrides.out.clone().expect("set above")).collect();
+            planned[i].overrides.inputs = inputs;
+        }
+        let order = topological_order(&planned).map_err(|cycle| {
+            err(format!("the steps {} depend on each other in a cycle", cycle.join(", ")))
+        })?;
+        for step in &planned {
+            steps::check(step.kind, &step.config, &step.overrides)?;
+        }
+        // Renumber dependencies into the topological order.
+        let position: HashMap<usize, usize> = order.iter().enumerate().map(|(pos, &i)| (i, pos)).collect();
+        let mut ordered: Vec<Planned> = order.iter().map(|&i| planned[i].clone()).collect();
+        for step in &mut ordered {
+            step.deps = step.deps.iter().map(|d| position[d]).collect();
+        }
+        Ok(Workflow { name: spec.name, source: source.to_string(), store: root, steps: ordered })
+    }
+}
+
+/// The URL of `key` under the root URL or path `root`.
+pub fn join_url(root: &str, key: &str) -> String {
+    format!("{}/{key}", root.trim_end_matches('/'))
+}
+
+/// Kahn's algorithm; on a cycle returns the names of the steps left in it.
+fn topological_order(steps: &[Planned]) -> std::result::Result<Vec<usize>, Vec<String>> {
+    let mut pending: Vec<usize> = steps.iter().map(|s| s.deps.len()).collect();
+    let mut ready: Vec<usize> = (0..steps.len()).filter(|&i| pending[i] == 0).collect();
+    let mut order = Vec::with_capacity(steps.len());
+    while let Some(i) = ready.pop() {
+        order.push(i);
+        for (j, step) in steps.iter().enumerate() {
+            for _ in step.deps.iter().filter(|&&d| d == i) {
+                pending[j] -= 1;
+                if pending[j] == 0 {
+                    ready.push(j);
+                }
+            }
+        }
+    }
+    if order.len() == steps.len() {
+        Ok(order)
+    } else {
+        Err(steps.iter().enumerate().filter(|(i, _)| !order.contains(i)).map(|(_, s)| s.name.clone()).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Workflow> {
+        Workflow::parse("w.yaml", text, None)
+    }
+
+    const PREP: &str = "kind: prep\n    config: {synthetic: {train: 2, val: 0, test: 0, unlabeled: 0}}";
+
+    #[test]
+    fn orders_steps_and_wires_outputs_to_inputs() {
+        let wf = parse(&format!(
+            "name: w\nstore: memory://w/root/\nsteps:\n  - name: b\n    kind: prep\n    inputs: [a]\n  - name: a\n    out: x/a\n    {PREP}\n"
+        ))
+        .unwrap();
+        let names: Vec<_> = wf.steps.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["a", "b"]);
+        assert_eq!(wf.steps[0].overrides.out.as_deref(), Some("memory://w/root/x/a"));
+        assert_eq!(wf.steps[1].overrides.inputs, ["memory://w/root/x/a"]);
+        assert_eq!(wf.steps[1].deps, [0]);
+        // The same step given inputs *and* synthetic data is rejected at load time.
+        let err = parse(&format!(
+            "name: w\nstore: s\nsteps:\n  - name: b\n    inputs: [a]\n    {PREP}\n  - name: a\n    {PREP}\n"
+        ))
+        .unwrap_err();
+        assert!(err.to_string().contains("step `b`") && err.to_string().contains("not both"), "{err}");
+    }
+
+    #[test]
+    fn rejects_bad_workflows_before_running() {
+        let cases = [
+            ("name: w\nstore: s\nsteps: []\n", "no steps"),
+            ("name: w\nstore: s\nsteps:\n  - name: a\n    kind: nope\n", "unknown kind `nope`"),
+            ("name: w\nstore: s\nsteps:\n  - name: a\n    inputs: [zz]\n    kind: prep\n", "input `zz` names no step"),
+            ("name: w\nstore: s\nsteps:\n  - name: a\n    out: ../x\n    kind: prep\n", "`..`"),
+            ("name: w\nstore: s\nsteps:\n  - name: a\n    out: /abs\n    kind: prep\n", "must be relative"),
+            ("name: w\nstore: s\nsteps:\n  - name: a\n    inputs: [b]\n    kind: prep\n  - name: b\n    inputs: [a]\n    kind: prep\n", "cycle"),
+            ("name: w\nstore: s\nstepz: []\n", "unknown field `stepz`"),
+            ("name: w\nstore: s\nsteps:\n  - name: a\n    kind: prep\n    config: {synthetic: {seed: x}}\n", "synthetic.seed"),
+            ("name: w\nstore: s\nsteps:\n  - name: a\n    kind: prep\n  - name: a\n    kind: prep\n", "two steps are named `a`"),
+        ];
+        for (text, want) in cases {
+            let err = parse(text).unwrap_err();
+            assert_eq!(err.exit_kind(), crate::error::ExitKind::BadInput);
+            let msg = err.to_string();
+            assert!(msg.contains("w.yaml") && msg.contains(want), "{want:?} not in {msg:?}");
+        }
+    }
+}
