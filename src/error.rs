@@ -74,20 +74,36 @@ impl Error {
         use object_store::Error as S;
         match self {
             Error::Config(_) | Error::Input(_) => ExitKind::BadInput,
-            Error::Store { source, .. } => match source {
-                // The URL names nothing, or something that cannot be a key: fix the input.
-                S::NotFound { .. } | S::InvalidPath { .. } | S::NotSupported { .. } => {
-                    ExitKind::BadInput
-                }
-                S::UnknownConfigurationKey { .. } | S::Unauthenticated { .. } => ExitKind::BadInput,
-                S::PermissionDenied { .. } => ExitKind::BadInput,
-                // Everything else reached the network and gave up after retries.
-                _ => ExitKind::Transient,
-            },
-            Error::Parquet { .. } | Error::Arrow(_) | Error::Json(_) => ExitKind::Failure,
-            Error::Io(_) | Error::Other(_) => ExitKind::Failure,
+            Error::Store { source, .. } => store_exit_kind(source),
             Error::Step { source, .. } => source.exit_kind(),
+            // Writers (Parquet, buffered uploads) report store failures wrapped in their own
+            // errors: a store failure anywhere in the chain decides.
+            Error::Parquet { .. } | Error::Arrow(_) | Error::Json(_) | Error::Io(_) | Error::Other(_) => {
+                let mut cause = std::error::Error::source(self);
+                while let Some(c) = cause {
+                    if let Some(store) = c.downcast_ref::<S>() {
+                        return store_exit_kind(store);
+                    }
+                    if let Some(store) = c.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()).and_then(|e| e.downcast_ref::<S>()) {
+                        return store_exit_kind(store);
+                    }
+                    cause = c.source();
+                }
+                ExitKind::Failure
+            }
         }
+    }
+}
+
+fn store_exit_kind(source: &object_store::Error) -> ExitKind {
+    use object_store::Error as S;
+    match source {
+        // The URL names nothing, or something that cannot be a key: fix the input.
+        S::NotFound { .. } | S::InvalidPath { .. } | S::NotSupported { .. } => ExitKind::BadInput,
+        S::UnknownConfigurationKey { .. } | S::Unauthenticated { .. } => ExitKind::BadInput,
+        S::PermissionDenied { .. } => ExitKind::BadInput,
+        // Everything else reached the network and gave up after retries.
+        _ => ExitKind::Transient,
     }
 }
 

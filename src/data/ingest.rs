@@ -13,6 +13,7 @@ use crate::store::Store;
 pub struct LineReader {
     url: String,
     inner: Box<dyn AsyncBufRead + Send + Unpin>,
+    gzip: bool,
     line: u64,
 }
 
@@ -20,21 +21,22 @@ impl LineReader {
     pub async fn open(url: &str) -> Result<Self> {
         let (store, name) = Store::open_file(url)?;
         let raw = store.reader(&name).await?;
-        let inner: Box<dyn AsyncBufRead + Send + Unpin> = if name.ends_with(".gz") {
+        let gzip = name.ends_with(".gz");
+        let inner: Box<dyn AsyncBufRead + Send + Unpin> = if gzip {
             let mut decoder = async_compression::tokio::bufread::GzipDecoder::new(raw);
             decoder.multiple_members(true);
             Box::new(BufReader::with_capacity(1 << 16, decoder))
         } else {
             Box::new(raw)
         };
-        Ok(LineReader { url: url.to_string(), inner, line: 0 })
+        Ok(LineReader { url: url.to_string(), inner, gzip, line: 0 })
     }
 
     /// Reads the next line into `buf` (without the line ending); returns its 1-based number,
     /// or `None` at the end of the input.
     pub async fn next_line(&mut self, buf: &mut Vec<u8>) -> Result<Option<u64>> {
         buf.clear();
-        let n = self.inner.read_until(b'\n', buf).await.map_err(|e| read_error(&self.url, e))?;
+        let n = self.inner.read_until(b'\n', buf).await.map_err(|e| read_error(&self.url, self.gzip, e))?;
         if n == 0 {
             return Ok(None);
         }
@@ -46,14 +48,14 @@ impl LineReader {
     }
 }
 
-fn read_error(url: &str, e: std::io::Error) -> Error {
-    if e.kind() == std::io::ErrorKind::InvalidData || e.kind() == std::io::ErrorKind::UnexpectedEof {
-        return Error::input(format!("{url}: cannot decompress: {e}"));
-    }
+/// A failed read: the store's error (maybe transient), or a corrupt compressed stream.
+fn read_error(url: &str, gzip: bool, e: std::io::Error) -> Error {
+    let kind = e.kind();
+    let message = e.to_string();
     match e.into_inner().map(|inner| inner.downcast::<object_store::Error>()) {
         Some(Ok(store_err)) => Error::store("read", url, *store_err),
-        Some(Err(other)) => Error::Io(std::io::Error::other(other)),
-        None => Error::Io(std::io::Error::other(format!("{url}: read failed"))),
+        _ if gzip => Error::input(format!("{url}: cannot decompress: {message}")),
+        _ => Error::Io(std::io::Error::new(kind, format!("{url}: {message}"))),
     }
 }
 

@@ -48,8 +48,16 @@ impl Output {
         force: bool,
     ) -> Result<Begin> {
         let fingerprint = manifest::fingerprint(step, &config, &inputs);
-        // An unreadable manifest is treated like a stale one: it is replaced.
-        let existing = Manifest::read(&store).await.unwrap_or(None);
+        // A manifest that does not parse is treated like a stale one and replaced; a store
+        // that cannot be reached is an error (exit code 3).
+        let existing = match Manifest::read(&store).await {
+            Ok(existing) => existing,
+            Err(Error::Input(msg)) => {
+                tracing::warn!(%msg, "replacing an unreadable manifest");
+                Some(Manifest::unreadable())
+            }
+            Err(e) => return Err(e),
+        };
         if let Some(existing) = existing {
             if existing.fingerprint == fingerprint && !force {
                 return Ok(Begin::UpToDate(existing));

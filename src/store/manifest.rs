@@ -62,6 +62,21 @@ impl Manifest {
         })
     }
 
+    /// A placeholder for a manifest that exists but does not parse (never up to date).
+    pub(crate) fn unreadable() -> Manifest {
+        Manifest {
+            step: String::new(),
+            fingerprint: String::new(),
+            program: String::new(),
+            config: serde_json::Value::Null,
+            inputs: Vec::new(),
+            files: Vec::new(),
+            summary: serde_json::Value::Null,
+            started_at: String::new(),
+            finished_at: String::new(),
+        }
+    }
+
     /// The entry for `path`, if the output holds it.
     pub fn file(&self, path: &str) -> Option<&FileEntry> {
         self.files.iter().find(|f| f.path == path)

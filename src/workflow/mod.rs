@@ -175,15 +175,16 @@ pub fn join_url(root: &str, key: &str) -> String {
 /// Kahn's algorithm; on a cycle returns the names of the steps left in it.
 fn topological_order(steps: &[Planned]) -> std::result::Result<Vec<usize>, Vec<String>> {
     let mut pending: Vec<usize> = steps.iter().map(|s| s.deps.len()).collect();
-    let mut ready: Vec<usize> = (0..steps.len()).filter(|&i| pending[i] == 0).collect();
+    // First in, first out: independent steps keep the order the file gives them.
+    let mut ready: std::collections::VecDeque<usize> = (0..steps.len()).filter(|&i| pending[i] == 0).collect();
     let mut order = Vec::with_capacity(steps.len());
-    while let Some(i) = ready.pop() {
+    while let Some(i) = ready.pop_front() {
         order.push(i);
         for (j, step) in steps.iter().enumerate() {
             for _ in step.deps.iter().filter(|&&d| d == i) {
                 pending[j] -= 1;
                 if pending[j] == 0 {
-                    ready.push(j);
+                    ready.push_back(j);
                 }
             }
         }

@@ -92,6 +92,7 @@ pub const S3_SECRET: &str = "taft-test-secret";
 
 impl S3Server {
     pub fn start(dir: &Path) -> S3Server {
+        std::fs::create_dir_all(dir).unwrap();
         let mut server = S3Server { port: free_port(), dir: dir.to_path_buf(), child: None };
         server.restart();
         server
