@@ -112,24 +112,40 @@ pub fn to_batch(id: IdKind, rows: &[Conversation]) -> Result<RecordBatch> {
 }
 
 /// Streams conversations into a Parquet file, one row group per [`ROW_GROUP`] rows.
-pub struct ConversationWriter<W: AsyncWrite + Unpin + Send> {
+/// Encoding and compression run on their own task, in parallel with the producer.
+pub struct ConversationWriter<W: AsyncWrite + Unpin + Send + 'static> {
     id: IdKind,
-    url: String,
-    writer: AsyncArrowWriter<W>,
     pending: Vec<Conversation>,
-    rows: u64,
+    tx: Option<tokio::sync::mpsc::Sender<Vec<Conversation>>>,
+    task: tokio::task::JoinHandle<Result<(u64, W)>>,
 }
 
-impl<W: AsyncWrite + Unpin + Send> ConversationWriter<W> {
+impl<W: AsyncWrite + Unpin + Send + 'static> ConversationWriter<W> {
     pub fn new(sink: W, id: IdKind, url: &str) -> Result<Self> {
         let props = WriterProperties::builder()
             .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).expect("valid zstd level")))
             .set_max_row_group_row_count(Some(ROW_GROUP))
             .set_created_by(crate::store::manifest::program())
             .build();
-        let writer = AsyncArrowWriter::try_new(sink, schema(id), Some(props))
-            .map_err(|source| Error::Parquet { url: url.to_string(), source })?;
-        Ok(ConversationWriter { id, url: url.to_string(), writer, pending: Vec::with_capacity(ROW_GROUP), rows: 0 })
+        let url = url.to_string();
+        let perr = {
+            let url = url.clone();
+            move |source| Error::Parquet { url: url.clone(), source }
+        };
+        let mut writer = AsyncArrowWriter::try_new(sink, schema(id), Some(props)).map_err(&perr)?;
+        // Two batches in flight at most: bounded memory.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Conversation>>(2);
+        let task = tokio::spawn(async move {
+            let mut rows = 0u64;
+            while let Some(batch) = rx.recv().await {
+                rows += batch.len() as u64;
+                writer.write(&to_batch(id, &batch)?).await.map_err(&perr)?;
+            }
+            // `finish` writes the footer and shuts the sink down (completing the upload).
+            writer.finish().await.map_err(&perr)?;
+            Ok((rows, writer.into_inner()))
+        });
+        Ok(ConversationWriter { id, pending: Vec::with_capacity(ROW_GROUP), tx: Some(tx), task })
     }
 
     /// The id kind this file was created for.
@@ -140,29 +156,40 @@ impl<W: AsyncWrite + Unpin + Send> ConversationWriter<W> {
     pub async fn push(&mut self, conversation: Conversation) -> Result<()> {
         self.pending.push(conversation);
         if self.pending.len() >= ROW_GROUP {
-            self.flush().await?;
+            let batch = std::mem::replace(&mut self.pending, Vec::with_capacity(ROW_GROUP));
+            let tx = self.tx.as_ref().expect("open until finish");
+            if tx.send(batch).await.is_err() {
+                // The encoder stopped: its error says why.
+                return Err(self.join().await.err().unwrap_or_else(|| Error::Other("parquet writer stopped".into())));
+            }
         }
         Ok(())
     }
 
-    async fn flush(&mut self) -> Result<()> {
-        if self.pending.is_empty() {
-            return Ok(());
-        }
-        let batch = to_batch(self.id, &self.pending)?;
-        self.writer.write(&batch).await.map_err(|source| Error::Parquet { url: self.url.clone(), source })?;
-        self.rows += self.pending.len() as u64;
-        self.pending.clear();
-        Ok(())
+    async fn join(&mut self) -> Result<(u64, W)> {
+        self.tx = None;
+        (&mut self.task).await.map_err(|e| Error::Other(format!("parquet writer task: {e}")))?
     }
 
-    /// Writes what is pending and the footer; returns the number of rows.
+    /// Writes what is pending and the footer; returns the number of rows and the sink.
     pub async fn finish(mut self) -> Result<(u64, W)> {
-        self.flush().await?;
-        let url = self.url.clone();
-        // `finish` writes the footer and shuts the sink down (completing the upload).
-        self.writer.finish().await.map_err(|source| Error::Parquet { url, source })?;
-        Ok((self.rows, self.writer.into_inner()))
+        if !self.pending.is_empty() {
+            let batch = std::mem::take(&mut self.pending);
+            let tx = self.tx.as_ref().expect("open until finish");
+            if tx.send(batch).await.is_err() {
+                return self.join().await;
+            }
+        }
+        self.join().await
+    }
+}
+
+impl<W: AsyncWrite + Unpin + Send + 'static> Drop for ConversationWriter<W> {
+    fn drop(&mut self) {
+        // Dropped before `finish` (a failed step): stop encoding; the upload is abandoned.
+        if self.tx.is_some() {
+            self.task.abort();
+        }
     }
 }
 

@@ -33,6 +33,8 @@ pub struct Store {
     url: String,
     inner: Arc<dyn ObjectStore>,
     prefix: Path,
+    /// The directory behind a local store, for readers that do better with a plain file.
+    local: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for Store {
@@ -129,7 +131,7 @@ impl Store {
                 )))
             }
         };
-        Ok(Store { url: url.to_string(), inner, prefix })
+        Ok(Store { url: url.to_string(), inner, prefix, local: None })
     }
 
     /// The URL this store was opened with.
@@ -149,7 +151,12 @@ impl Store {
         for part in key.split('/') {
             prefix = prefix.join(part);
         }
-        Ok(Store { url: self.url_of(key), inner: self.inner.clone(), prefix })
+        Ok(Store {
+            url: self.url_of(key),
+            inner: self.inner.clone(),
+            prefix,
+            local: self.local.as_ref().map(|dir| dir.join(key)),
+        })
     }
 
     fn path(&self, name: &str) -> Path {
@@ -180,6 +187,11 @@ impl Store {
         })?;
         let stream = result.into_stream().map_err(std::io::Error::other);
         Ok(tokio_util::io::StreamReader::new(stream))
+    }
+
+    /// The file behind an object of a local store (`None` for remote stores).
+    pub fn local_path(&self, name: &str) -> Option<std::path::PathBuf> {
+        self.local.as_ref().map(|dir| dir.join(name))
     }
 
     /// Size, modification time and entity tag of an object; `None` when it does not exist.
@@ -264,7 +276,7 @@ fn local(url: &str, dir: &str, create: bool) -> Result<Store> {
     let fs = LocalFileSystem::new_with_prefix(dir)
         .map_err(|e| Error::store("open", url, e))?
         .with_automatic_cleanup(true);
-    Ok(Store { url: url.to_string(), inner: Arc::new(fs), prefix: Path::default() })
+    Ok(Store { url: url.to_string(), inner: Arc::new(fs), prefix: Path::default(), local: Some(dir.to_path_buf()) })
 }
 
 /// `memory://NAME` stores live for the life of the process and are shared by name.
