@@ -26,6 +26,10 @@ pub enum LogFormat {
 pub enum Command {
     /// Validate JSON-lines conversations (or generate synthetic ones) into Parquet.
     Prep(StepArgs),
+    /// Make the starting model directory: a pretrained model (checked key for key), or a new
+    /// encoder with a tokenizer trained on a prep output's unlabeled utterances.
+    #[cfg(feature = "train")]
+    Init(StepArgs),
     /// Run a workflow file locally: steps in dependency order, independent ones in parallel.
     Run(RunArgs),
     /// Write the synthetic dataset as JSON lines (`.gz` compresses), e.g. for benchmarks.

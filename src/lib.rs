@@ -4,10 +4,13 @@
 pub mod config;
 pub mod data;
 pub mod error;
+#[cfg(feature = "train")]
+pub mod model;
 pub mod progress;
 pub mod runtime;
 pub mod steps;
 pub mod store;
+pub mod text;
 pub mod workflow;
 
 pub use error::{Error, Result};

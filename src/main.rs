@@ -44,6 +44,8 @@ fn run(command: Command) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match command {
         Command::Prep(args) => runtime.block_on(step(StepKind::Prep, args)),
+        #[cfg(feature = "train")]
+        Command::Init(args) => runtime.block_on(step(StepKind::Init, args)),
         Command::Run(args) => runtime.block_on(workflow(args)),
         Command::Synth(args) => runtime.block_on(synth(args)),
         Command::Info => {

@@ -2,6 +2,8 @@
 //! same contract: resolve and validate the config, fingerprint it with the inputs, skip when
 //! the output is up to date, otherwise run and commit atomically.
 
+#[cfg(feature = "train")]
+pub mod init;
 pub mod prep;
 
 use std::future::Future;
@@ -22,19 +24,28 @@ use crate::store::Store;
 pub enum StepKind {
     /// JSON lines (or synthetic data) → validated `conversations.parquet` + `stats.json`.
     Prep,
+    /// A pretrained model, or a new one with a tokenizer trained on a prep output → model directory.
+    #[cfg(feature = "train")]
+    Init,
 }
 
 impl StepKind {
-    pub const ALL: [StepKind; 1] = [StepKind::Prep];
+    pub const ALL: &'static [StepKind] = &[
+        StepKind::Prep,
+        #[cfg(feature = "train")]
+        StepKind::Init,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             StepKind::Prep => prep::Prep::NAME,
+            #[cfg(feature = "train")]
+            StepKind::Init => init::Init::NAME,
         }
     }
 
     pub fn parse(s: &str) -> Option<StepKind> {
-        StepKind::ALL.into_iter().find(|k| k.name() == s)
+        StepKind::ALL.iter().copied().find(|k| k.name() == s)
     }
 }
 
@@ -73,6 +84,11 @@ pub trait Step {
     /// Checks what serde cannot (ranges, combinations) before any work starts.
     fn validate(config: &Self::Config) -> Result<()>;
 
+    /// The URLs whose fingerprints enter the step's fingerprint (default: its inputs).
+    fn fingerprint_inputs(config: &Self::Config) -> Vec<String> {
+        config.inputs().to_vec()
+    }
+
     /// Does the work, writing files through `out`; returns the summary for the manifest.
     fn run(config: &Self::Config, out: &mut Output) -> impl Future<Output = Result<serde_json::Value>> + Send;
 }
@@ -81,6 +97,8 @@ pub trait Step {
 pub fn check(kind: StepKind, raw: &RawConfig, overrides: &Overrides) -> Result<()> {
     match kind {
         StepKind::Prep => resolve::<prep::Prep>(raw, overrides).map(drop),
+        #[cfg(feature = "train")]
+        StepKind::Init => resolve::<init::Init>(raw, overrides).map(drop),
     }
 }
 
@@ -88,6 +106,8 @@ pub fn check(kind: StepKind, raw: &RawConfig, overrides: &Overrides) -> Result<(
 pub async fn run(kind: StepKind, raw: &RawConfig, overrides: &Overrides) -> Result<Report> {
     match kind {
         StepKind::Prep => drive::<prep::Prep>(raw, overrides).await,
+        #[cfg(feature = "train")]
+        StepKind::Init => drive::<init::Init>(raw, overrides).await,
     }
 }
 
@@ -119,9 +139,9 @@ pub async fn drive<S: Step>(raw: &RawConfig, overrides: &Overrides) -> Result<Re
     let config = resolve::<S>(raw, overrides)?;
     let out_url = config.out().expect("checked by resolve").to_string();
     let store = Store::create(&out_url)?;
-    let mut inputs = Vec::with_capacity(config.inputs().len());
-    for url in config.inputs() {
-        inputs.push(manifest::input_fingerprint(url).await?);
+    let mut inputs = Vec::new();
+    for url in S::fingerprint_inputs(&config) {
+        inputs.push(manifest::input_fingerprint(&url).await?);
     }
     let config_json = serde_json::to_value(&config)?;
     let span = tracing::info_span!("step", step = S::NAME, out = %out_url);

@@ -116,6 +116,10 @@ pub async fn input_fingerprint(url: &str) -> Result<InputEntry> {
         if let Some(manifest) = Manifest::read(&store).await? {
             return Ok(InputEntry { url: url.to_string(), fingerprint: manifest.fingerprint });
         }
+        if store.local_path("").is_some() {
+            // A local directory without a manifest: an unfinished (or foreign) output.
+            Manifest::require(&store).await?;
+        }
     }
     let (store, name) = Store::open_file(url)?;
     let meta = store

@@ -56,7 +56,10 @@ pub fn s(p: &Path) -> &str {
 pub fn python() -> Command {
     let py = root().join(".venv/bin/python");
     assert!(py.exists(), "{} missing: run scripts/test, which bootstraps it", py.display());
-    Command::new(py)
+    let mut cmd = Command::new(py);
+    // Models come from local directories only.
+    cmd.env("HF_HUB_OFFLINE", "1").env("TRANSFORMERS_OFFLINE", "1");
+    cmd
 }
 
 pub fn manifest(dir: &Path) -> Option<serde_json::Value> {

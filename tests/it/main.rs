@@ -3,7 +3,11 @@
 mod common;
 
 mod cli;
+#[cfg(feature = "train")]
+mod init;
 mod malformed;
+#[cfg(feature = "train")]
+mod model;
 mod prep;
 mod s3;
 mod workflow;

@@ -69,6 +69,15 @@ fn sample_round_trips_through_parquet() {
         serde_json::from_slice(&std::fs::read(out.join("stats.json")).unwrap()).unwrap();
     assert_eq!(stats["conversations"], serde_json::json!({"train": 16, "val": 6, "test": 6, "unlabeled": 12}));
     assert_eq!(stats["rejected"], 0);
+    let mut lengths: Vec<u64> = expected(&sample()).iter().map(|c| c.utterances.len() as u64).collect();
+    lengths.sort();
+    let per_conv = &stats["utterances_per_conversation"];
+    assert_eq!(per_conv["count"], 40);
+    assert_eq!(per_conv["min"], lengths[0]);
+    assert_eq!(per_conv["max"], lengths[39]);
+    assert_eq!(per_conv["p50"], lengths[19], "nearest-rank median of 40 values is the 20th");
+    assert_eq!(stats["utterances"]["train"].as_u64().unwrap() + stats["utterances"]["val"].as_u64().unwrap()
+        + stats["utterances"]["test"].as_u64().unwrap() + stats["utterances"]["unlabeled"].as_u64().unwrap(), lengths.iter().sum::<u64>());
     // Alerts (author 1) are kept; padding is dropped.
     assert!(stats["speaker"]["train"]["1"].as_u64().unwrap() >= 16);
     assert!(stats["speaker"]["train"].get("0").is_none());

@@ -14,8 +14,11 @@ fn demo_workflow_runs_then_is_up_to_date() {
     assert!(r.stdout.contains(&format!("outputs under {}", s(&store))), "{}", r.stdout);
     let m = manifest(&store.join("prep")).unwrap();
     assert_eq!(m["summary"]["conversations"], 5800);
+    let init = manifest(&store.join("init")).unwrap();
+    assert_eq!(init["inputs"][0]["fingerprint"], m["fingerprint"], "init reads prep's output");
+    assert!(store.join("init/model.safetensors").exists());
     let r = taft_run(&["run", "workflows/demo.yaml", "--store", s(&store)]).ok();
-    assert!(r.stdout.contains("prep: up to date"), "{}", r.stdout);
+    assert!(r.stdout.contains("prep: up to date") && r.stdout.contains("init: up to date"), "{}", r.stdout);
 }
 
 #[test]

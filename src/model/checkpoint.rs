@@ -1,0 +1,154 @@
+//! Hugging Face model directories: `config.json` + `model.safetensors` (+ `tokenizer.json`,
+//! and our `heads.safetensors` for the adaptive layer and classifiers). Loading is key for
+//! key: a missing or unexpected encoder tensor is an error that lists them, never a silent
+//! re-initialisation; only variables declared new (fresh heads) keep their initial values.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use tch::{nn, Device, Tensor};
+
+use super::bert::Encoder;
+use super::config::EncoderConfig;
+use crate::error::{Error, Result};
+
+pub const CONFIG: &str = "config.json";
+pub const WEIGHTS: &str = "model.safetensors";
+/// Tensors that are not part of a Hugging Face model (adaptive layer, classifiers).
+pub const HEADS: &str = "heads.safetensors";
+pub const TOKENIZER: &str = "tokenizer.json";
+
+/// Prefixes under which task models nest the encoder (`BertForMaskedLM` → `bert.`).
+const ENCODER_PREFIXES: [&str; 3] = ["bert.", "roberta.", "camembert."];
+/// Buffers that checkpoints carry but the encoder computes.
+const BUFFERS: [&str; 2] = ["embeddings.position_ids", "embeddings.token_type_ids"];
+/// Head tensors: ignored when the model being loaded has no such head.
+const HEAD_PREFIXES: [&str; 5] = ["pooler.", "cls.", "lm_head.", "adaptive.", "classifiers."];
+/// Which variables go to `model.safetensors` (the Hugging Face part).
+const HF_PREFIXES: [&str; 5] = ["embeddings.", "encoder.", "pooler.", "cls.", "lm_head."];
+
+/// Reads and checks `config.json` of a model directory.
+pub fn read_config(dir: &Path) -> Result<EncoderConfig> {
+    let path = dir.join(CONFIG);
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::input(format!("{}: {e}", path.display())))?;
+    EncoderConfig::from_json(&text, &path.display().to_string())
+}
+
+/// An encoder loaded from a model directory, with its variables.
+pub struct LoadedEncoder {
+    pub config: EncoderConfig,
+    pub vs: nn::VarStore,
+    pub encoder: Encoder,
+}
+
+/// Loads the encoder of a Hugging Face model directory onto `device` (heads are ignored).
+pub fn load_encoder(dir: &Path, device: Device) -> Result<LoadedEncoder> {
+    let config = read_config(dir)?;
+    let family = config.family(CONFIG)?;
+    let vs = nn::VarStore::new(device);
+    let encoder = Encoder::new(&vs.root(), &config, family);
+    load_weights(&vs, dir, &[])?;
+    Ok(LoadedEncoder { config, vs, encoder })
+}
+
+/// The checkpoint's name for a tensor, in our naming.
+fn normalize(name: &str) -> String {
+    let name = ENCODER_PREFIXES.iter().find_map(|p| name.strip_prefix(p)).unwrap_or(name);
+    // Old checkpoints call LayerNorm parameters gamma and beta.
+    if let Some(base) = name.strip_suffix(".gamma") {
+        format!("{base}.weight")
+    } else if let Some(base) = name.strip_suffix(".beta") {
+        format!("{base}.bias")
+    } else {
+        name.to_string()
+    }
+}
+
+/// Copies the tensors of `dir` into the variables of `vs`. Variables whose names start with
+/// one of `fresh` may be absent (new heads); any other absent variable, any tensor of the
+/// checkpoint that is neither used nor a head, and any shape mismatch is an error.
+pub fn load_weights(vs: &nn::VarStore, dir: &Path, fresh: &[&str]) -> Result<()> {
+    let mut tensors = Vec::new();
+    for file in [WEIGHTS, HEADS] {
+        let path = dir.join(file);
+        if file == HEADS && !path.exists() {
+            continue;
+        }
+        let read = Tensor::read_safetensors(&path).map_err(|e| Error::input(format!("{}: {e}", path.display())))?;
+        tensors.extend(read);
+    }
+    load_tensors(vs, tensors, fresh, &dir.join(WEIGHTS).display().to_string())
+}
+
+/// [`load_weights`] for tensors already read.
+pub fn load_tensors(vs: &nn::VarStore, tensors: Vec<(String, Tensor)>, fresh: &[&str], source: &str) -> Result<()> {
+    let mut by_name: BTreeMap<String, Tensor> = BTreeMap::new();
+    for (name, tensor) in tensors {
+        let name = normalize(&name);
+        if !BUFFERS.contains(&name.as_str()) {
+            by_name.insert(name, tensor);
+        }
+    }
+    let mut missing = Vec::new();
+    let mut wrong_shape = Vec::new();
+    let mut variables: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    variables.sort_by(|a, b| a.0.cmp(&b.0));
+    tch::no_grad(|| {
+        for (name, mut var) in variables {
+            match by_name.remove(&name) {
+                Some(t) if t.size() == var.size() => {
+                    var.copy_(&t.to_kind(var.kind()).to_device(var.device()));
+                }
+                Some(t) => wrong_shape.push(format!("{name} (checkpoint {:?}, model {:?})", t.size(), var.size())),
+                None if fresh.iter().any(|p| name.starts_with(p)) => {}
+                None => missing.push(name),
+            }
+        }
+    });
+    let unexpected: Vec<String> =
+        by_name.into_keys().filter(|name| !HEAD_PREFIXES.iter().any(|p| name.starts_with(p))).collect();
+    if missing.is_empty() && unexpected.is_empty() && wrong_shape.is_empty() {
+        return Ok(());
+    }
+    let mut msg = format!("{source}: checkpoint does not match the model");
+    for (what, list) in [("missing", &missing), ("unexpected", &unexpected), ("wrong shape", &wrong_shape)] {
+        if !list.is_empty() {
+            msg.push_str(&format!("; {what}: {}", list.join(", ")));
+        }
+    }
+    Err(Error::input(msg))
+}
+
+/// Writes the variables of `vs` as a model directory: the Hugging Face part (encoder,
+/// pooler, MLM head) to `model.safetensors`, the rest to `heads.safetensors`, and `config.json`.
+pub fn save_weights(vs: &nn::VarStore, config: &EncoderConfig, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let mut hf = Vec::new();
+    let mut ours = Vec::new();
+    let mut variables: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    variables.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, t) in variables {
+        let t = t.to_device(Device::Cpu).contiguous();
+        if HF_PREFIXES.iter().any(|p| name.starts_with(p)) {
+            hf.push((name, t));
+        } else {
+            ours.push((name, t));
+        }
+    }
+    let write = |list: &[(String, Tensor)], file: &str| -> Result<()> {
+        let path = dir.join(file);
+        Tensor::write_safetensors(list, &path).map_err(|e| Error::Other(format!("{}: {e}", path.display())))
+    };
+    write(&hf, WEIGHTS)?;
+    if !ours.is_empty() {
+        write(&ours, HEADS)?;
+    }
+    let mut json = serde_json::to_value(config)?;
+    json["architectures"] = serde_json::json!([match config.family(CONFIG)? {
+        super::config::Family::Bert => "BertModel",
+        super::config::Family::Roberta if config.model_type == "camembert" => "CamembertModel",
+        super::config::Family::Roberta => "RobertaModel",
+    }]);
+    std::fs::write(dir.join(CONFIG), serde_json::to_vec_pretty(&json)?)?;
+    Ok(())
+}

@@ -1,0 +1,126 @@
+//! Heads on top of the encoder: the masked-LM head (decoder tied to the word embeddings),
+//! the pooler, and the classifiers of the direct and multi-task models (SPEC §3).
+
+use std::collections::BTreeMap;
+
+use tch::nn::{self, Module};
+use tch::Tensor;
+
+use super::adaptive::{AdaptiveConfig, AdaptiveLayer};
+use super::bert::Encoder;
+use super::config::{EncoderConfig, Family};
+
+/// The masked-LM head: `transform` (dense, activation, LayerNorm), then the decoder whose
+/// weight is the word embedding matrix, plus its own bias. Names follow `BertOnlyMLMHead`
+/// (`cls.predictions.*`) or `RobertaLMHead` (`lm_head.*`).
+#[derive(Debug)]
+pub struct MlmHead {
+    dense: nn::Linear,
+    layer_norm: nn::LayerNorm,
+    bias: Tensor,
+    activation: String,
+}
+
+impl MlmHead {
+    /// The variable path of the head for a family.
+    pub fn path<'a>(root: &nn::Path<'a>, family: Family) -> nn::Path<'a> {
+        match family {
+            Family::Bert => root / "cls" / "predictions",
+            Family::Roberta => root / "lm_head",
+        }
+    }
+
+    pub fn new(p: &nn::Path, cfg: &EncoderConfig, family: Family) -> Self {
+        let h = cfg.hidden_size;
+        let ln = nn::LayerNormConfig { eps: cfg.layer_norm_eps, ..Default::default() };
+        let (dense, norm) = match family {
+            Family::Bert => (p / "transform" / "dense", p / "transform" / "LayerNorm"),
+            Family::Roberta => (p / "dense", p / "layer_norm"),
+        };
+        MlmHead {
+            dense: nn::linear(dense, h, h, Default::default()),
+            layer_norm: nn::layer_norm(norm, vec![h], ln),
+            bias: p.zeros("bias", &[cfg.vocab_size]),
+            activation: cfg.hidden_act.clone(),
+        }
+    }
+
+    /// Vocabulary logits [.., vocab] for hidden states [.., hidden].
+    pub fn forward(&self, hidden: &Tensor, word_embeddings: &Tensor) -> Tensor {
+        let x = self.dense.forward(hidden);
+        let x = if self.activation == "relu" { x.relu() } else { x.gelu("none") };
+        self.layer_norm.forward(&x).linear(word_embeddings, Some(&self.bias))
+    }
+}
+
+/// `tanh(W_p · h[:, 0] + b_p)` — Hugging Face's `pooler.dense`.
+#[derive(Debug)]
+pub struct Pooler {
+    dense: nn::Linear,
+}
+
+impl Pooler {
+    pub fn new(p: &nn::Path, hidden: i64) -> Self {
+        Pooler { dense: nn::linear(p / "dense", hidden, hidden, Default::default()) }
+    }
+
+    pub fn forward(&self, hidden: &Tensor) -> Tensor {
+        self.dense.forward(&hidden.select(1, 0)).tanh()
+    }
+}
+
+/// Multi-output forward: logits per task (and the adapted hidden states).
+#[derive(Debug)]
+pub struct ClassifierOutput {
+    pub hidden: Tensor,
+    pub pooled: Tensor,
+    pub logits: BTreeMap<String, Tensor>,
+}
+
+/// The classification model of every method: encoder → (adaptive layer) → pooler → dropout
+/// → one classifier per task. With one task it is the step-1 model; with status and
+/// satisfaction, the step-2 multi-task model (shared encoder, adaptive layer and pooler).
+#[derive(Debug)]
+pub struct Classifier {
+    pub encoder: Encoder,
+    pub adaptive: Option<AdaptiveLayer>,
+    pub pooler: Pooler,
+    classifiers: BTreeMap<String, nn::Linear>,
+    dropout: f64,
+}
+
+impl Classifier {
+    /// `tasks`: (name, number of classes). Variables: `<encoder names>`, `adaptive.*`,
+    /// `pooler.dense.*`, `classifiers.<task>.*`.
+    pub fn new(
+        p: &nn::Path,
+        cfg: &EncoderConfig,
+        family: Family,
+        adaptive: Option<&AdaptiveConfig>,
+        tasks: &[(String, i64)],
+        dropout: f64,
+    ) -> Self {
+        let h = cfg.hidden_size;
+        Classifier {
+            encoder: Encoder::new(p, cfg, family),
+            adaptive: adaptive.map(|a| AdaptiveLayer::new(&(p / "adaptive"), h, a)),
+            pooler: Pooler::new(&(p / "pooler"), h),
+            classifiers: tasks
+                .iter()
+                .map(|(name, n)| (name.clone(), nn::linear(p / "classifiers" / name.as_str(), h, *n, Default::default())))
+                .collect(),
+            dropout,
+        }
+    }
+
+    pub fn forward_t(&self, input_ids: &Tensor, attention_mask: &Tensor, train: bool) -> ClassifierOutput {
+        let mut hidden = self.encoder.forward_t(input_ids, attention_mask, None, train);
+        if let Some(adaptive) = &self.adaptive {
+            hidden = adaptive.forward_t(&hidden, attention_mask, train);
+        }
+        let pooled = self.pooler.forward(&hidden);
+        let dropped = pooled.dropout(self.dropout, train);
+        let logits = self.classifiers.iter().map(|(name, c)| (name.clone(), c.forward(&dropped))).collect();
+        ClassifierOutput { hidden, pooled, logits }
+    }
+}

@@ -1,0 +1,267 @@
+//! Tokenizers: load a Hugging Face `tokenizer.json`, train a new one from utterances
+//! (WordPiece for the BERT family, Unigram for the RoBERTa family), and encode batches and
+//! conversations with truncation and dynamic padding.
+
+use serde::{Deserialize, Serialize};
+use tokenizers::decoders::metaspace::Metaspace as MetaspaceDecoder;
+use tokenizers::decoders::wordpiece::WordPiece as WordPieceDecoder;
+use tokenizers::models::unigram::{Unigram, UnigramTrainer};
+use tokenizers::models::wordpiece::{WordPiece, WordPieceTrainer};
+use tokenizers::models::TrainerWrapper;
+use tokenizers::normalizers::{BertNormalizer, NFKC};
+use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
+use tokenizers::pre_tokenizers::metaspace::{Metaspace, PrependScheme};
+use tokenizers::processors::template::TemplateProcessing;
+use tokenizers::{AddedToken, PaddingDirection, PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
+
+use crate::error::{Error, Result};
+
+/// Which tokenizer model to train.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenizerKind {
+    /// WordPiece with BERT's special tokens (`[CLS] [SEP] [PAD] [MASK] [UNK]`).
+    #[default]
+    WordPiece,
+    /// Unigram with RoBERTa's special tokens (`<s> </s> <pad> <mask> <unk>`).
+    Unigram,
+}
+
+/// The special tokens of a tokenizer family.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpecialTokens {
+    pub cls: String,
+    pub sep: String,
+    pub pad: String,
+    pub mask: String,
+    pub unk: String,
+}
+
+impl SpecialTokens {
+    pub fn bert() -> Self {
+        SpecialTokens { cls: "[CLS]".into(), sep: "[SEP]".into(), pad: "[PAD]".into(), mask: "[MASK]".into(), unk: "[UNK]".into() }
+    }
+
+    pub fn roberta() -> Self {
+        SpecialTokens { cls: "<s>".into(), sep: "</s>".into(), pad: "<pad>".into(), mask: "<mask>".into(), unk: "<unk>".into() }
+    }
+
+    fn all(&self) -> [&str; 5] {
+        [&self.cls, &self.sep, &self.pad, &self.mask, &self.unk]
+    }
+}
+
+/// A batch of token ids, row-major `[batch, seq]`, padded to the longest row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Encoded {
+    pub input_ids: Vec<i64>,
+    pub attention_mask: Vec<i64>,
+    pub batch: usize,
+    pub seq: usize,
+}
+
+/// A tokenizer with its family's special tokens resolved to ids.
+#[derive(Clone)]
+pub struct TextTokenizer {
+    inner: Tokenizer,
+    pub special: SpecialTokens,
+    pub pad_id: u32,
+    pub mask_id: u32,
+    pub cls_id: u32,
+    pub sep_id: u32,
+}
+
+impl TextTokenizer {
+    /// Reads a `tokenizer.json`; the family is recognised by its special tokens.
+    pub fn from_bytes(bytes: &[u8], source: &str) -> Result<Self> {
+        let inner = Tokenizer::from_bytes(bytes).map_err(|e| Error::input(format!("{source}: not a tokenizer.json: {e}")))?;
+        Self::wrap(inner, source)
+    }
+
+    pub fn load(path: &std::path::Path) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| Error::input(format!("{}: {e}", path.display())))?;
+        Self::from_bytes(&bytes, &path.display().to_string())
+    }
+
+    fn wrap(inner: Tokenizer, source: &str) -> Result<Self> {
+        let special = [SpecialTokens::bert(), SpecialTokens::roberta()]
+            .into_iter()
+            .find(|s| s.all().iter().all(|t| inner.token_to_id(t).is_some()))
+            .ok_or_else(|| {
+                Error::input(format!(
+                    "{source}: the vocabulary lacks the special tokens of both families ([CLS] [SEP] [PAD] [MASK] [UNK] / <s> </s> <pad> <mask> <unk>)"
+                ))
+            })?;
+        let id = |t: &str| inner.token_to_id(t).expect("checked above");
+        Ok(TextTokenizer {
+            pad_id: id(&special.pad),
+            mask_id: id(&special.mask),
+            cls_id: id(&special.cls),
+            sep_id: id(&special.sep),
+            special,
+            inner,
+        })
+    }
+
+    /// Trains a tokenizer on `texts`.
+    pub fn train<I, S>(texts: I, kind: TokenizerKind, vocab_size: usize) -> Result<Self>
+    where
+        I: Iterator<Item = S> + Send,
+        S: AsRef<str> + Send,
+    {
+        let fail = |e: tokenizers::Error| Error::Other(format!("tokenizer training: {e}"));
+        let (special, mut tokenizer, mut trainer): (SpecialTokens, Tokenizer, TrainerWrapper) = match kind {
+            TokenizerKind::WordPiece => {
+                let special = SpecialTokens::bert();
+                let mut t = Tokenizer::new(WordPiece::builder().unk_token(special.unk.clone()).build().map_err(fail)?);
+                // Lower-cased, accents kept (French).
+                t.with_normalizer(Some(BertNormalizer::new(true, true, Some(false), true))).map_err(fail)?;
+                t.with_pre_tokenizer(Some(BertPreTokenizer));
+                t.with_decoder(Some(WordPieceDecoder::default()));
+                let trainer = WordPieceTrainer::builder()
+                    .vocab_size(vocab_size)
+                    .min_frequency(1)
+                    .show_progress(false)
+                    .special_tokens(ordered(&special, kind))
+                    .build();
+                (special, t, trainer.into())
+            }
+            TokenizerKind::Unigram => {
+                let special = SpecialTokens::roberta();
+                let mut t = Tokenizer::new(Unigram::default());
+                t.with_normalizer(Some(NFKC)).map_err(fail)?;
+                t.with_pre_tokenizer(Some(Metaspace::new('▁', PrependScheme::Always, true)));
+                t.with_decoder(Some(MetaspaceDecoder::new('▁', PrependScheme::Always, true)));
+                let trainer = UnigramTrainer::builder()
+                    .vocab_size(vocab_size as u32)
+                    .show_progress(false)
+                    .special_tokens(ordered(&special, kind))
+                    .unk_token(Some(special.unk.clone()))
+                    .build()
+                    .map_err(|e| Error::Other(format!("tokenizer training: {e}")))?;
+                (special, t, trainer.into())
+            }
+        };
+        tokenizer.train(&mut trainer, texts).map_err(fail)?;
+        let id = |t: &str| tokenizer.token_to_id(t).ok_or_else(|| Error::Other(format!("trained vocabulary lacks {t}")));
+        let (cls, sep) = (id(&special.cls)?, id(&special.sep)?);
+        let template = match kind {
+            TokenizerKind::WordPiece => TemplateProcessing::builder()
+                .try_single(format!("{} $A {}", special.cls, special.sep))
+                .and_then(|b| b.try_pair(format!("{0} $A {1} $B:1 {1}:1", special.cls, special.sep)))
+                .map_err(|e| Error::Other(format!("tokenizer template: {e}")))?
+                .special_tokens(vec![(special.cls.clone(), cls), (special.sep.clone(), sep)])
+                .build(),
+            TokenizerKind::Unigram => TemplateProcessing::builder()
+                .try_single(format!("{} $A {}", special.cls, special.sep))
+                .and_then(|b| b.try_pair(format!("{0} $A {1} {1} $B {1}", special.cls, special.sep)))
+                .map_err(|e| Error::Other(format!("tokenizer template: {e}")))?
+                .special_tokens(vec![(special.cls.clone(), cls), (special.sep.clone(), sep)])
+                .build(),
+        }
+        .map_err(|e| Error::Other(format!("tokenizer template: {e}")))?;
+        tokenizer.with_post_processor(Some(template));
+        Self::wrap(tokenizer, "trained tokenizer")
+    }
+
+    /// The `tokenizer.json` text.
+    pub fn to_json(&self) -> Result<String> {
+        self.inner.to_string(true).map_err(|e| Error::Other(format!("tokenizer serialisation: {e}")))
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// The id of a token, if the vocabulary has it.
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    /// Ids of the special tokens (never masked, never predicted).
+    pub fn special_ids(&self) -> Vec<u32> {
+        self.special.all().iter().filter_map(|t| self.inner.token_to_id(t)).collect()
+    }
+
+    /// The conversation input of SPEC §2: utterances joined by the separator token.
+    pub fn join_utterances<S: AsRef<str>>(&self, utterances: &[S]) -> String {
+        let sep = format!(" {} ", self.special.sep);
+        utterances.iter().map(AsRef::as_ref).collect::<Vec<_>>().join(&sep)
+    }
+
+    /// Encodes texts with special tokens, truncated to `max_len` tokens and padded to the
+    /// longest row.
+    pub fn encode_batch<S: AsRef<str>>(&self, texts: &[S], max_len: usize) -> Result<Encoded> {
+        let mut t = self.inner.clone();
+        t.with_truncation(Some(TruncationParams { max_length: max_len, ..Default::default() }))
+            .map_err(|e| Error::Other(format!("truncation: {e}")))?;
+        t.with_padding(Some(PaddingParams {
+            strategy: PaddingStrategy::BatchLongest,
+            direction: PaddingDirection::Right,
+            pad_to_multiple_of: None,
+            pad_id: self.pad_id,
+            pad_type_id: 0,
+            pad_token: self.special.pad.clone(),
+        }));
+        let inputs: Vec<&str> = texts.iter().map(AsRef::as_ref).collect();
+        let encodings = t.encode_batch(inputs, true).map_err(|e| Error::Other(format!("tokenization: {e}")))?;
+        let seq = encodings.first().map_or(0, |e| e.len());
+        let mut out = Encoded { input_ids: Vec::with_capacity(seq * texts.len()), attention_mask: Vec::new(), batch: texts.len(), seq };
+        for e in &encodings {
+            out.input_ids.extend(e.get_ids().iter().map(|&i| i64::from(i)));
+            out.attention_mask.extend(e.get_attention_mask().iter().map(|&m| i64::from(m)));
+        }
+        Ok(out)
+    }
+}
+
+/// Special tokens in the order that fixes their ids (RoBERTa: `<s>`=0, `<pad>`=1, `</s>`=2).
+fn ordered(s: &SpecialTokens, kind: TokenizerKind) -> Vec<AddedToken> {
+    let names: Vec<&String> = match kind {
+        TokenizerKind::WordPiece => vec![&s.pad, &s.unk, &s.cls, &s.sep, &s.mask],
+        TokenizerKind::Unigram => vec![&s.cls, &s.pad, &s.sep, &s.unk, &s.mask],
+    };
+    names.into_iter().map(|n| AddedToken::from(n.clone(), true)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::synthetic::SyntheticConfig;
+
+    fn corpus() -> Vec<String> {
+        let cfg = SyntheticConfig { train: 0, val: 0, test: 0, unlabeled: 200, ..Default::default() };
+        cfg.generate().flat_map(|c| c.utterances.into_iter().map(|u| u.text)).collect()
+    }
+
+    #[test]
+    fn trains_both_families_and_round_trips_through_json() {
+        let texts = corpus();
+        for (kind, cls, pad) in [(TokenizerKind::WordPiece, "[CLS]", 0), (TokenizerKind::Unigram, "<s>", 1)] {
+            let tok = TextTokenizer::train(texts.iter(), kind, 500).unwrap();
+            assert_eq!(tok.pad_id, pad, "{kind:?}");
+            assert!(tok.vocab_size() <= 500 && tok.vocab_size() > 100, "{kind:?}: {}", tok.vocab_size());
+            let enc = tok.encode_batch(&["Bonjour, ça été réglé.", "Merci"], 16).unwrap();
+            assert_eq!(enc.batch, 2);
+            assert_eq!(enc.input_ids[0], i64::from(tok.token_id(cls).unwrap()));
+            // The short row is padded with the pad id and a zero mask.
+            assert_eq!(enc.input_ids[enc.seq * 2 - 1], i64::from(tok.pad_id));
+            assert_eq!(enc.attention_mask[enc.seq * 2 - 1], 0);
+            let back = TextTokenizer::from_bytes(tok.to_json().unwrap().as_bytes(), "json").unwrap();
+            assert_eq!(back.encode_batch(&["Bonjour, ça été réglé.", "Merci"], 16).unwrap(), enc);
+            // Truncation keeps the special tokens at both ends.
+            let long = tok.encode_batch(&[texts[..20].join(" ")], 12).unwrap();
+            assert_eq!(long.seq, 12);
+            assert_eq!(long.input_ids[11], i64::from(tok.sep_id));
+        }
+    }
+
+    #[test]
+    fn conversations_join_utterances_with_the_separator() {
+        let tok = TextTokenizer::train(corpus().iter(), TokenizerKind::Unigram, 300).unwrap();
+        assert_eq!(tok.join_utterances(&["a b", "c"]), "a b </s> c");
+        let enc = tok.encode_batch(&[tok.join_utterances(&["bonjour", "merci"])], 64).unwrap();
+        let seps = enc.input_ids.iter().filter(|&&i| i == i64::from(tok.sep_id)).count();
+        assert_eq!(seps, 2, "one between the utterances, one at the end");
+    }
+}
