@@ -63,6 +63,20 @@ fn sentences_file(dir: &Path) -> PathBuf {
 
 #[test]
 fn minilm_matches_transformers_token_ids_and_hidden_states() {
+    minilm_parity(Device::Cpu);
+}
+
+/// The same parity on the GPU; without CUDA there is nothing to run.
+#[test]
+fn minilm_matches_transformers_on_cuda() {
+    if !tch::Cuda::is_available() {
+        eprintln!("skipped: no CUDA device");
+        return;
+    }
+    minilm_parity(Device::Cuda(0));
+}
+
+fn minilm_parity(device: Device) {
     let dir = tempdir();
     let model = minilm_dir();
     let out = dir.path().join("ref.safetensors");
@@ -75,10 +89,11 @@ fn minilm_matches_transformers_token_ids_and_hidden_states() {
     assert!(mask.equal(&reference["attention_mask"]));
     assert!(mask.sum(Kind::Int64).int64_value(&[]) < mask.numel() as i64, "the batch must contain padding");
 
-    let loaded = load_encoder(&model, Device::Cpu).unwrap();
+    let loaded = load_encoder(&model, device).unwrap();
+    let (ids, mask) = (ids.to_device(device), mask.to_device(device));
     let hidden = tch::no_grad(|| loaded.encoder.forward_t(&ids, &mask, None, false));
-    let diff = max_abs_diff(&hidden, &reference["hidden"]);
-    assert!(diff <= ENCODER_TOL, "max abs diff {diff} > {ENCODER_TOL}");
+    let diff = max_abs_diff(&hidden.to_device(Device::Cpu), &reference["hidden"]);
+    assert!(diff <= ENCODER_TOL, "{device:?}: max abs diff {diff} > {ENCODER_TOL}");
     // Eval mode is deterministic; training mode applies dropout.
     let again = tch::no_grad(|| loaded.encoder.forward_t(&ids, &mask, None, false));
     assert!(hidden.equal(&again));
@@ -231,4 +246,29 @@ fn tiny_models_have_the_right_shapes_and_heads_start_fresh_only_when_declared() 
     let err = load_weights(&vs2, dir.path(), &[]).unwrap_err().to_string();
     assert!(err.contains("missing: adaptive.linear1.bias"), "{err}");
     load_weights(&vs2, dir.path(), &["adaptive.", "classifiers."]).unwrap();
+}
+
+#[test]
+fn mlm_head_matches_transformers_for_both_families() {
+    use taft::model::bert::Encoder;
+    use taft::model::heads::MlmHead;
+    for (family, kind) in [("bert", Family::Bert), ("roberta", Family::Roberta)] {
+        let dir = tempdir();
+        let model = dir.path().join(family);
+        let out = dir.path().join("ref.safetensors");
+        run(python().args([&parity_script("mlm_ref.py"), family, s(&model), s(&out)])).ok();
+        let reference = read(&out);
+        let config = taft::model::checkpoint::read_config(&model).unwrap();
+        let vs = nn::VarStore::new(Device::Cpu);
+        let encoder = Encoder::new(&vs.root(), &config, kind);
+        let head = MlmHead::new(&MlmHead::path(&vs.root(), kind), &config, kind);
+        load_weights(&vs, &model, &[]).unwrap();
+        let logits = tch::no_grad(|| {
+            let hidden = encoder.forward_t(&reference["input_ids"], &reference["attention_mask"], None, false);
+            head.forward(&hidden, encoder.embeddings.word_embeddings())
+        });
+        let valid = reference["attention_mask"].to_kind(Kind::Bool).unsqueeze(-1).expand_as(&logits);
+        let diff = max_abs_diff(&logits.masked_select(&valid), &reference["logits"].masked_select(&valid));
+        assert!(diff <= ENCODER_TOL, "{family}: max abs diff {diff} > {ENCODER_TOL}");
+    }
 }
