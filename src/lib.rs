@@ -11,6 +11,8 @@ pub mod runtime;
 pub mod steps;
 pub mod store;
 pub mod text;
+#[cfg(feature = "train")]
+pub mod train;
 pub mod workflow;
 
 pub use error::{Error, Result};

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use tch::{nn, Device, Kind};
+use tch::{nn, Device};
 
 use super::{Step, StepIo};
 use crate::data::parquet::{read_conversations, CONVERSATIONS};
@@ -289,7 +289,7 @@ fn describe(config: &EncoderConfig, family: Family, tokenizer: &TextTokenizer, p
         "layers": config.num_hidden_layers,
         "approx_parameters": parameters,
         "special_tokens": tokenizer.special,
-        "dtype": format!("{:?}", Kind::Float),
+        "dtype": "float32",
     })
 }
 

@@ -141,6 +141,10 @@ impl Store {
 
     /// The URL of an object under this prefix.
     pub fn url_of(&self, name: &str) -> String {
+        if self.url.is_empty() {
+            // A file named relative to the current directory.
+            return name.to_string();
+        }
         format!("{}/{}", self.url.trim_end_matches('/'), name)
     }
 
@@ -325,6 +329,16 @@ mod tests {
         for good in ["prep", "models/init", "a.b/c-d_e"] {
             check_key(good).unwrap();
         }
+    }
+
+    #[test]
+    fn file_urls_keep_the_name_the_user_gave() {
+        for url in ["Cargo.toml", "src/lib.rs", "memory://m/a/b.jsonl", "s3://bucket/in/x.jsonl"] {
+            let (store, name) = Store::open_file(url).unwrap();
+            assert_eq!(store.url_of(&name), url);
+        }
+        assert!(Store::open_file("s3://bucket").is_err());
+        assert!(Store::open_file("no/such/dir/x.jsonl").unwrap_err().to_string().contains("no such file"));
     }
 
     #[tokio::test]

@@ -10,4 +10,6 @@ mod malformed;
 mod model;
 mod prep;
 mod s3;
+#[cfg(feature = "train")]
+mod train;
 mod workflow;
