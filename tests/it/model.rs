@@ -93,6 +93,7 @@ fn minilm_parity(device: Device) {
     let (ids, mask) = (ids.to_device(device), mask.to_device(device));
     let hidden = tch::no_grad(|| loaded.encoder.forward_t(&ids, &mask, None, false));
     let diff = max_abs_diff(&hidden.to_device(Device::Cpu), &reference["hidden"]);
+    eprintln!("parity MiniLM hidden states ({device:?}): max abs diff {diff:.2e}");
     assert!(diff <= ENCODER_TOL, "{device:?}: max abs diff {diff} > {ENCODER_TOL}");
     // Eval mode is deterministic; training mode applies dropout.
     let again = tch::no_grad(|| loaded.encoder.forward_t(&ids, &mask, None, false));
@@ -124,6 +125,7 @@ fn camembert_family_matches_transformers_with_a_tokenizer_trained_here() {
     assert_eq!(loaded.config.family("config.json").unwrap(), Family::Roberta);
     let hidden = tch::no_grad(|| loaded.encoder.forward_t(&ids, &mask, None, false));
     let diff = max_abs_diff(&hidden, &reference["hidden"]);
+    eprintln!("parity CamemBERT hidden states: max abs diff {diff:.2e}");
     assert!(diff <= ENCODER_TOL, "max abs diff {diff} > {ENCODER_TOL}");
 }
 
@@ -156,6 +158,7 @@ fn adaptive_layer_matches_torch_transformer_encoder_layer() {
     // unspecified): compare the token positions.
     let valid = mask.to_kind(Kind::Bool).unsqueeze(-1).expand_as(&masked);
     let diff = max_abs_diff(&masked.masked_select(&valid), &reference["masked"].masked_select(&valid));
+    eprintln!("parity adaptive layer with padding mask: max abs diff {diff:.2e}");
     assert!(diff <= LAYER_TOL, "with padding mask: max abs diff {diff} > {LAYER_TOL}");
 
     // The same weights with `mask_padding: false` (the original's behaviour).
@@ -164,6 +167,7 @@ fn adaptive_layer_matches_torch_transformer_encoder_layer() {
     compat_vs.copy(&vs).unwrap();
     let unmasked = tch::no_grad(|| compat.forward_t(&x, &mask, false));
     let diff = max_abs_diff(&unmasked, &reference["unmasked"]);
+    eprintln!("parity adaptive layer without padding mask: max abs diff {diff:.2e}");
     assert!(diff <= LAYER_TOL, "without padding mask (compat): max abs diff {diff} > {LAYER_TOL}");
     assert!(max_abs_diff(&masked, &unmasked) > 1e-3, "the mask must change the outputs");
 }
@@ -188,6 +192,7 @@ fn a_model_saved_by_taft_loads_in_transformers() {
     run(python().args([&parity_script("encoder_ref.py"), "load", s(&saved), s(&inputs), s(&out)])).ok();
     let hidden = tch::no_grad(|| base.encoder.forward_t(&ids, &mask, None, false));
     let diff = max_abs_diff(&hidden, &read(&out)["hidden"]);
+    eprintln!("parity taft-saved model in transformers: max abs diff {diff:.2e}");
     assert!(diff <= ENCODER_TOL, "max abs diff {diff} > {ENCODER_TOL}");
     // And it loads back here, key for key.
     load_encoder(&saved, Device::Cpu).unwrap();
@@ -269,6 +274,7 @@ fn mlm_head_matches_transformers_for_both_families() {
         });
         let valid = reference["attention_mask"].to_kind(Kind::Bool).unsqueeze(-1).expand_as(&logits);
         let diff = max_abs_diff(&logits.masked_select(&valid), &reference["logits"].masked_select(&valid));
+        eprintln!("parity {family} MLM logits: max abs diff {diff:.2e}");
         assert!(diff <= ENCODER_TOL, "{family}: max abs diff {diff} > {ENCODER_TOL}");
     }
 }
