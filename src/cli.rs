@@ -30,6 +30,10 @@ pub enum Command {
     /// encoder with a tokenizer trained on a prep output's unlabeled utterances.
     #[cfg(feature = "train")]
     Init(StepArgs),
+    /// Masked-LM continued pretraining (DAPT) of a model directory on a prep output's
+    /// unlabeled utterances; inputs: the prep output and the model, in any order.
+    #[cfg(feature = "train")]
+    Dapt(StepArgs),
     /// Run a workflow file locally: steps in dependency order, independent ones in parallel.
     Run(RunArgs),
     /// Write the synthetic dataset as JSON lines (`.gz` compresses), e.g. for benchmarks.

@@ -46,6 +46,8 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Prep(args) => runtime.block_on(step(StepKind::Prep, args)),
         #[cfg(feature = "train")]
         Command::Init(args) => runtime.block_on(step(StepKind::Init, args)),
+        #[cfg(feature = "train")]
+        Command::Dapt(args) => runtime.block_on(step(StepKind::Dapt, args)),
         Command::Run(args) => runtime.block_on(workflow(args)),
         Command::Synth(args) => runtime.block_on(synth(args)),
         Command::Info => {

@@ -63,3 +63,54 @@ impl Progress {
         }
     }
 }
+
+/// Progress of a training run: a bar with the loss, throughput and ETA on a terminal; a log
+/// event every few seconds otherwise.
+pub struct StepProgress {
+    what: &'static str,
+    total: u64,
+    start_step: u64,
+    bar: Option<ProgressBar>,
+    started: Instant,
+    last_log: Instant,
+}
+
+impl StepProgress {
+    pub fn new(what: &'static str, total: u64, done: u64) -> Self {
+        let bar = INTERACTIVE.load(Ordering::Relaxed).then(|| {
+            let bar = ProgressBar::new(total);
+            bar.set_style(
+                ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} steps {msg} ({per_sec}, ETA {eta})")
+                    .expect("valid template")
+                    .progress_chars("=> "),
+            );
+            bar.set_prefix(what);
+            bar.set_position(done);
+            bar.reset_eta();
+            bar
+        });
+        let now = Instant::now();
+        StepProgress { what, total, start_step: done, bar, started: now, last_log: now }
+    }
+
+    /// Reports that `step` optimizer steps are done, the last with `loss`.
+    pub fn update(&mut self, step: u64, loss: f64) {
+        if let Some(bar) = &self.bar {
+            bar.set_position(step);
+            bar.set_message(format!("loss {loss:.4}"));
+            return;
+        }
+        if self.last_log.elapsed() >= LOG_EVERY || step == self.total {
+            self.last_log = Instant::now();
+            let rate = (step - self.start_step) as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
+            let eta = (self.total - step) as f64 / rate.max(1e-9);
+            tracing::info!(phase = self.what, step, total = self.total, loss, steps_per_sec = (rate * 100.0).round() / 100.0, eta_s = eta.round(), "progress");
+        }
+    }
+
+    pub fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}

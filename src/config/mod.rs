@@ -92,12 +92,39 @@ impl RawConfig {
 
     /// Resolves the document into a typed config. Unknown keys and wrong types are errors
     /// naming the source, the key and what was expected.
+    /// Lays `defaults` (a YAML mapping) beneath this document: keys the document lacks are
+    /// taken from the defaults, nested mappings are merged key by key.
+    pub fn with_defaults(&self, defaults: &str) -> Result<RawConfig> {
+        let defaults: Value = serde_yaml::from_str(defaults)
+            .map_err(|e| Error::Other(format!("built-in defaults of {}: {e}", self.source)))?;
+        let mut value = defaults;
+        merge(&mut value, self.value.clone());
+        Ok(RawConfig { source: self.source.clone(), value })
+    }
+
     pub fn resolve<T: DeserializeOwned>(&self) -> Result<T> {
         serde_path_to_error::deserialize(self.value.clone()).map_err(|e| {
             let path = e.path().to_string();
             let at = if path == "." { String::new() } else { format!(" key `{path}`:") };
             Error::config(format!("config {}:{at} {}", self.source, e.inner()))
         })
+    }
+}
+
+/// Merges `top` over `base`: mappings key by key, anything else replaced.
+fn merge(base: &mut Value, top: Value) {
+    match (base, top) {
+        (Value::Mapping(base), Value::Mapping(top)) => {
+            for (k, v) in top {
+                match base.get_mut(&k) {
+                    Some(slot) => merge(slot, v),
+                    None => {
+                        base.insert(k, v);
+                    }
+                }
+            }
+        }
+        (base, top) => *base = top,
     }
 }
 
@@ -153,5 +180,14 @@ mod tests {
         let mut raw = RawConfig::empty("c");
         assert!(raw.apply_sets(&["noequals".into()]).is_err());
         assert!(raw.apply_sets(&["name.x=1".into(), "name.x.y=2".into()]).is_err());
+    }
+
+    #[test]
+    fn defaults_fill_missing_keys_at_any_depth() {
+        let raw = RawConfig::from_yaml("d.yaml", "inner:\n  seed: 3\n").unwrap();
+        let merged = raw.with_defaults("name: base\ninner:\n  seed: 1\n").unwrap();
+        let cfg: Cfg = merged.resolve().unwrap();
+        assert_eq!(cfg, Cfg { name: "base".into(), inner: Some(Inner { seed: 3 }) });
+        assert_eq!(merged.source, "d.yaml");
     }
 }

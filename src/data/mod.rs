@@ -57,6 +57,17 @@ impl std::fmt::Display for ConvId {
     }
 }
 
+impl ConvId {
+    /// Whether the conversation falls in the held-out `fraction` of a seeded hash of its
+    /// id: whole conversations go to one side, whatever the file order.
+    pub fn held_out(&self, seed: u64, fraction: f64) -> bool {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(format!("{seed}:{self}").as_bytes());
+        let x = u64::from_le_bytes(digest[..8].try_into().expect("8 bytes"));
+        (x as f64 / u64::MAX as f64) < fraction
+    }
+}
+
 /// One utterance: its text, the speaker role (SPEC §1 `authors`) and the emotion label.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Utterance {

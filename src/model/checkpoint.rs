@@ -9,7 +9,7 @@ use std::path::Path;
 use tch::{nn, Device, Tensor};
 
 use super::bert::Encoder;
-use super::config::EncoderConfig;
+use super::config::{EncoderConfig, Family};
 use crate::error::{Error, Result};
 
 pub const CONFIG: &str = "config.json";
@@ -119,18 +119,36 @@ pub fn load_tensors(vs: &nn::VarStore, tensors: Vec<(String, Tensor)>, fresh: &[
     Err(Error::input(msg))
 }
 
+/// Which Hugging Face class a saved model directory declares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    /// `BertModel` / `RobertaModel` / `CamembertModel`: encoder tensors without a prefix.
+    Base,
+    /// `…ForMaskedLM`: encoder tensors under `bert.`/`roberta.`, the MLM head beside them.
+    MaskedLm,
+}
+
 /// Writes the variables of `vs` as a model directory: the Hugging Face part (encoder,
 /// pooler, MLM head) to `model.safetensors`, the rest to `heads.safetensors`, and `config.json`.
-pub fn save_weights(vs: &nn::VarStore, config: &EncoderConfig, dir: &Path) -> Result<()> {
+pub fn save_weights(vs: &nn::VarStore, config: &EncoderConfig, arch: Arch, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir)?;
+    let family = config.family(CONFIG)?;
+    let prefix = match (arch, family) {
+        (Arch::Base, _) => "",
+        (Arch::MaskedLm, Family::Bert) => "bert.",
+        // CamemBERT's task models nest the encoder under `roberta.` too.
+        (Arch::MaskedLm, Family::Roberta) => "roberta.",
+    };
     let mut hf = Vec::new();
     let mut ours = Vec::new();
     let mut variables: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
     variables.sort_by(|a, b| a.0.cmp(&b.0));
     for (name, t) in variables {
         let t = t.to_device(Device::Cpu).contiguous();
-        if HF_PREFIXES.iter().any(|p| name.starts_with(p)) {
+        if ["cls.", "lm_head."].iter().any(|p| name.starts_with(p)) {
             hf.push((name, t));
+        } else if HF_PREFIXES.iter().any(|p| name.starts_with(p)) {
+            hf.push((format!("{prefix}{name}"), t));
         } else {
             ours.push((name, t));
         }
@@ -143,12 +161,58 @@ pub fn save_weights(vs: &nn::VarStore, config: &EncoderConfig, dir: &Path) -> Re
     if !ours.is_empty() {
         write(&ours, HEADS)?;
     }
+    let base = match family {
+        Family::Bert => "Bert",
+        Family::Roberta if config.model_type == "camembert" => "Camembert",
+        Family::Roberta => "Roberta",
+    };
+    let class = match arch {
+        Arch::Base => format!("{base}Model"),
+        Arch::MaskedLm => format!("{base}ForMaskedLM"),
+    };
     let mut json = serde_json::to_value(config)?;
-    json["architectures"] = serde_json::json!([match config.family(CONFIG)? {
-        super::config::Family::Bert => "BertModel",
-        super::config::Family::Roberta if config.model_type == "camembert" => "CamembertModel",
-        super::config::Family::Roberta => "RobertaModel",
-    }]);
+    json["architectures"] = serde_json::json!([class]);
     std::fs::write(dir.join(CONFIG), serde_json::to_vec_pretty(&json)?)?;
     Ok(())
+}
+
+/// The tensor names of a safetensors file, normalised like [`load_tensors`] does, read
+/// from its header only.
+pub fn tensor_names(path: &Path) -> Result<Vec<String>> {
+    use std::io::Read;
+    let bad = |e: String| Error::input(format!("{}: {e}", path.display()));
+    let mut file = std::fs::File::open(path).map_err(|e| bad(e.to_string()))?;
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len).map_err(|e| bad(e.to_string()))?;
+    let len = u64::from_le_bytes(len);
+    if len > 100_000_000 {
+        return Err(bad(format!("header of {len} bytes: not a safetensors file")));
+    }
+    let mut header = vec![0u8; len as usize];
+    file.read_exact(&mut header).map_err(|e| bad(e.to_string()))?;
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&header).map_err(|e| bad(format!("not a safetensors header: {e}")))?;
+    Ok(header.keys().filter(|k| *k != "__metadata__").map(|k| normalize(k)).collect())
+}
+
+/// Hugging Face's initialisation of the variables under `prefix` (all with ""): weights
+/// N(0, 0.02), biases 0, LayerNorm 1 and 0, and a zero embedding for the padding token.
+pub fn init_like_transformers(vs: &nn::VarStore, prefix: &str, pad_id: i64) {
+    tch::no_grad(|| {
+        for (name, mut v) in vs.variables() {
+            if !name.starts_with(prefix) {
+                continue;
+            }
+            if name.ends_with("LayerNorm.weight") || name.ends_with("layer_norm.weight") {
+                let _ = v.fill_(1.0);
+            } else if name.ends_with(".bias") {
+                let _ = v.zero_();
+            } else {
+                let _ = v.normal_(0.0, 0.02);
+            }
+            if name == "embeddings.word_embeddings.weight" {
+                let _ = v.get(pad_id).zero_();
+            }
+        }
+    });
 }

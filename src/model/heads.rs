@@ -30,6 +30,14 @@ impl MlmHead {
         }
     }
 
+    /// The variable-name prefix of the head for a family.
+    pub fn prefix(family: Family) -> &'static str {
+        match family {
+            Family::Bert => "cls.predictions.",
+            Family::Roberta => "lm_head.",
+        }
+    }
+
     pub fn new(p: &nn::Path, cfg: &EncoderConfig, family: Family) -> Self {
         let h = cfg.hidden_size;
         let ln = nn::LayerNormConfig { eps: cfg.layer_norm_eps, ..Default::default() };

@@ -4,20 +4,15 @@
 
 use std::path::Path;
 
-use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device};
 
-use super::{Step, StepIo};
-use crate::data::parquet::{read_conversations, CONVERSATIONS};
-use crate::data::Split;
+use super::{io, Step, StepIo};
 use crate::error::{Error, Result};
-use crate::model::checkpoint::{self, CONFIG, TOKENIZER, WEIGHTS};
+use crate::model::checkpoint::{self, Arch, CONFIG, TOKENIZER, WEIGHTS};
 use crate::model::config::{EncoderConfig, Family};
-use crate::model::heads::Classifier;
+use crate::model::heads::{Classifier, MlmHead};
 use crate::store::commit::Output;
-use crate::store::manifest::Manifest;
-use crate::store::Store;
 use crate::text::{TextTokenizer, TokenizerKind};
 
 /// Our description of a model directory, beside the Hugging Face files.
@@ -141,7 +136,7 @@ impl Step for Init {
         let summary = match &config.pretrained {
             Some(url) => {
                 let src = work.path().join("pretrained");
-                fetch_model_dir(url, &src).await?;
+                io::fetch_model_dir(url, &src).await?;
                 let config = config.clone();
                 let (src2, dir2) = (src.clone(), dir.clone());
                 tokio::task::spawn_blocking(move || from_pretrained(&config, &src2, &dir2))
@@ -149,7 +144,7 @@ impl Step for Init {
                     .map_err(|e| Error::Other(format!("init: {e}")))??
             }
             None => {
-                let texts = corpus(&config.inputs[0]).await?;
+                let texts = io::utterances(io::read_prep(&config.inputs[0]).await?);
                 let (config, dir2) = (config.clone(), dir.clone());
                 tokio::task::spawn_blocking(move || from_scratch(&config, texts, &dir2))
                     .await
@@ -159,42 +154,9 @@ impl Step for Init {
         let mut taft = summary.clone();
         taft["lineage"] = serde_json::json!([{"step": "init", "fingerprint": out.fingerprint()}]);
         std::fs::write(dir.join(TAFT_JSON), serde_json::to_vec_pretty(&taft)?)?;
-        upload_dir(&dir, out).await?;
+        io::upload_dir(&dir, out).await?;
         Ok(summary)
     }
-}
-
-/// Copies the files of a model directory out of a store into `dest`.
-async fn fetch_model_dir(url: &str, dest: &Path) -> Result<()> {
-    std::fs::create_dir_all(dest)?;
-    let store = Store::open(url)?;
-    for (file, required) in [(CONFIG, true), (WEIGHTS, true), (TOKENIZER, true), (checkpoint::HEADS, false)] {
-        match store.get(file).await? {
-            Some(bytes) => std::fs::write(dest.join(file), &bytes)?,
-            None if required => {
-                return Err(Error::input(format!("{}: no such file (a model directory needs {CONFIG}, {WEIGHTS} and {TOKENIZER})", store.url_of(file))))
-            }
-            None => {}
-        }
-    }
-    Ok(())
-}
-
-/// The unlabeled utterances of a prep output (all utterances if it has no unlabeled split).
-async fn corpus(url: &str) -> Result<Vec<String>> {
-    let store = Store::open(url)?;
-    Manifest::require(&store).await?;
-    let bytes = store
-        .get(CONVERSATIONS)
-        .await?
-        .ok_or_else(|| Error::input(format!("{}: no {CONVERSATIONS} (not a prep output?)", store.url())))?;
-    let conversations = read_conversations(bytes, &store.url_of(CONVERSATIONS))?;
-    let unlabeled = conversations.iter().any(|c| c.split == Split::Unlabeled);
-    Ok(conversations
-        .into_iter()
-        .filter(|c| !unlabeled || c.split == Split::Unlabeled)
-        .flat_map(|c| c.utterances.into_iter().map(|u| u.text))
-        .collect())
 }
 
 fn from_pretrained(config: &InitConfig, src: &Path, dir: &Path) -> Result<serde_json::Value> {
@@ -204,9 +166,18 @@ fn from_pretrained(config: &InitConfig, src: &Path, dir: &Path) -> Result<serde_
     tch::manual_seed(config.seed as i64);
     let vs = nn::VarStore::new(Device::Cpu);
     let _model = Classifier::new(&vs.root(), &encoder_config, family, None, &[], encoder_config.hidden_dropout_prob);
+    // A masked-LM head in the checkpoint is kept (DAPT continues from it).
+    let names = checkpoint::tensor_names(&src.join(WEIGHTS))?;
+    let head = MlmHead::prefix(family);
+    let arch = if names.iter().any(|n| n.starts_with(head)) {
+        let _mlm = MlmHead::new(&MlmHead::path(&vs.root(), family), &encoder_config, family);
+        Arch::MaskedLm
+    } else {
+        Arch::Base
+    };
     // The pooler is a head: it starts fresh when the checkpoint has none.
     checkpoint::load_weights(&vs, src, &["pooler."])?;
-    save(&vs, &encoder_config, &tokenizer, dir)?;
+    save(&vs, &encoder_config, arch, &tokenizer, dir)?;
     Ok(describe(&encoder_config, family, &tokenizer, config.pretrained.as_deref()))
 }
 
@@ -247,32 +218,13 @@ fn from_scratch(config: &InitConfig, texts: Vec<String>, dir: &Path) -> Result<s
     tch::manual_seed(config.seed as i64);
     let vs = nn::VarStore::new(Device::Cpu);
     let _model = Classifier::new(&vs.root(), &encoder_config, family, None, &[], s.dropout);
-    init_like_transformers(&vs, tokenizer.pad_id);
-    save(&vs, &encoder_config, &tokenizer, dir)?;
+    checkpoint::init_like_transformers(&vs, "", i64::from(tokenizer.pad_id));
+    save(&vs, &encoder_config, Arch::Base, &tokenizer, dir)?;
     Ok(describe(&encoder_config, family, &tokenizer, None))
 }
 
-/// Hugging Face's initialisation: weights N(0, 0.02), biases 0, LayerNorm 1 and 0, and a
-/// zero embedding for the padding token.
-fn init_like_transformers(vs: &nn::VarStore, pad_id: u32) {
-    tch::no_grad(|| {
-        for (name, mut v) in vs.variables() {
-            if name.ends_with("LayerNorm.weight") {
-                let _ = v.fill_(1.0);
-            } else if name.ends_with(".bias") {
-                let _ = v.zero_();
-            } else {
-                let _ = v.normal_(0.0, 0.02);
-            }
-            if name == "embeddings.word_embeddings.weight" {
-                let _ = v.get(i64::from(pad_id)).zero_();
-            }
-        }
-    });
-}
-
-fn save(vs: &nn::VarStore, config: &EncoderConfig, tokenizer: &TextTokenizer, dir: &Path) -> Result<()> {
-    checkpoint::save_weights(vs, config, dir)?;
+fn save(vs: &nn::VarStore, config: &EncoderConfig, arch: Arch, tokenizer: &TextTokenizer, dir: &Path) -> Result<()> {
+    checkpoint::save_weights(vs, config, arch, dir)?;
     std::fs::write(dir.join(TOKENIZER), tokenizer.to_json()?)?;
     Ok(())
 }
@@ -291,17 +243,4 @@ fn describe(config: &EncoderConfig, family: Family, tokenizer: &TextTokenizer, p
         "special_tokens": tokenizer.special,
         "dtype": "float32",
     })
-}
-
-/// Uploads every file of a local directory as part of the output.
-async fn upload_dir(dir: &Path, out: &mut Output) -> Result<()> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)?
-        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
-        .collect::<std::io::Result<_>>()?;
-    names.sort();
-    for name in names {
-        let bytes = std::fs::read(dir.join(&name))?;
-        out.put(&name, Bytes::from(bytes)).await?;
-    }
-    Ok(())
 }

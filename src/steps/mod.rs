@@ -3,7 +3,11 @@
 //! the output is up to date, otherwise run and commit atomically.
 
 #[cfg(feature = "train")]
+pub mod dapt;
+#[cfg(feature = "train")]
 pub mod init;
+#[cfg(feature = "train")]
+pub mod io;
 pub mod prep;
 
 use std::future::Future;
@@ -27,6 +31,9 @@ pub enum StepKind {
     /// A pretrained model, or a new one with a tokenizer trained on a prep output → model directory.
     #[cfg(feature = "train")]
     Init,
+    /// Masked-LM continued pretraining of a model on a prep output's unlabeled utterances.
+    #[cfg(feature = "train")]
+    Dapt,
 }
 
 impl StepKind {
@@ -34,6 +41,8 @@ impl StepKind {
         StepKind::Prep,
         #[cfg(feature = "train")]
         StepKind::Init,
+        #[cfg(feature = "train")]
+        StepKind::Dapt,
     ];
 
     pub fn name(self) -> &'static str {
@@ -41,6 +50,8 @@ impl StepKind {
             StepKind::Prep => prep::Prep::NAME,
             #[cfg(feature = "train")]
             StepKind::Init => init::Init::NAME,
+            #[cfg(feature = "train")]
+            StepKind::Dapt => dapt::Dapt::NAME,
         }
     }
 
@@ -79,6 +90,8 @@ pub trait StepIo {
 /// One pipeline step.
 pub trait Step {
     const NAME: &'static str;
+    /// Built-in config (YAML) laid beneath the user's: keys the user leaves out, at any depth.
+    const DEFAULTS: &'static str = "{}";
     type Config: DeserializeOwned + Serialize + StepIo + Send + Sync;
 
     /// Checks what serde cannot (ranges, combinations) before any work starts.
@@ -99,6 +112,8 @@ pub fn check(kind: StepKind, raw: &RawConfig, overrides: &Overrides) -> Result<(
         StepKind::Prep => resolve::<prep::Prep>(raw, overrides).map(drop),
         #[cfg(feature = "train")]
         StepKind::Init => resolve::<init::Init>(raw, overrides).map(drop),
+        #[cfg(feature = "train")]
+        StepKind::Dapt => resolve::<dapt::Dapt>(raw, overrides).map(drop),
     }
 }
 
@@ -108,11 +123,13 @@ pub async fn run(kind: StepKind, raw: &RawConfig, overrides: &Overrides) -> Resu
         StepKind::Prep => drive::<prep::Prep>(raw, overrides).await,
         #[cfg(feature = "train")]
         StepKind::Init => drive::<init::Init>(raw, overrides).await,
+        #[cfg(feature = "train")]
+        StepKind::Dapt => drive::<dapt::Dapt>(raw, overrides).await,
     }
 }
 
 fn resolve<S: Step>(raw: &RawConfig, overrides: &Overrides) -> Result<S::Config> {
-    let mut raw = raw.clone();
+    let mut raw = raw.with_defaults(S::DEFAULTS)?;
     if !overrides.inputs.is_empty() {
         let list = overrides.inputs.iter().map(|s| serde_yaml::Value::String(s.clone())).collect();
         raw.set("inputs", serde_yaml::Value::Sequence(list)).map_err(Error::config)?;

@@ -189,6 +189,16 @@ impl TextTokenizer {
         utterances.iter().map(AsRef::as_ref).collect::<Vec<_>>().join(&sep)
     }
 
+    /// Token ids of each text with its special tokens, neither truncated nor padded.
+    pub fn encode_ids<S: AsRef<str>>(&self, texts: &[S]) -> Result<Vec<Vec<i64>>> {
+        let mut t = self.inner.clone();
+        t.with_truncation(None).map_err(|e| Error::Other(format!("truncation: {e}")))?;
+        t.with_padding(None);
+        let inputs: Vec<&str> = texts.iter().map(AsRef::as_ref).collect();
+        let encodings = t.encode_batch(inputs, true).map_err(|e| Error::Other(format!("tokenization: {e}")))?;
+        Ok(encodings.iter().map(|e| e.get_ids().iter().map(|&i| i64::from(i)).collect()).collect())
+    }
+
     /// Encodes texts with special tokens, truncated to `max_len` tokens and padded to the
     /// longest row.
     pub fn encode_batch<S: AsRef<str>>(&self, texts: &[S], max_len: usize) -> Result<Encoded> {

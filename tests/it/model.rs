@@ -182,7 +182,7 @@ fn a_model_saved_by_taft_loads_in_transformers() {
     let base = Classifier::new(&vs.root(), &config, Family::Bert, None, &[], 0.1);
     load_weights(&vs, &model, &[]).unwrap();
     let saved = dir.path().join("saved");
-    save_weights(&vs, &config, &saved).unwrap();
+    save_weights(&vs, &config, taft::model::checkpoint::Arch::Base, &saved).unwrap();
 
     let tok = TextTokenizer::load(&model.join("tokenizer.json")).unwrap();
     let (ids, mask) = encode(&tok, &SENTENCES);
@@ -244,7 +244,7 @@ fn tiny_models_have_the_right_shapes_and_heads_start_fresh_only_when_declared() 
     assert_eq!(out.logits["satisfaction"].size(), [2, 7]);
     // Save the encoder part, then load it into a model whose classifiers are declared new.
     let dir = tempdir();
-    save_weights(&vs, &config, dir.path()).unwrap();
+    save_weights(&vs, &config, taft::model::checkpoint::Arch::Base, dir.path()).unwrap();
     std::fs::remove_file(dir.path().join("heads.safetensors")).unwrap();
     let vs2 = nn::VarStore::new(Device::Cpu);
     let _m2 = Classifier::new(&vs2.root(), &config, Family::Roberta, Some(&AdaptiveConfig { heads: 4, ffn: 48, ..Default::default() }), &tasks, 0.5);

@@ -1,0 +1,103 @@
+//! What steps read and write besides their config: prep outputs, model directories, and the
+//! sorting of a step's inputs into the two.
+
+use std::path::Path;
+
+use bytes::Bytes;
+
+use crate::data::parquet::{read_conversations, CONVERSATIONS};
+use crate::data::{Conversation, Split};
+use crate::error::{Error, Result};
+use crate::model::checkpoint::{self, CONFIG, TOKENIZER, WEIGHTS};
+use crate::store::commit::Output;
+use crate::store::manifest::Manifest;
+use crate::store::Store;
+
+/// The conversations of a committed prep output.
+pub async fn read_prep(url: &str) -> Result<Vec<Conversation>> {
+    let store = Store::open(url)?;
+    Manifest::require(&store).await?;
+    let bytes = store
+        .get(CONVERSATIONS)
+        .await?
+        .ok_or_else(|| Error::input(format!("{}: no {CONVERSATIONS} (not a prep output?)", store.url())))?;
+    read_conversations(bytes, &store.url_of(CONVERSATIONS))
+}
+
+/// The pretraining corpus of SPEC §5: the unlabeled split (every conversation when there
+/// is no unlabeled split).
+pub fn pretraining_corpus(conversations: Vec<Conversation>) -> Vec<Conversation> {
+    let unlabeled = conversations.iter().any(|c| c.split == Split::Unlabeled);
+    conversations.into_iter().filter(|c| !unlabeled || c.split == Split::Unlabeled).collect()
+}
+
+/// The utterance texts of the pretraining corpus.
+pub fn utterances(conversations: Vec<Conversation>) -> Vec<String> {
+    pretraining_corpus(conversations)
+        .into_iter()
+        .flat_map(|c| c.utterances.into_iter().map(|u| u.text))
+        .collect()
+}
+
+/// Copies the files of a model directory out of a store into `dest`.
+pub async fn fetch_model_dir(url: &str, dest: &Path) -> Result<()> {
+    std::fs::create_dir_all(dest)?;
+    let store = Store::open(url)?;
+    for (file, required) in [(CONFIG, true), (WEIGHTS, true), (TOKENIZER, true), (checkpoint::HEADS, false)] {
+        match store.get(file).await? {
+            Some(bytes) => std::fs::write(dest.join(file), &bytes)?,
+            None if required => {
+                return Err(Error::input(format!(
+                    "{}: no such file (a model directory needs {CONFIG}, {WEIGHTS} and {TOKENIZER})",
+                    store.url_of(file)
+                )))
+            }
+            None => {}
+        }
+    }
+    Ok(())
+}
+
+/// Uploads every file of a local directory as part of the output.
+pub async fn upload_dir(dir: &Path, out: &mut Output) -> Result<()> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)?
+        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect::<std::io::Result<_>>()?;
+    names.sort();
+    for name in names {
+        let bytes = std::fs::read(dir.join(&name))?;
+        out.put(&name, Bytes::from(bytes)).await?;
+    }
+    Ok(())
+}
+
+/// A training step's inputs: one prep output and one model directory, in any order,
+/// recognised by the step that made them.
+#[derive(Debug, Clone)]
+pub struct DataAndModel {
+    pub data: String,
+    pub model: String,
+}
+
+impl DataAndModel {
+    pub async fn sort(step: &str, inputs: &[String]) -> Result<DataAndModel> {
+        let (mut data, mut model) = (Vec::new(), Vec::new());
+        for url in inputs {
+            let manifest = Manifest::require(&Store::open(url)?).await?;
+            if manifest.step == "prep" {
+                data.push(url.clone());
+            } else {
+                model.push(url.clone());
+            }
+        }
+        match (data.as_slice(), model.as_slice()) {
+            ([d], [m]) => Ok(DataAndModel { data: d.clone(), model: m.clone() }),
+            _ => Err(Error::config(format!(
+                "{step} takes two inputs, a prep output and a model directory (init or a training step); got {} prep output(s) and {} other(s): {}",
+                data.len(),
+                model.len(),
+                inputs.join(", ")
+            ))),
+        }
+    }
+}
