@@ -43,7 +43,7 @@ pub fn utterances(conversations: Vec<Conversation>) -> Vec<String> {
 pub async fn fetch_model_dir(url: &str, dest: &Path) -> Result<()> {
     std::fs::create_dir_all(dest)?;
     let store = Store::open(url)?;
-    for (file, required) in [(CONFIG, true), (WEIGHTS, true), (TOKENIZER, true), (checkpoint::HEADS, false)] {
+    for (file, required) in [(CONFIG, true), (WEIGHTS, true), (TOKENIZER, true), (checkpoint::HEADS, false), (super::init::TAFT_JSON, false)] {
         match store.get(file).await? {
             Some(bytes) => std::fs::write(dest.join(file), &bytes)?,
             None if required => {

@@ -4,6 +4,8 @@ mod common;
 
 mod cli;
 #[cfg(feature = "train")]
+mod dapt;
+#[cfg(feature = "train")]
 mod init;
 mod malformed;
 #[cfg(feature = "train")]

@@ -36,15 +36,15 @@ fn minilm_dir() -> PathBuf {
     PathBuf::from(r.stdout.trim()).join("model")
 }
 
-fn parity_script(name: &str) -> String {
+pub fn parity_script(name: &str) -> String {
     s(&root().join("tests/parity").join(name)).to_string()
 }
 
-fn read(path: &Path) -> HashMap<String, Tensor> {
+pub fn read(path: &Path) -> HashMap<String, Tensor> {
     Tensor::read_safetensors(path).unwrap().into_iter().collect()
 }
 
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.size(), b.size());
     (a - b).abs().max().double_value(&[])
 }

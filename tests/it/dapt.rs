@@ -1,0 +1,225 @@
+//! `taft dapt` and the trainer end to end: learning on a tiny model, metrics read back by
+//! TensorBoard's reader, the output loaded by transformers, same seed → same run, SIGKILL
+//! and resume → the same result, NaN losses and bad configs stopping with clear errors.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use taft::model::checkpoint::{load_weights, read_config};
+use taft::model::heads::{Classifier, MlmHead};
+use tch::{nn, Device};
+
+use crate::common::*;
+use crate::model::{max_abs_diff, parity_script, read};
+
+/// transformers vs taft on the MLM logits of the model taft trained.
+const LOGITS_TOL: f64 = 1e-4;
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    prep: PathBuf,
+    init: PathBuf,
+}
+
+/// A small learnable dataset and a tiny RoBERTa-family model, made once.
+fn fixture() -> &'static Fixture {
+    static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        let dir = tempdir();
+        let (prep, init) = (dir.path().join("prep"), dir.path().join("init"));
+        taft_run(&["prep", "-o", s(&prep), "--set", "synthetic={seed: 3, train: 10, val: 5, test: 5, unlabeled: 250, learnable: true}"]).ok();
+        taft_run(&[
+            "init", "-i", s(&prep), "-o", s(&init), "--set",
+            "scratch={vocab_size: 400, hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 4, intermediate_size: 64, max_length: 128}",
+        ])
+        .ok();
+        Fixture { _dir: dir, prep, init }
+    })
+}
+
+/// `taft dapt` on the fixture into `out`, small and fast, with extra `--set`s.
+fn dapt(out: &Path, sets: &[&str]) -> std::process::Command {
+    let f = fixture();
+    let mut cmd = taft();
+    cmd.args(["dapt", "-i", s(&f.prep), "-i", s(&f.init), "-o", s(out)]);
+    let base = [
+        "block_size=64", "train.epochs=2", "train.lr=1e-3", "train.device=cpu", "train.threads=1",
+        "train.checkpoint_every=5", "train.log_every=5",
+    ];
+    for set in base.iter().chain(sets) {
+        cmd.args(["--set", set]);
+    }
+    cmd
+}
+
+fn records(out: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(out.join("metrics.jsonl")).expect("metrics.jsonl");
+    text.lines()
+        .map(|l| {
+            let mut r: serde_json::Value = serde_json::from_str(l).unwrap();
+            r.as_object_mut().unwrap().remove("time");
+            r
+        })
+        .collect()
+}
+
+fn values(records: &[serde_json::Value], kind: &str, key: &str) -> Vec<f64> {
+    records.iter().filter(|r| r["kind"] == kind).map(|r| r[key].as_f64().unwrap()).collect()
+}
+
+#[test]
+fn dapt_learns_and_its_output_reads_back_in_tensorboard_and_transformers() {
+    let dir = tempdir();
+    let out = dir.path().join("dapt");
+    let r = run(&mut dapt(&out, &["train.epochs=3"])).ok();
+    assert!(r.stdout.contains("dapt: done"), "{}", r.stdout);
+
+    let recs = records(&out);
+    let train = values(&recs, "train", "loss");
+    let eval = values(&recs, "eval", "loss");
+    let ppl = values(&recs, "eval", "perplexity");
+    assert_eq!(eval.len(), 3, "one evaluation per epoch");
+    let head: f64 = train[..3].iter().sum::<f64>() / 3.0;
+    let tail: f64 = train[train.len() - 3..].iter().sum::<f64>() / 3.0;
+    eprintln!("dapt: train loss {head:.3} -> {tail:.3}, eval loss {eval:?}");
+    assert!(tail < head - 0.3, "the training loss falls: {head} -> {tail}");
+    assert!(eval[2] < eval[0], "the evaluation loss falls: {eval:?}");
+    assert!(eval[2] < (400f64).ln() - 0.5, "better than a uniform guess over the vocabulary: {}", eval[2]);
+    for (l, p) in eval.iter().zip(&ppl) {
+        assert!((l.exp() - p).abs() < 1e-9 * p);
+    }
+
+    let manifest = manifest(&out).expect("committed");
+    let files: Vec<&str> = manifest["files"].as_array().unwrap().iter().map(|f| f["path"].as_str().unwrap()).collect();
+    for f in ["config.json", "metrics.jsonl", "model.safetensors", "taft.json", "tokenizer.json"] {
+        assert!(files.contains(&f), "{f} in {files:?}");
+    }
+    assert!(files.iter().all(|f| !f.starts_with("_work")) && !out.join("_work").exists());
+    let taft: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("taft.json")).unwrap()).unwrap();
+    let steps: Vec<&str> = taft["lineage"].as_array().unwrap().iter().map(|l| l["step"].as_str().unwrap()).collect();
+    assert_eq!(steps, ["init", "dapt"]);
+
+    // TensorBoard's reader sees metrics.jsonl; transformers loads the model and agrees on logits.
+    let reference = dir.path().join("ref.safetensors");
+    let r = run(python().args([&parity_script("dapt_ref.py"), s(&out), s(&reference)])).ok();
+    eprint!("{}", r.stdout);
+    let reference = read(&reference);
+    let config = read_config(&out).unwrap();
+    let family = config.family("config.json").unwrap();
+    assert_eq!(config.extra["architectures"], serde_json::json!(["RobertaForMaskedLM"]));
+    let vs = nn::VarStore::new(Device::Cpu);
+    let model = Classifier::new(&vs.root(), &config, family, None, &[], 0.0);
+    let head = MlmHead::new(&MlmHead::path(&vs.root(), family), &config, family);
+    load_weights(&vs, &out, &[]).unwrap();
+    let ids = &reference["input_ids"];
+    let logits = tch::no_grad(|| {
+        let hidden = model.encoder.forward_t(ids, &ids.ones_like(), None, false);
+        head.forward(&hidden, model.encoder.embeddings.word_embeddings())
+    });
+    let diff = max_abs_diff(&logits, &reference["logits"]);
+    eprintln!("parity dapt output MLM logits (taft vs transformers): max abs diff {diff:.2e}");
+    assert!(diff <= LOGITS_TOL, "{diff}");
+
+    // Same config again: up to date.
+    let again = run(&mut dapt(&out, &["train.epochs=3"])).ok();
+    assert!(again.stdout.contains("up to date"), "{}", again.stdout);
+}
+
+#[test]
+fn same_seed_same_run_and_a_killed_run_resumes_to_the_same_result() {
+    let dir = tempdir();
+    let (a, b, c) = (dir.path().join("a"), dir.path().join("b"), dir.path().join("c"));
+    run(&mut dapt(&a, &[])).ok();
+    run(&mut dapt(&c, &[])).ok();
+    assert_eq!(records(&a), records(&c), "one seed, one history");
+    let weights = |p: &Path| std::fs::read(p.join("model.safetensors")).unwrap();
+    assert!(weights(&a) == weights(&c), "one seed, one model");
+
+    // SIGKILL somewhere after a few checkpoints, between two of them.
+    let mut child = dapt(&b, &[]).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let state = b.join("_work/state.json");
+    let started = Instant::now();
+    let killed_after = loop {
+        let step = std::fs::read(&state)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+            .and_then(|v| v["step"].as_u64());
+        if let Some(step) = step.filter(|&s| s >= 20) {
+            std::thread::sleep(Duration::from_millis(37));
+            child.kill().unwrap();
+            break step;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be killed");
+        assert!(started.elapsed() < Duration::from_secs(120), "no checkpoint within 2 minutes");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    child.wait().unwrap();
+    assert!(manifest(&b).is_none(), "a killed step leaves nothing that looks finished");
+
+    let r = run(&mut dapt(&b, &[])).ok();
+    let resumed = events(&r.stderr)
+        .iter()
+        .find(|e| e["message"] == "resuming from the checkpoint under _work/")
+        .and_then(|e| e["step"].as_u64())
+        .expect("the rerun resumes");
+    eprintln!("killed after checkpoint {killed_after}, resumed from step {resumed}");
+    assert!(resumed >= killed_after);
+    assert_eq!(records(&a), records(&b), "the resumed run ends as the uninterrupted one");
+    assert!(weights(&a) == weights(&b), "and with the same weights");
+    assert!(!b.join("_work").exists());
+
+    // A different seed is a different run (the comparison above can fail).
+    let d = dir.path().join("d");
+    run(&mut dapt(&d, &["train.seed=5"])).ok();
+    assert_ne!(records(&a), records(&d));
+}
+
+#[test]
+fn a_diverging_run_stops_naming_the_step() {
+    let dir = tempdir();
+    let out = dir.path().join("nan");
+    let r = run(&mut dapt(&out, &["train.lr=1e30", "train.max_grad_norm=null"]));
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("training step 2") && r.stderr.contains("the loss is"), "{}", r.stderr);
+    assert!(manifest(&out).is_none());
+}
+
+#[test]
+fn bad_dapt_configs_are_rejected_before_training() {
+    let dir = tempdir();
+    let out = dir.path().join("bad");
+    for (set, expect) in [
+        ("block_size=4096", "block_size 4096 exceeds the 128 positions"),
+        ("train.lrr=1", "unknown field `lrr`"),
+        ("mlm_probability=1.5", "mlm_probability must be in (0, 1)"),
+        ("train.precision=bf16", "unknown variant `bf16`"),
+    ] {
+        let r = run(&mut dapt(&out, &[set]));
+        assert_eq!(r.code, 2, "{set}: {}", r.stderr);
+        assert!(r.stderr.contains(expect), "{set}: {}", r.stderr);
+    }
+    if !tch::Cuda::is_available() {
+        let r = run(&mut dapt(&out, &["train.precision=fp16"]));
+        assert_eq!(r.code, 2);
+        assert!(r.stderr.contains("fp16 needs a CUDA device"), "{}", r.stderr);
+    }
+    let f = fixture();
+    let r = taft_run(&["dapt", "-i", s(&f.prep), "-i", s(&f.prep), "-o", s(&out)]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("2 prep output(s) and 0 other(s)"), "{}", r.stderr);
+}
+
+#[test]
+fn dapt_in_fp16_on_cuda() {
+    if !tch::Cuda::is_available() {
+        eprintln!("skipped: no CUDA device");
+        return;
+    }
+    let dir = tempdir();
+    let out = dir.path().join("fp16");
+    run(&mut dapt(&out, &["train.device=cuda", "train.precision=fp16", "train.epochs=3"])).ok();
+    let recs = records(&out);
+    let eval = values(&recs, "eval", "loss");
+    assert!(eval.iter().all(|l| l.is_finite()) && eval[2] < eval[0], "{eval:?}");
+}
