@@ -17,8 +17,21 @@ fn demo_workflow_runs_then_is_up_to_date() {
     let init = manifest(&store.join("init")).unwrap();
     assert_eq!(init["inputs"][0]["fingerprint"], m["fingerprint"], "init reads prep's output");
     assert!(store.join("init/model.safetensors").exists());
+    let dapt = manifest(&store.join("dapt")).unwrap();
+    let eval: Vec<f64> = std::fs::read_to_string(store.join("dapt/metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["kind"] == "eval")
+        .map(|r| r["loss"].as_f64().unwrap())
+        .collect();
+    assert_eq!(eval.len(), 2, "{eval:?}");
+    assert!(eval[1] < eval[0], "the demo's masked-LM loss falls: {eval:?}");
+    assert_eq!(dapt["summary"]["last_eval"]["loss"].as_f64(), Some(eval[1]));
     let r = taft_run(&["run", "workflows/demo.yaml", "--store", s(&store)]).ok();
-    assert!(r.stdout.contains("prep: up to date") && r.stdout.contains("init: up to date"), "{}", r.stdout);
+    for step in ["prep", "init", "dapt"] {
+        assert!(r.stdout.contains(&format!("{step}: up to date")), "{}", r.stdout);
+    }
 }
 
 #[test]
