@@ -261,7 +261,10 @@ fn describe(v: &Value) -> String {
         Value::Null => "null".into(),
         Value::Bool(b) => format!("a boolean ({b})"),
         Value::Number(n) => format!("a number ({n})"),
-        Value::String(s) if s.len() > 40 => format!("a string ({:?}…)", &s[..s.floor_char_boundary(40)]),
+        Value::String(s) if s.len() > 40 => {
+            let end = (0..=40).rev().find(|&i| s.is_char_boundary(i)).unwrap_or(0);
+            format!("a string ({:?}…)", &s[..end])
+        }
         Value::String(s) => format!("a string ({s:?})"),
         Value::Array(_) => "a list".into(),
         Value::Object(_) => "an object".into(),

@@ -5,7 +5,7 @@
 //! Whole conversations go to training or evaluation by a seeded hash of their id. The
 //! output is a `…ForMaskedLM` model directory.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -128,7 +128,7 @@ fn train_mlm(
     config: &DaptConfig,
     conversations: Vec<Conversation>,
     src: &Path,
-    dst: &PathBuf,
+    dst: &Path,
     work: &WorkDir,
     lineage: serde_json::Value,
 ) -> Result<(Fit, serde_json::Value)> {
