@@ -4,6 +4,7 @@
 pub mod config;
 pub mod data;
 pub mod error;
+pub mod eval;
 #[cfg(feature = "train")]
 pub mod model;
 pub mod progress;

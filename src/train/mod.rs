@@ -8,7 +8,7 @@
 //! dropout seed are all functions of `(seed, epoch, batch)`, so a run resumed at an optimizer
 //! step replays exactly what the uninterrupted run did from there.
 
-pub mod events;
+pub mod loss;
 pub mod mlm;
 pub mod optim;
 pub mod schedule;
@@ -465,13 +465,13 @@ pub async fn write_metrics(out: &mut Output, history: &[serde_json::Value]) -> R
                     continue;
                 }
                 if let Some(value) = v.as_f64() {
-                    scalars.push(events::Scalar { tag: format!("{kind}/{k}"), step, wall_time, value: value as f32 });
+                    scalars.push(crate::eval::events::Scalar { tag: format!("{kind}/{k}"), step, wall_time, value: value as f32 });
                 }
             }
         }
     }
     out.put("metrics.jsonl", Bytes::from(lines)).await?;
-    out.put(&format!("tensorboard/{}", events::EVENTS_FILE), Bytes::from(events::event_file(&scalars))).await?;
+    out.put(&format!("tensorboard/{}", crate::eval::events::EVENTS_FILE), Bytes::from(crate::eval::events::event_file(&scalars))).await?;
     Ok(())
 }
 

@@ -40,9 +40,14 @@ fn fixture() -> &'static Fixture {
 
 /// `taft dapt` on the fixture into `out`, small and fast, with extra `--set`s.
 fn dapt(out: &Path, sets: &[&str]) -> std::process::Command {
+    dapt_to(s(out), sets)
+}
+
+/// [`dapt`] into a store URL.
+fn dapt_to(out: &str, sets: &[&str]) -> std::process::Command {
     let f = fixture();
     let mut cmd = taft();
-    cmd.args(["dapt", "-i", s(&f.prep), "-i", s(&f.init), "-o", s(out)]);
+    cmd.args(["dapt", "-i", s(&f.prep), "-i", s(&f.init), "-o", out]);
     let base = [
         "block_size=64", "train.epochs=2", "train.lr=1e-3", "train.device=cpu", "train.threads=1",
         "train.checkpoint_every=5", "train.log_every=5",
@@ -137,32 +142,11 @@ fn same_seed_same_run_and_a_killed_run_resumes_to_the_same_result() {
     assert!(weights(&a) == weights(&c), "one seed, one model");
 
     // SIGKILL somewhere after a few checkpoints, between two of them.
-    let mut child = dapt(&b, &[]).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
-    let state = b.join("_work/state.json");
-    let started = Instant::now();
-    let killed_after = loop {
-        let step = std::fs::read(&state)
-            .ok()
-            .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
-            .and_then(|v| v["step"].as_u64());
-        if let Some(step) = step.filter(|&s| s >= 20) {
-            std::thread::sleep(Duration::from_millis(37));
-            child.kill().unwrap();
-            break step;
-        }
-        assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be killed");
-        assert!(started.elapsed() < Duration::from_secs(120), "no checkpoint within 2 minutes");
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    child.wait().unwrap();
+    let killed_after = kill_after_checkpoint(&mut dapt(&b, &[]), &b.join("_work/state.json"), 20);
     assert!(manifest(&b).is_none(), "a killed step leaves nothing that looks finished");
 
     let r = run(&mut dapt(&b, &[])).ok();
-    let resumed = events(&r.stderr)
-        .iter()
-        .find(|e| e["message"] == "resuming from the checkpoint under _work/")
-        .and_then(|e| e["step"].as_u64())
-        .expect("the rerun resumes");
+    let resumed = resumed_from(&r.stderr);
     eprintln!("killed after checkpoint {killed_after}, resumed from step {resumed}");
     assert!(resumed >= killed_after);
     assert_eq!(records(&a), records(&b), "the resumed run ends as the uninterrupted one");
@@ -173,6 +157,65 @@ fn same_seed_same_run_and_a_killed_run_resumes_to_the_same_result() {
     let d = dir.path().join("d");
     run(&mut dapt(&d, &["train.seed=5"])).ok();
     assert_ne!(records(&a), records(&d));
+}
+
+/// Starts `cmd`, SIGKILLs it a moment after its checkpoint `state` (a file on disk) reaches
+/// `min_step`, and returns the step of that checkpoint.
+fn kill_after_checkpoint(cmd: &mut std::process::Command, state: &Path, min_step: u64) -> u64 {
+    let mut child = cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let started = Instant::now();
+    loop {
+        let step = std::fs::read(state)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+            .and_then(|v| v["step"].as_u64());
+        if let Some(step) = step.filter(|&s| s >= min_step) {
+            std::thread::sleep(Duration::from_millis(37));
+            child.kill().unwrap();
+            child.wait().unwrap();
+            return step;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be killed");
+        assert!(started.elapsed() < Duration::from_secs(120), "no checkpoint within 2 minutes");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Files under a folder, at any depth (0 when it does not exist).
+fn files_under(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries.map(|e| e.unwrap().path()).map(|p| if p.is_dir() { files_under(&p) } else { 1 }).sum()
+}
+
+fn resumed_from(stderr: &str) -> u64 {
+    events(stderr)
+        .iter()
+        .find(|e| e["message"] == "resuming from the checkpoint under _work/")
+        .and_then(|e| e["step"].as_u64())
+        .expect("the rerun resumes")
+}
+
+#[test]
+fn checkpoints_and_resume_work_on_s3() {
+    let dir = tempdir();
+    let server = S3Server::start(&dir.path().join("s3"));
+    let bucket = server.bucket("runs");
+    let local = dir.path().join("local");
+    run(&mut dapt(&local, &["train.epochs=1"])).ok();
+    let out = bucket.join("dapt");
+    let killed_after = kill_after_checkpoint(server.env(&mut dapt_to("s3://runs/dapt", &["train.epochs=1"])), &out.join("_work/state.json"), 10);
+    assert!(manifest(&out).is_none());
+    let r = run(server.env(&mut dapt_to("s3://runs/dapt", &["train.epochs=1"]))).ok();
+    let resumed = resumed_from(&r.stderr);
+    eprintln!("s3: killed after checkpoint {killed_after}, resumed from step {resumed}");
+    assert!(resumed >= killed_after);
+    assert_eq!(records(&local), records(&out), "the run resumed on S3 ends as the local one");
+    assert!(std::fs::read(local.join("model.safetensors")).unwrap() == std::fs::read(out.join("model.safetensors")).unwrap());
+    assert_eq!(files_under(&out.join("_work")), 0, "no _work/ object is left");
+    // Progress and evaluations reach the logs as JSON events.
+    let events = events(&r.stderr);
+    assert!(events.iter().any(|e| e["message"] == "evaluated" && e["step"].as_u64().is_some()), "{}", r.stderr);
+    assert!(events.iter().any(|e| e["message"] == "progress" && e["step"] == e["total"]), "{}", r.stderr);
 }
 
 #[test]

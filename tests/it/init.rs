@@ -113,3 +113,23 @@ fn init_rejects_bad_models_and_configs_with_exit_2() {
     assert_eq!(r.code, 2);
     assert!(r.stderr.contains("not a committed step output"), "{}", r.stderr);
 }
+
+#[test]
+fn init_keeps_the_masked_lm_head_of_a_pretrained_model() {
+    let dir = tempdir();
+    let src = dir.path().join("mlm");
+    let script = root().join("tests/parity/mlm_ref.py");
+    run(python().args([s(&script), "roberta", s(&src), s(&dir.path().join("unused.safetensors"))])).ok();
+    let texts: Vec<String> = (0..200).map(|i| format!("bonjour {i} merci au revoir")).collect();
+    let tok = TextTokenizer::train(texts.iter(), taft::text::TokenizerKind::Unigram, 100).unwrap();
+    std::fs::write(src.join("tokenizer.json"), tok.to_json().unwrap()).unwrap();
+    let out = dir.path().join("init");
+    taft_run(&["init", "--set", &format!("pretrained={}", s(&src)), "--out", s(&out)]).ok();
+    let config: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["architectures"], serde_json::json!(["RobertaForMaskedLM"]));
+    let read = |p: &Path| -> std::collections::HashMap<String, Tensor> { Tensor::read_safetensors(p).unwrap().into_iter().collect() };
+    let (before, after) = (read(&src.join("model.safetensors")), read(&out.join("model.safetensors")));
+    for name in ["lm_head.dense.weight", "lm_head.layer_norm.weight", "lm_head.bias", "roberta.encoder.layer.1.output.dense.weight"] {
+        assert!(before[name].equal(&after[name]), "{name} kept");
+    }
+}

@@ -8,6 +8,7 @@ mod dapt;
 #[cfg(feature = "train")]
 mod init;
 mod malformed;
+mod metrics;
 #[cfg(feature = "train")]
 mod model;
 mod prep;

@@ -50,3 +50,40 @@ fn adamw_with_groups_and_schedule_matches_torch() {
     }
     assert!((a.detach() - a0).abs().max().double_value(&[]) > 1e-3, "the parameters moved");
 }
+
+#[test]
+fn spec_losses_match_torch() {
+    use taft::train::loss::{combine, validation_loss, weighted_loss};
+    tch::manual_seed(11);
+    let dir = tempdir();
+    // 4 and 7 classes (weighted cross-entropy, one class absent in "satis"), 2 (weighted BCE).
+    let cases = [("status", 4i64, vec![0i64, 1, 1, 3, 3, 3, 2, 0]), ("satis", 7, vec![6, 0, 0, 2, 5, 5, 5, 1, 3]), ("pc", 2, vec![0, 1, 1, 1, 0, 1])];
+    let mut inputs: Vec<(String, Tensor)> = Vec::new();
+    for (name, classes, labels) in &cases {
+        inputs.push((format!("logits_{name}"), Tensor::randn([labels.len() as i64, *classes], (Kind::Float, Device::Cpu)) * 2.0));
+        inputs.push((format!("labels_{name}"), Tensor::from_slice(labels)));
+    }
+    let inputs_path = dir.path().join("inputs.safetensors");
+    Tensor::write_safetensors(&inputs, &inputs_path).unwrap();
+    let out = dir.path().join("ref.safetensors");
+    run(python().args([s(&root().join("tests/parity/loss_ref.py")), s(&inputs_path), s(&out)])).ok();
+    let reference: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(&out).unwrap().into_iter().collect();
+    let given: std::collections::HashMap<String, Tensor> = inputs.into_iter().collect();
+    let mut losses = Vec::new();
+    for (name, _, _) in &cases {
+        let logits = given[&format!("logits_{name}")].copy().set_requires_grad(true);
+        let labels = &given[&format!("labels_{name}")];
+        let task = weighted_loss(&logits, labels);
+        assert!(!task.single_class);
+        task.loss.backward();
+        let dl = (task.loss.double_value(&[]) - reference[&format!("loss_{name}")].double_value(&[0])).abs();
+        let dg = (logits.grad() - &reference[&format!("grad_{name}")]).abs().max().double_value(&[]);
+        let dv = (validation_loss(&logits, labels).double_value(&[]) - reference[&format!("val_{name}")].double_value(&[0])).abs();
+        eprintln!("parity loss {name}: |Δloss| {dl:.2e}, grad max abs diff {dg:.2e}, |Δval| {dv:.2e}");
+        assert!(dl <= 1e-6 && dg <= 1e-6 && dv <= 1e-6, "{name}: {dl} {dg} {dv}");
+        losses.push(task.loss.detach());
+    }
+    let total = combine(&[(0.8, &losses[0]), (0.2, &losses[1])]).double_value(&[]);
+    let expected = 0.8 * reference["loss_status"].double_value(&[0]) + 0.2 * reference["loss_satis"].double_value(&[0]);
+    assert!((total - expected).abs() <= 1e-6, "{total} vs {expected}");
+}

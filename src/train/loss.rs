@@ -1,0 +1,78 @@
+//! The classification losses of SPEC §4: per-batch class weights, weighted cross-entropy
+//! for more than two classes, weighted binary cross-entropy on one-hot targets for two,
+//! the multi-task combination, and the unweighted validation loss.
+
+use tch::{Kind, Reduction, Tensor};
+
+/// Per-batch class weights: `1 − count_c / n` for the classes present in `labels`, 0 for
+/// the absent ones.
+pub fn batch_class_weights(labels: &[i64], classes: i64) -> Vec<f64> {
+    let mut counts = vec![0usize; classes as usize];
+    for &y in labels {
+        counts[y as usize] += 1;
+    }
+    let n = labels.len().max(1) as f64;
+    counts.iter().map(|&c| if c == 0 { 0.0 } else { 1.0 - c as f64 / n }).collect()
+}
+
+/// The loss of one task on a batch.
+#[derive(Debug)]
+pub struct TaskLoss {
+    pub loss: Tensor,
+    /// The batch held a single class: every weight is 0 and the loss is a zero that
+    /// updates nothing (PyTorch would give 0/0 = NaN for more than two classes).
+    pub single_class: bool,
+}
+
+/// SPEC §4 training loss of `logits` [batch, classes] against `labels` [batch] (int64):
+/// weighted cross-entropy (PyTorch's weighted mean) for more than two classes; for two,
+/// binary cross-entropy with logits on one-hot targets, each column weighted by its class
+/// weight, averaged over all elements.
+pub fn weighted_loss(logits: &Tensor, labels: &Tensor) -> TaskLoss {
+    let classes = logits.size()[1];
+    let ys = Vec::<i64>::try_from(&labels.to_device(tch::Device::Cpu)).expect("int64 labels");
+    let weights = batch_class_weights(&ys, classes);
+    let single_class = weights.iter().all(|&w| w == 0.0);
+    if single_class {
+        return TaskLoss { loss: logits.sum(Kind::Float) * 0.0, single_class };
+    }
+    let w = Tensor::from_slice(&weights).to_kind(Kind::Float).to_device(logits.device());
+    let logits = logits.to_kind(Kind::Float);
+    let loss = if classes == 2 {
+        let onehot = labels.one_hot(2).to_kind(Kind::Float);
+        logits.binary_cross_entropy_with_logits::<Tensor>(&onehot, Some(w), None, Reduction::Mean)
+    } else {
+        logits.cross_entropy_loss(labels, Some(w), Reduction::Mean, -100, 0.0)
+    };
+    TaskLoss { loss, single_class }
+}
+
+/// The unweighted cross-entropy used for model selection.
+pub fn validation_loss(logits: &Tensor, labels: &Tensor) -> Tensor {
+    logits.to_kind(Kind::Float).cross_entropy_loss::<Tensor>(labels, None, Reduction::Mean, -100, 0.0)
+}
+
+/// The multi-task loss: `Σ w_t · L_t / Σ w_t` (SPEC §4: 0.8 status, 0.2 satisfaction).
+pub fn combine(losses: &[(f64, &Tensor)]) -> Tensor {
+    let total: f64 = losses.iter().map(|(w, _)| w).sum();
+    let mut sum = losses[0].1 * losses[0].0;
+    for (w, l) in &losses[1..] {
+        sum = sum + *l * *w;
+    }
+    sum / total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weights_follow_the_batch() {
+        assert_eq!(batch_class_weights(&[0, 0, 1, 3], 4), [0.5, 0.75, 0.0, 0.75]);
+        let single = weighted_loss(&Tensor::ones([3, 4], (Kind::Float, tch::Device::Cpu)), &Tensor::from_slice(&[2i64, 2, 2]));
+        assert!(single.single_class);
+        assert_eq!(single.loss.double_value(&[]), 0.0);
+        let binary = weighted_loss(&Tensor::zeros([2, 2], (Kind::Float, tch::Device::Cpu)), &Tensor::from_slice(&[1i64, 1]));
+        assert!(binary.single_class && binary.loss.double_value(&[]) == 0.0);
+    }
+}
