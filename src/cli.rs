@@ -34,6 +34,10 @@ pub enum Command {
     /// unlabeled utterances; inputs: the prep output and the model, in any order.
     #[cfg(feature = "train")]
     Dapt(StepArgs),
+    /// Speaker-role pretraining (TAFT step 1a) of a model directory on a prep output's
+    /// unlabeled utterances, with the adaptive layer (`variant: adaptive`) or without.
+    #[cfg(feature = "train")]
+    Role(StepArgs),
     /// Run a workflow file locally: steps in dependency order, independent ones in parallel.
     Run(RunArgs),
     /// Write the synthetic dataset as JSON lines (`.gz` compresses), e.g. for benchmarks.

@@ -48,6 +48,8 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Init(args) => runtime.block_on(step(StepKind::Init, args)),
         #[cfg(feature = "train")]
         Command::Dapt(args) => runtime.block_on(step(StepKind::Dapt, args)),
+        #[cfg(feature = "train")]
+        Command::Role(args) => runtime.block_on(step(StepKind::Role, args)),
         Command::Run(args) => runtime.block_on(workflow(args)),
         Command::Synth(args) => runtime.block_on(synth(args)),
         Command::Info => {

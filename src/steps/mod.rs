@@ -9,6 +9,8 @@ pub mod init;
 #[cfg(feature = "train")]
 pub mod io;
 pub mod prep;
+#[cfg(feature = "train")]
+pub mod role;
 
 use std::future::Future;
 
@@ -34,6 +36,9 @@ pub enum StepKind {
     /// Masked-LM continued pretraining of a model on a prep output's unlabeled utterances.
     #[cfg(feature = "train")]
     Dapt,
+    /// Speaker-role pretraining (TAFT step 1a), with or without the adaptive layer.
+    #[cfg(feature = "train")]
+    Role,
 }
 
 impl StepKind {
@@ -43,6 +48,8 @@ impl StepKind {
         StepKind::Init,
         #[cfg(feature = "train")]
         StepKind::Dapt,
+        #[cfg(feature = "train")]
+        StepKind::Role,
     ];
 
     pub fn name(self) -> &'static str {
@@ -52,6 +59,8 @@ impl StepKind {
             StepKind::Init => init::Init::NAME,
             #[cfg(feature = "train")]
             StepKind::Dapt => dapt::Dapt::NAME,
+            #[cfg(feature = "train")]
+            StepKind::Role => role::Role::NAME,
         }
     }
 
@@ -114,6 +123,8 @@ pub fn check(kind: StepKind, raw: &RawConfig, overrides: &Overrides) -> Result<(
         StepKind::Init => resolve::<init::Init>(raw, overrides).map(drop),
         #[cfg(feature = "train")]
         StepKind::Dapt => resolve::<dapt::Dapt>(raw, overrides).map(drop),
+        #[cfg(feature = "train")]
+        StepKind::Role => resolve::<role::Role>(raw, overrides).map(drop),
     }
 }
 
@@ -125,6 +136,8 @@ pub async fn run(kind: StepKind, raw: &RawConfig, overrides: &Overrides) -> Resu
         StepKind::Init => drive::<init::Init>(raw, overrides).await,
         #[cfg(feature = "train")]
         StepKind::Dapt => drive::<dapt::Dapt>(raw, overrides).await,
+        #[cfg(feature = "train")]
+        StepKind::Role => drive::<role::Role>(raw, overrides).await,
     }
 }
 

@@ -16,14 +16,14 @@ use crate::model::{max_abs_diff, parity_script, read};
 /// transformers vs taft on the MLM logits of the model taft trained.
 const LOGITS_TOL: f64 = 1e-4;
 
-struct Fixture {
+pub struct Fixture {
     _dir: tempfile::TempDir,
-    prep: PathBuf,
-    init: PathBuf,
+    pub prep: PathBuf,
+    pub init: PathBuf,
 }
 
 /// A small learnable dataset and a tiny RoBERTa-family model, made once.
-fn fixture() -> &'static Fixture {
+pub fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
     FIXTURE.get_or_init(|| {
         let dir = tempdir();
@@ -58,7 +58,7 @@ fn dapt_to(out: &str, sets: &[&str]) -> std::process::Command {
     cmd
 }
 
-fn records(out: &Path) -> Vec<serde_json::Value> {
+pub fn records(out: &Path) -> Vec<serde_json::Value> {
     let text = std::fs::read_to_string(out.join("metrics.jsonl")).expect("metrics.jsonl");
     text.lines()
         .map(|l| {
@@ -69,7 +69,7 @@ fn records(out: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
-fn values(records: &[serde_json::Value], kind: &str, key: &str) -> Vec<f64> {
+pub fn values(records: &[serde_json::Value], kind: &str, key: &str) -> Vec<f64> {
     records.iter().filter(|r| r["kind"] == kind).map(|r| r[key].as_f64().unwrap()).collect()
 }
 

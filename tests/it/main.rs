@@ -12,6 +12,8 @@ mod metrics;
 #[cfg(feature = "train")]
 mod model;
 mod prep;
+#[cfg(feature = "train")]
+mod role;
 mod s3;
 #[cfg(feature = "train")]
 mod train;
