@@ -28,8 +28,11 @@ fn demo_workflow_runs_then_is_up_to_date() {
     assert_eq!(eval.len(), 2, "{eval:?}");
     assert!(eval[1] < eval[0], "the demo's masked-LM loss falls: {eval:?}");
     assert_eq!(dapt["summary"]["last_eval"]["loss"].as_f64(), Some(eval[1]));
+    let role = manifest(&store.join("role")).unwrap();
+    let accuracy = role["summary"]["test"]["accuracy"].as_f64().unwrap();
+    assert!(accuracy > 0.8, "the demo's speaker-role model learns (learnable data): {accuracy}");
     let r = taft_run(&["run", "workflows/demo.yaml", "--store", s(&store)]).ok();
-    for step in ["prep", "init", "dapt"] {
+    for step in ["prep", "init", "dapt", "role"] {
         assert!(r.stdout.contains(&format!("{step}: up to date")), "{}", r.stdout);
     }
 }

@@ -1,0 +1,71 @@
+"""The Python peer of the speaker-role benchmark: a plain PyTorch training loop (what the
+original's Lightning module runs) over transformers' encoder, an `nn.TransformerEncoderLayer`
+adaptive layer, the pooler and a 2-class classifier, with SPEC §4's per-batch weighted
+binary cross-entropy, on the same model directory, utterances (customer and operator
+utterances of the unlabeled split, 50 tokens), batch, learning rate and threads as
+`taft role`.
+
+  role_peer.py MODEL_DIR PREP_DIR BATCH STEPS THREADS ADAPTIVE_HEADS ADAPTIVE_FFN
+
+Prints one JSON line: steps_per_second (the training loop), seconds.
+"""
+import json
+import os
+import sys
+import time
+
+import pyarrow.parquet as pq
+import torch
+import torch.nn.functional as F
+from transformers import AutoModel, PreTrainedTokenizerFast
+
+model_dir, prep_dir = sys.argv[1:3]
+batch, steps, threads, heads, ffn = (int(x) for x in sys.argv[3:8])
+torch.set_num_threads(threads)
+torch.manual_seed(42)
+
+tokenizer = PreTrainedTokenizerFast(tokenizer_file=os.path.join(model_dir, "tokenizer.json"), bos_token="<s>",
+                                    eos_token="</s>", pad_token="<pad>", unk_token="<unk>", mask_token="<mask>",
+                                    cls_token="<s>", sep_token="</s>")
+rows = pq.read_table(os.path.join(prep_dir, "conversations.parquet"), columns=["split", "utterances"]).to_pylist()
+items = [(u["text"], u["speaker"] - 2) for r in rows if r["split"] == "unlabeled" for u in r["utterances"] if u["speaker"] >= 2]
+
+
+class Model(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.encoder = AutoModel.from_pretrained(model_dir, add_pooling_layer=False)
+        h = self.encoder.config.hidden_size
+        self.adaptive = torch.nn.TransformerEncoderLayer(h, heads, ffn, 0.1, batch_first=True)
+        self.pooler = torch.nn.Linear(h, h)
+        self.dropout = torch.nn.Dropout(0.1)
+        self.classifier = torch.nn.Linear(h, 2)
+
+    def forward(self, ids, mask):
+        h = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        h = self.adaptive(h, src_key_padding_mask=mask == 0)
+        return self.classifier(self.dropout(torch.tanh(self.pooler(h[:, 0]))))
+
+
+model = Model()
+model.train()
+decay = [p for n, p in model.named_parameters() if not (n.endswith("bias") or "LayerNorm" in n or "norm" in n)]
+rest = [p for n, p in model.named_parameters() if n.endswith("bias") or "LayerNorm" in n or "norm" in n]
+opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": rest, "weight_decay": 0.0}], lr=1e-3)
+sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1 - s / steps))
+order = torch.randperm(len(items)).tolist()
+start = time.perf_counter()
+for step in range(steps):
+    chunk = [items[order[(step * batch + i) % len(items)]] for i in range(batch)]
+    enc = tokenizer([t for t, _ in chunk], truncation=True, max_length=50, padding=True, return_tensors="pt")
+    labels = torch.tensor([y for _, y in chunk])
+    counts = torch.bincount(labels, minlength=2).float()
+    weights = torch.where(counts > 0, 1 - counts / len(labels), torch.zeros_like(counts))
+    logits = model(enc["input_ids"], enc["attention_mask"])
+    loss = F.binary_cross_entropy_with_logits(logits, F.one_hot(labels, 2).float(), weight=weights)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    sched.step()
+seconds = time.perf_counter() - start
+print(json.dumps({"steps_per_second": steps / seconds, "seconds": seconds}))
