@@ -116,7 +116,7 @@ pub fn to_batch(id: IdKind, rows: &[Conversation]) -> Result<RecordBatch> {
 pub struct ConversationWriter<W: AsyncWrite + Unpin + Send + 'static> {
     id: IdKind,
     pending: Vec<Conversation>,
-    tx: Option<tokio::sync::mpsc::Sender<Vec<Conversation>>>,
+    tx: Option<tokio::sync::mpsc::Sender<Option<Vec<Conversation>>>>,
     task: tokio::task::JoinHandle<Result<(u64, W)>>,
 }
 
@@ -133,17 +133,25 @@ impl<W: AsyncWrite + Unpin + Send + 'static> ConversationWriter<W> {
             move |source| Error::Parquet { url: url.clone(), source }
         };
         let mut writer = AsyncArrowWriter::try_new(sink, schema(id), Some(props)).map_err(&perr)?;
-        // Two batches in flight at most: bounded memory.
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Conversation>>(2);
+        // Two batches in flight at most: bounded memory. `None` asks for the footer: a
+        // channel closed without it (a failed step) never completes the file.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Option<Vec<Conversation>>>(2);
         let task = tokio::spawn(async move {
             let mut rows = 0u64;
-            while let Some(batch) = rx.recv().await {
-                rows += batch.len() as u64;
-                writer.write(&to_batch(id, &batch)?).await.map_err(&perr)?;
+            loop {
+                match rx.recv().await {
+                    Some(Some(batch)) => {
+                        rows += batch.len() as u64;
+                        writer.write(&to_batch(id, &batch)?).await.map_err(&perr)?;
+                    }
+                    Some(None) => {
+                        // `finish` writes the footer and shuts the sink down (completing the upload).
+                        writer.finish().await.map_err(&perr)?;
+                        return Ok((rows, writer.into_inner()));
+                    }
+                    None => return Err(Error::Other(format!("{url}: abandoned before its footer"))),
+                }
             }
-            // `finish` writes the footer and shuts the sink down (completing the upload).
-            writer.finish().await.map_err(&perr)?;
-            Ok((rows, writer.into_inner()))
         });
         Ok(ConversationWriter { id, pending: Vec::with_capacity(ROW_GROUP), tx: Some(tx), task })
     }
@@ -158,7 +166,7 @@ impl<W: AsyncWrite + Unpin + Send + 'static> ConversationWriter<W> {
         if self.pending.len() >= ROW_GROUP {
             let batch = std::mem::replace(&mut self.pending, Vec::with_capacity(ROW_GROUP));
             let tx = self.tx.as_ref().expect("open until finish");
-            if tx.send(batch).await.is_err() {
+            if tx.send(Some(batch)).await.is_err() {
                 // The encoder stopped: its error says why.
                 return Err(self.join().await.err().unwrap_or_else(|| Error::Other("parquet writer stopped".into())));
             }
@@ -173,11 +181,14 @@ impl<W: AsyncWrite + Unpin + Send + 'static> ConversationWriter<W> {
 
     /// Writes what is pending and the footer; returns the number of rows and the sink.
     pub async fn finish(mut self) -> Result<(u64, W)> {
+        let tx = self.tx.as_ref().expect("open until finish");
+        let mut messages = vec![None];
         if !self.pending.is_empty() {
-            let batch = std::mem::take(&mut self.pending);
-            let tx = self.tx.as_ref().expect("open until finish");
-            if tx.send(batch).await.is_err() {
-                return self.join().await;
+            messages.insert(0, Some(std::mem::take(&mut self.pending)));
+        }
+        for message in messages {
+            if tx.send(message).await.is_err() {
+                break;
             }
         }
         self.join().await
@@ -186,7 +197,8 @@ impl<W: AsyncWrite + Unpin + Send + 'static> ConversationWriter<W> {
 
 impl<W: AsyncWrite + Unpin + Send + 'static> Drop for ConversationWriter<W> {
     fn drop(&mut self) {
-        // Dropped before `finish` (a failed step): stop encoding; the upload is abandoned.
+        // Dropped before `finish` (a failed step): the channel closes without the footer
+        // request, so the file is never completed; stop encoding too.
         if self.tx.is_some() {
             self.task.abort();
         }
@@ -288,5 +300,26 @@ mod tests {
         assert_eq!(n as usize, rows.len());
         let back = read_conversations(Bytes::from(bytes), "mem").unwrap();
         assert_eq!(back, rows);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_writer_dropped_before_finish_never_completes_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::create(dir.path().to_str().unwrap()).unwrap();
+        let conversation = |i| Conversation { id: ConvId::Int(i), split: Split::Train, status: None, satisfaction: None, utterances: vec![] };
+        // The encoder task sees its channel close without the footer request — what happens
+        // when a failing step drops the writer while the task is being polled.
+        let mut w = ConversationWriter::new(store.writer("a.parquet"), IdKind::Int, "a").unwrap();
+        w.push(conversation(1)).await.unwrap();
+        w.tx = None;
+        let outcome = (&mut w.task).await.unwrap();
+        assert!(outcome.unwrap_err().to_string().contains("abandoned before its footer"));
+        // A plain drop, too.
+        let mut w = ConversationWriter::new(store.writer("b.parquet"), IdKind::Int, "b").unwrap();
+        w.push(conversation(2)).await.unwrap();
+        drop(w);
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let left: Vec<String> = store.list().await.unwrap().into_iter().map(|(n, _)| n).collect();
+        assert!(left.iter().all(|n| !n.ends_with(".parquet")), "{left:?}");
     }
 }
