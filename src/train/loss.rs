@@ -55,10 +55,7 @@ pub fn validation_loss(logits: &Tensor, labels: &Tensor) -> Tensor {
 /// The multi-task loss: `Σ w_t · L_t / Σ w_t` (SPEC §4: 0.8 status, 0.2 satisfaction).
 pub fn combine(losses: &[(f64, &Tensor)]) -> Tensor {
     let total: f64 = losses.iter().map(|(w, _)| w).sum();
-    let mut sum = losses[0].1 * losses[0].0;
-    for (w, l) in &losses[1..] {
-        sum = sum + *l * *w;
-    }
+    let sum = losses[1..].iter().fold(losses[0].1 * losses[0].0, |acc, (w, l)| acc + *l * *w);
     sum / total
 }
 
