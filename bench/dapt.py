@@ -47,46 +47,61 @@ def taft(*args):
     subprocess.run([TAFT, *args], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+def compare(step, rounds, taft_sets, peer_cmd):
+    """Builds taft, makes the data and each of MODELS (`taft prep`, `taft init`), then runs
+    `taft STEP` (with `taft_sets(i)`, the no-evaluation, no-checkpoint settings) and the
+    peer (`peer_cmd(i, model, prep)`) ROUNDS times each, alternately. Returns one row per
+    model: medians of taft's steps/s and wall s, its peak RSS, then the same for the peer."""
+    subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
+    work = tempfile.mkdtemp(prefix=f"taft-bench-{step}-")
+    rows = []
+    try:
+        prep = os.path.join(work, "prep")
+        taft("prep", "-o", prep, "--set", "synthetic={seed: 42}")
+        for i, (_, scratch, _, _) in enumerate(MODELS):
+            model = os.path.join(work, f"init{i}")
+            taft("init", "-i", prep, "-o", model, "--set", f"scratch={scratch}")
+            ours, peer = [], []
+            for r in range(rounds):
+                out = os.path.join(work, f"{step}{i}-{r}")
+                cmd = [TAFT, "--log-format", "json", step, "-i", prep, "-i", model, "-o", out,
+                       "--set", "train.lr=1e-3", "--set", "train.eval_each_epoch=false",
+                       "--set", "train.checkpoint_every=0", "--set", "train.device=cpu"]
+                for setting in taft_sets(i):
+                    cmd += ["--set", setting]
+                summary = lambda _, out=out: json.load(open(os.path.join(out, "_MANIFEST.json")))["summary"]
+                ours.append(measure(cmd, lambda o: summary(o)["steps_per_second"]))
+                peer.append(measure(peer_cmd(i, model, prep), lambda o: json.loads(o.strip().splitlines()[-1])["steps_per_second"]))
+            med = lambda runs, k: statistics.median(run[k] for run in runs)
+            rows.append((med(ours, 0), med(ours, 1), max(r[2] for r in ours), med(peer, 0), med(peer, 1), max(r[2] for r in peer)))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return rows
+
+
+def versions():
+    out = subprocess.run([sys.executable, "-c", "import torch, transformers; print(torch.__version__, transformers.__version__)"],
+                         capture_output=True, text=True).stdout.split()
+    return f"torch {out[0]}, transformers {out[1]}"
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
-    work = tempfile.mkdtemp(prefix="taft-bench-dapt-")
-    rows = []
-    try:
-        prep = os.path.join(work, "prep")
-        taft("prep", "-o", prep, "--set", "synthetic={seed: 42}")
-        for i, (name, scratch, block, batch) in enumerate(MODELS):
-            model = os.path.join(work, f"init{i}")
-            taft("init", "-i", prep, "-o", model, "--set", f"scratch={scratch}")
-            ours, peer = [], []
-            for r in range(args.rounds):
-                out = os.path.join(work, f"dapt{i}-{r}")
-                cmd = [TAFT, "--log-format", "json", "dapt", "-i", prep, "-i", model, "-o", out,
-                       "--set", f"block_size={block}", "--set", f"train.batch_size={batch}",
-                       "--set", f"train.max_steps={args.steps}", "--set", "train.lr=1e-3",
-                       "--set", "train.eval_each_epoch=false", "--set", "train.checkpoint_every=0",
-                       "--set", f"train.threads={args.threads}", "--set", "train.device=cpu"]
-                ours.append(measure(cmd, lambda _: json.load(open(os.path.join(out, "_MANIFEST.json")))["summary"]["steps_per_second"]))
-                peer_cmd = [sys.executable, os.path.join(HERE, "dapt_peer.py"), model, prep, str(block), str(batch),
-                            str(args.steps), str(args.threads)]
-                peer.append(measure(peer_cmd, lambda o: json.loads(o.strip().splitlines()[-1])["steps_per_second"]))
-            med = lambda runs, k: statistics.median(run[k] for run in runs)
-            rows.append((name, block, batch, med(ours, 0), med(ours, 1), max(r[2] for r in ours),
-                         med(peer, 0), med(peer, 1), max(r[2] for r in peer)))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    versions = subprocess.run([sys.executable, "-c", "import torch, transformers; print(torch.__version__, transformers.__version__)"],
-                              capture_output=True, text=True).stdout.split()
+    taft_sets = lambda i: [f"block_size={MODELS[i][2]}", f"train.batch_size={MODELS[i][3]}",
+                           f"train.max_steps={args.steps}", f"train.threads={args.threads}"]
+    peer_cmd = lambda i, model, prep: [sys.executable, os.path.join(HERE, "dapt_peer.py"), model, prep, str(MODELS[i][2]),
+                                       str(MODELS[i][3]), str(args.steps), str(args.threads)]
+    rows = compare("dapt", args.rounds, taft_sets, peer_cmd)
     print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores; threads {args.threads}; "
-          f"{args.steps} steps; torch {versions[0]}, transformers {versions[1]}; median of {args.rounds} processes\n")
+          f"{args.steps} steps; {versions()}; median of {args.rounds} processes\n")
     print("| model | block x batch | taft steps/s | taft wall s | taft peak RSS MiB | Trainer steps/s "
           "| Trainer wall s | Trainer peak RSS MiB | steps/s ratio |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for name, block, batch, s, w, m, sp, wp, mp in rows:
+    for (name, _, block, batch), (s, w, m, sp, wp, mp) in zip(MODELS, rows):
         print(f"| {name} | {block} x {batch} | {s:.2f} | {w:.1f} | {m:.0f} | {sp:.2f} | {wp:.1f} | {mp:.0f} | {s / sp:.2f}x |")
 
 

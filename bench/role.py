@@ -10,17 +10,12 @@ data loader would); wall time is the whole process; peak RSS from wait4.
 Usage: .venv/bin/python bench/role.py [--rounds 3] [--steps 30] [--threads 2]
 """
 import argparse
-import json
 import os
 import platform
-import shutil
-import statistics
-import subprocess
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from dapt import HERE, MODELS, ROOT, TAFT, measure, taft  # noqa: E402
+from dapt import HERE, MODELS, compare, versions  # noqa: E402
 
 ADAPTIVE = {0: (4, 256), 1: (4, 1024)}  # heads, ffn per model
 
@@ -32,43 +27,18 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=128)
     args = ap.parse_args()
-    subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
-    work = tempfile.mkdtemp(prefix="taft-bench-role-")
-    rows = []
-    try:
-        prep = os.path.join(work, "prep")
-        taft("prep", "-o", prep, "--set", "synthetic={seed: 42}")
-        for i, (name, scratch, _, _) in enumerate(MODELS):
-            model = os.path.join(work, f"init{i}")
-            taft("init", "-i", prep, "-o", model, "--set", f"scratch={scratch}")
-            heads, ffn = ADAPTIVE[i]
-            ours, peer = [], []
-            for r in range(args.rounds):
-                out = os.path.join(work, f"role{i}-{r}")
-                cmd = [TAFT, "--log-format", "json", "role", "-i", prep, "-i", model, "-o", out,
-                       "--set", f"train.batch_size={args.batch}", "--set", f"train.max_steps={args.steps}",
-                       "--set", "train.epochs=100", "--set", "train.lr=1e-3", "--set", "train.best=null",
-                       "--set", "train.eval_each_epoch=false", "--set", "train.checkpoint_every=0",
-                       "--set", f"train.threads={args.threads}", "--set", "train.device=cpu",
-                       "--set", f"adaptive={{heads: {heads}, ffn: {ffn}}}"]
-                ours.append(measure(cmd, lambda _: json.load(open(os.path.join(out, "_MANIFEST.json")))["summary"]["steps_per_second"]))
-                peer_cmd = [sys.executable, os.path.join(HERE, "role_peer.py"), model, prep, str(args.batch),
-                            str(args.steps), str(args.threads), str(heads), str(ffn)]
-                peer.append(measure(peer_cmd, lambda o: json.loads(o.strip().splitlines()[-1])["steps_per_second"]))
-            med = lambda runs, k: statistics.median(run[k] for run in runs)
-            rows.append((name, med(ours, 0), med(ours, 1), max(r[2] for r in ours),
-                         med(peer, 0), med(peer, 1), max(r[2] for r in peer)))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    versions = subprocess.run([sys.executable, "-c", "import torch, transformers; print(torch.__version__, transformers.__version__)"],
-                              capture_output=True, text=True).stdout.split()
+    taft_sets = lambda i: [f"train.batch_size={args.batch}", f"train.max_steps={args.steps}", "train.epochs=100",
+                           "train.best=null", f"train.threads={args.threads}",
+                           f"adaptive={{heads: {ADAPTIVE[i][0]}, ffn: {ADAPTIVE[i][1]}}}"]
+    peer_cmd = lambda i, model, prep: [sys.executable, os.path.join(HERE, "role_peer.py"), model, prep, str(args.batch),
+                                       str(args.steps), str(args.threads), str(ADAPTIVE[i][0]), str(ADAPTIVE[i][1])]
+    rows = compare("role", args.rounds, taft_sets, peer_cmd)
     print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores; threads {args.threads}; "
-          f"batch {args.batch} x 50 tokens; {args.steps} steps; torch {versions[0]}, transformers {versions[1]}; "
-          f"median of {args.rounds} processes\n")
+          f"batch {args.batch} x 50 tokens; {args.steps} steps; {versions()}; median of {args.rounds} processes\n")
     print("| model | taft steps/s | taft wall s | taft peak RSS MiB | PyTorch loop steps/s | PyTorch wall s "
           "| PyTorch peak RSS MiB | steps/s ratio |")
     print("|---|---|---|---|---|---|---|---|")
-    for name, s, w, m, sp, wp, mp in rows:
+    for (name, _, _, _), (s, w, m, sp, wp, mp) in zip(MODELS, rows):
         print(f"| {name} | {s:.2f} | {w:.1f} | {m:.0f} | {sp:.2f} | {wp:.1f} | {mp:.0f} | {s / sp:.2f}x |")
 
 

@@ -5,17 +5,13 @@
 //! Whole conversations go to training or evaluation by a seeded hash of their id. The
 //! output is a `…ForMaskedLM` model directory.
 
-use std::path::Path;
-
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Reduction, Tensor};
 
-use super::init::TAFT_JSON;
-use super::io::{self, DataAndModel};
-use super::{Step, StepIo};
-use crate::data::Conversation;
+use super::io::{self, TrainingJob};
+use super::Step;
 use crate::error::{Error, Result};
 use crate::model::checkpoint::{self, Arch, CONFIG, TOKENIZER};
 use crate::model::config::{EncoderConfig, Family};
@@ -23,7 +19,6 @@ use crate::model::heads::{Classifier, MlmHead};
 use crate::store::commit::Output;
 use crate::text::TextTokenizer;
 use crate::train::mlm::{group_blocks, Masking, IGNORE};
-use crate::train::work::WorkDir;
 use crate::train::{self, Fit, Metrics, Objective, TrainConfig};
 
 /// SPEC §5 1b: blocks of 512, 15 % masking, 80/20 split, lr 2e-5, weight decay 0.01,
@@ -69,14 +64,7 @@ pub struct DaptConfig {
     pub train: TrainConfig,
 }
 
-impl StepIo for DaptConfig {
-    fn inputs(&self) -> &[String] {
-        &self.inputs
-    }
-    fn out(&self) -> Option<&str> {
-        self.out.as_deref()
-    }
-}
+step_io!(DaptConfig);
 
 pub struct Dapt;
 
@@ -86,12 +74,7 @@ impl Step for Dapt {
     type Config = DaptConfig;
 
     fn validate(config: &DaptConfig) -> Result<()> {
-        if config.inputs.len() != 2 {
-            return Err(Error::config(format!(
-                "dapt takes two inputs (a prep output and a model directory), got {}",
-                config.inputs.len()
-            )));
-        }
+        io::DataAndModel::check_count(Self::NAME, &config.inputs)?;
         if config.block_size < 8 {
             return Err(Error::config("block_size must be at least 8"));
         }
@@ -105,33 +88,14 @@ impl Step for Dapt {
     }
 
     async fn run(config: &DaptConfig, out: &mut Output) -> Result<serde_json::Value> {
-        let inputs = DataAndModel::sort(Self::NAME, &config.inputs).await?;
-        let conversations = io::pretraining_corpus(io::read_prep(&inputs.data).await?);
-        let tmp = tempfile::tempdir()?;
-        let (src, dst) = (tmp.path().join("in"), tmp.path().join("out"));
-        io::fetch_model_dir(&inputs.model, &src).await?;
-        let work = WorkDir::new(out.store().clone(), out.fingerprint(), tokio::runtime::Handle::current())?;
-        let lineage = serde_json::json!({"step": Self::NAME, "fingerprint": out.fingerprint()});
-        let (config2, dst2) = (config.clone(), dst.clone());
-        let (fit, data) = tokio::task::spawn_blocking(move || train_mlm(&config2, conversations, &src, &dst2, &work, lineage))
-            .await
-            .map_err(|e| Error::Other(format!("dapt: {e}")))??;
-        train::write_metrics(out, &fit.history).await?;
-        io::upload_dir(&dst, out).await?;
-        let mut summary = fit.summary();
-        summary["data"] = data;
+        let (inputs, config) = (config.inputs.clone(), config.clone());
+        let (_, summary) = io::run_training(Self::NAME, &inputs, out, move |job| train_mlm(&config, job)).await?;
         Ok(summary)
     }
 }
 
-fn train_mlm(
-    config: &DaptConfig,
-    conversations: Vec<Conversation>,
-    src: &Path,
-    dst: &Path,
-    work: &WorkDir,
-    lineage: serde_json::Value,
-) -> Result<(Fit, serde_json::Value)> {
+fn train_mlm(config: &DaptConfig, job: &TrainingJob) -> Result<(Fit, serde_json::Value)> {
+    let src = job.src.as_path();
     let device = config.train.device()?;
     let encoder_config = checkpoint::read_config(src)?;
     let family = encoder_config.family(CONFIG)?;
@@ -146,7 +110,7 @@ fn train_mlm(
     }
 
     // Utterances in corpus order, each tagged with its side of the split.
-    let mut texts: Vec<(bool, String)> = conversations
+    let mut texts: Vec<(bool, String)> = io::pretraining_corpus(job.conversations.clone())
         .into_iter()
         .flat_map(|c| {
             let held_out = c.id.held_out(config.train.seed, config.eval_fraction);
@@ -195,21 +159,10 @@ fn train_mlm(
         "block_size": config.block_size,
     });
     let objective = MaskedLm::new(&model, &head, train_blocks, &eval_blocks, masking, config, device);
-    let fit = train::fit(&config.train, &vs, &objective, work)?;
-
-    checkpoint::save_weights(&vs, &encoder_config, Arch::MaskedLm, dst)?;
-    std::fs::copy(src.join(TOKENIZER), dst.join(TOKENIZER))?;
-    let mut taft = match std::fs::read(src.join(TAFT_JSON)) {
-        Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|_| serde_json::json!({})),
-        Err(_) => serde_json::json!({}),
-    };
-    let mut chain = taft["lineage"].as_array().cloned().unwrap_or_default();
-    chain.push(lineage);
-    taft["lineage"] = serde_json::Value::Array(chain);
-    taft["heads"] = serde_json::json!(["masked_lm"]);
-    taft["dapt"] = serde_json::json!({"eval": fit.last_eval(), "data": data});
-    std::fs::write(dst.join(TAFT_JSON), serde_json::to_vec_pretty(&taft)?)?;
-    Ok((fit, data))
+    let fit = train::fit(&config.train, &vs, &objective, &job.work)?;
+    let fields = serde_json::json!({"heads": ["masked_lm"], "dapt": {"eval": fit.last_eval(), "data": data}});
+    io::write_model_dir(job, &vs, &encoder_config, Arch::MaskedLm, fields)?;
+    Ok((fit, serde_json::json!({"data": data})))
 }
 
 /// Positions a block may use: RoBERTa reserves `pad_id + 1` of them.

@@ -7,7 +7,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device};
 
-use super::{io, Step, StepIo};
+use super::{io, Step};
 use crate::error::{Error, Result};
 use crate::model::checkpoint::{self, Arch, CONFIG, TOKENIZER, WEIGHTS};
 use crate::model::config::{EncoderConfig, Family};
@@ -86,14 +86,7 @@ fn default_seed() -> u64 {
     42
 }
 
-impl StepIo for InitConfig {
-    fn inputs(&self) -> &[String] {
-        &self.inputs
-    }
-    fn out(&self) -> Option<&str> {
-        self.out.as_deref()
-    }
-}
+step_io!(InitConfig);
 
 pub struct Init;
 

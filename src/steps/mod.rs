@@ -2,6 +2,20 @@
 //! same contract: resolve and validate the config, fingerprint it with the inputs, skip when
 //! the output is up to date, otherwise run and commit atomically.
 
+/// Implements [`StepIo`] for a config with `inputs: Vec<String>` and `out: Option<String>`.
+macro_rules! step_io {
+    ($config:ty) => {
+        impl $crate::steps::StepIo for $config {
+            fn inputs(&self) -> &[String] {
+                &self.inputs
+            }
+            fn out(&self) -> Option<&str> {
+                self.out.as_deref()
+            }
+        }
+    };
+}
+
 #[cfg(feature = "train")]
 pub mod dapt;
 #[cfg(feature = "train")]

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 
-use super::{Step, StepIo};
+use super::Step;
 use crate::data::ingest::{parse_record, LineReader};
 use crate::data::parquet::{ConversationWriter, IdKind, CONVERSATIONS};
 use crate::data::stats::Stats;
@@ -52,14 +52,7 @@ pub struct PrepConfig {
     pub on_error: OnError,
 }
 
-impl StepIo for PrepConfig {
-    fn inputs(&self) -> &[String] {
-        &self.inputs
-    }
-    fn out(&self) -> Option<&str> {
-        self.out.as_deref()
-    }
-}
+step_io!(PrepConfig);
 
 pub struct Prep;
 

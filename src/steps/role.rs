@@ -7,15 +7,13 @@
 //! is kept and scored on the utterances of the labeled test split.
 
 use std::cell::Cell;
-use std::path::Path;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Tensor};
 
-use super::init::TAFT_JSON;
-use super::io::{self, DataAndModel};
-use super::{Step, StepIo};
+use super::io::{self, TrainingJob};
+use super::Step;
 use crate::data::{Conversation, Split};
 use crate::error::{Error, Result};
 use crate::eval::metrics::Report;
@@ -25,7 +23,6 @@ use crate::model::heads::Classifier;
 use crate::store::commit::Output;
 use crate::text::TextTokenizer;
 use crate::train::loss::{validation_loss, weighted_loss};
-use crate::train::work::WorkDir;
 use crate::train::{self, Fit, Metrics, Objective};
 
 /// SPEC §5 1a: batch 128, 50 tokens, lr 2e-5, 10 epochs, fp32, the lowest validation loss.
@@ -98,14 +95,7 @@ pub struct RoleConfig {
     pub train: train::TrainConfig,
 }
 
-impl StepIo for RoleConfig {
-    fn inputs(&self) -> &[String] {
-        &self.inputs
-    }
-    fn out(&self) -> Option<&str> {
-        self.out.as_deref()
-    }
-}
+step_io!(RoleConfig);
 
 pub struct Role;
 
@@ -115,12 +105,7 @@ impl Step for Role {
     type Config = RoleConfig;
 
     fn validate(config: &RoleConfig) -> Result<()> {
-        if config.inputs.len() != 2 {
-            return Err(Error::config(format!(
-                "role takes two inputs (a prep output and a model directory), got {}",
-                config.inputs.len()
-            )));
-        }
+        io::DataAndModel::check_count(Self::NAME, &config.inputs)?;
         if config.max_length < 3 {
             return Err(Error::config("max_length must be at least 3 (the special tokens and one token)"));
         }
@@ -134,25 +119,12 @@ impl Step for Role {
     }
 
     async fn run(config: &RoleConfig, out: &mut Output) -> Result<serde_json::Value> {
-        let inputs = DataAndModel::sort(Self::NAME, &config.inputs).await?;
-        let conversations = io::read_prep(&inputs.data).await?;
-        let tmp = tempfile::tempdir()?;
-        let (src, dst) = (tmp.path().join("in"), tmp.path().join("out"));
-        io::fetch_model_dir(&inputs.model, &src).await?;
-        let work = WorkDir::new(out.store().clone(), out.fingerprint(), tokio::runtime::Handle::current())?;
-        let lineage = serde_json::json!({"step": Self::NAME, "fingerprint": out.fingerprint()});
-        let (config2, dst2) = (config.clone(), dst.clone());
-        let (fit, summary) = tokio::task::spawn_blocking(move || train_role(&config2, conversations, &src, &dst2, &work, lineage))
-            .await
-            .map_err(|e| Error::Other(format!("role: {e}")))??;
-        train::write_metrics(out, &fit.history).await?;
-        out.put("test_report.json", Bytes::from(serde_json::to_vec_pretty(&summary["test"])?)).await?;
-        io::upload_dir(&dst, out).await?;
-        let mut all = fit.summary();
-        all["data"] = summary["data"].clone();
-        all["single_class_batches"] = summary["single_class_batches"].clone();
-        all["test"] = headline(&summary["test"]);
-        Ok(all)
+        let (inputs, config) = (config.inputs.clone(), config.clone());
+        let (_, mut summary) = io::run_training(Self::NAME, &inputs, out, move |job| train_role(&config, job)).await?;
+        let report = summary["test"].take();
+        out.put("test_report.json", Bytes::from(serde_json::to_vec_pretty(&report)?)).await?;
+        summary["test"] = headline(&report);
+        Ok(summary)
     }
 }
 
@@ -209,14 +181,8 @@ fn role_rows<'a>(conversations: impl Iterator<Item = &'a Conversation>) -> Vec<(
         .collect()
 }
 
-fn train_role(
-    config: &RoleConfig,
-    conversations: Vec<Conversation>,
-    src: &Path,
-    dst: &Path,
-    work: &WorkDir,
-    lineage: serde_json::Value,
-) -> Result<(Fit, serde_json::Value)> {
+fn train_role(config: &RoleConfig, job: &TrainingJob) -> Result<(Fit, serde_json::Value)> {
+    let (src, conversations) = (job.src.as_path(), &job.conversations);
     let device = config.train.device()?;
     let encoder_config = checkpoint::read_config(src)?;
     let family = encoder_config.family(CONFIG)?;
@@ -273,24 +239,17 @@ fn train_role(
         device,
         single_class: Cell::new(0),
     };
-    let fit = train::fit(&config.train, &vs, &objective, work)?;
+    let fit = train::fit(&config.train, &vs, &objective, &job.work)?;
     let report = tch::no_grad(|| objective.predict(&test_items))?;
     let test = serde_json::json!({"labels": ROLES, "report": report});
 
-    checkpoint::save_weights(&vs, &encoder_config, Arch::Base, dst)?;
-    std::fs::copy(src.join(TOKENIZER), dst.join(TOKENIZER))?;
-    let mut taft = match std::fs::read(src.join(TAFT_JSON)) {
-        Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|_| serde_json::json!({})),
-        Err(_) => serde_json::json!({}),
-    };
-    let mut chain = taft["lineage"].as_array().cloned().unwrap_or_default();
-    chain.push(lineage);
-    taft["lineage"] = serde_json::Value::Array(chain);
-    taft["heads"] = serde_json::json!({"role": ROLES});
-    taft["adaptive"] = serde_json::to_value(adaptive)?;
-    taft["max_length"] = serde_json::json!(config.max_length);
-    taft["role"] = serde_json::json!({"variant": config.variant, "best": fit.best, "test": headline(&test)});
-    std::fs::write(dst.join(TAFT_JSON), serde_json::to_vec_pretty(&taft)?)?;
+    let fields = serde_json::json!({
+        "heads": {"role": ROLES},
+        "adaptive": adaptive,
+        "max_length": config.max_length,
+        "role": {"variant": config.variant, "best": fit.best, "test": headline(&test)},
+    });
+    io::write_model_dir(job, &vs, &encoder_config, Arch::Base, fields)?;
     let summary = serde_json::json!({"data": data, "test": test, "single_class_batches": objective.single_class.get()});
     Ok((fit, summary))
 }

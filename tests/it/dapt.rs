@@ -45,13 +45,18 @@ fn dapt(out: &Path, sets: &[&str]) -> std::process::Command {
 
 /// [`dapt`] into a store URL.
 fn dapt_to(out: &str, sets: &[&str]) -> std::process::Command {
-    let f = fixture();
-    let mut cmd = taft();
-    cmd.args(["dapt", "-i", s(&f.prep), "-i", s(&f.init), "-o", out]);
     let base = [
         "block_size=64", "train.epochs=2", "train.lr=1e-3", "train.device=cpu", "train.threads=1",
         "train.checkpoint_every=5", "train.log_every=5",
     ];
+    training_step("dapt", &fixture().prep, out, &base, sets)
+}
+
+/// `taft STEP` on a prep output and the fixture's model into `out`, with `--set`s: `base`
+/// first, then `sets`.
+pub fn training_step(step: &str, data: &Path, out: &str, base: &[&str], sets: &[&str]) -> std::process::Command {
+    let mut cmd = taft();
+    cmd.args([step, "-i", s(data), "-i", s(&fixture().init), "-o", out]);
     for set in base.iter().chain(sets) {
         cmd.args(["--set", set]);
     }

@@ -5,20 +5,14 @@
 use std::path::Path;
 
 use crate::common::*;
-use crate::dapt::{fixture, records, values};
+use crate::dapt::{fixture, records, training_step, values};
 
 fn role(data: &Path, out: &Path, sets: &[&str]) -> std::process::Command {
-    let f = fixture();
-    let mut cmd = taft();
-    cmd.args(["role", "-i", s(data), "-i", s(&f.init), "-o", s(out)]);
     let base = [
         "train.epochs=1", "train.lr=1e-3", "train.batch_size=64", "train.device=cpu", "train.threads=1",
         "adaptive.heads=4", "adaptive.ffn=64",
     ];
-    for set in base.iter().chain(sets) {
-        cmd.args(["--set", set]);
-    }
-    cmd
+    training_step("role", data, s(out), &base, sets)
 }
 
 fn json(path: &Path) -> serde_json::Value {
