@@ -14,7 +14,8 @@ fn main() {
         eprintln!("usage: encoder_bench MODEL_DIR BATCH SEQ REPEAT THREADS");
         std::process::exit(2);
     };
-    let (batch, seq, repeat): (i64, i64, usize) = (batch.parse().unwrap(), seq.parse().unwrap(), repeat.parse().unwrap());
+    let (batch, seq, repeat): (i64, i64, usize) =
+        (batch.parse().unwrap(), seq.parse().unwrap(), repeat.parse().unwrap());
     tch::set_num_threads(threads.parse().unwrap());
     tch::manual_seed(0);
     let model = load_encoder(std::path::Path::new(dir), Device::Cpu).expect("model directory");

@@ -1,11 +1,17 @@
-//! The command line: one subcommand per step, `run` for workflows, and tools.
+//! The command line: one subcommand per step (from the step registry), `run` for
+//! workflows, and tools.
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{ArgMatches, Args, FromArgMatches, Parser, Subcommand, ValueEnum};
+use taft::steps::StepKind;
 
 #[derive(Debug, Parser)]
-#[command(name = "taft", version, about = "Adapt a pretrained transformer encoder to scarce conversational data (TAFT), export it to ONNX and serve it")]
+#[command(
+    name = "taft",
+    version,
+    about = "Adapt a pretrained transformer encoder to scarce conversational data (TAFT), export it to ONNX and serve it"
+)]
 pub struct Cli {
     /// Log format: `text` for people, `json` (one object per line) for schedulers;
     /// `auto` is text on a terminal, json otherwise.
@@ -24,26 +30,55 @@ pub enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Validate JSON-lines conversations (or generate synthetic ones) into Parquet.
-    Prep(StepArgs),
-    /// Make the starting model directory: a pretrained model (checked key for key), or a new
-    /// encoder with a tokenizer trained on a prep output's unlabeled utterances.
-    #[cfg(feature = "train")]
-    Init(StepArgs),
-    /// Masked-LM continued pretraining (DAPT) of a model directory on a prep output's
-    /// unlabeled utterances; inputs: the prep output and the model, in any order.
-    #[cfg(feature = "train")]
-    Dapt(StepArgs),
-    /// Speaker-role pretraining (TAFT step 1a) of a model directory on a prep output's
-    /// unlabeled utterances, with the adaptive layer (`variant: adaptive`) or without.
-    #[cfg(feature = "train")]
-    Role(StepArgs),
+    #[command(flatten)]
+    Step(StepCommand),
     /// Run a workflow file locally: steps in dependency order, independent ones in parallel.
     Run(RunArgs),
     /// Write the synthetic dataset as JSON lines (`.gz` compresses), e.g. for benchmarks.
     Synth(SynthArgs),
     /// Show the compute back ends this build carries (libtorch, ONNX Runtime).
     Info,
+}
+
+/// `taft <step> …`: one subcommand per step this build can run.
+#[derive(Debug)]
+pub struct StepCommand {
+    pub kind: StepKind,
+    pub args: StepArgs,
+}
+
+impl FromArgMatches for StepCommand {
+    fn from_arg_matches(matches: &ArgMatches) -> Result<Self, clap::Error> {
+        let (name, sub) = matches
+            .subcommand()
+            .ok_or_else(|| clap::Error::raw(clap::error::ErrorKind::MissingSubcommand, "a step is required"))?;
+        let kind = StepKind::parse(name).filter(|k| k.runs_here()).ok_or_else(|| {
+            clap::Error::raw(clap::error::ErrorKind::InvalidSubcommand, format!("unknown step `{name}`"))
+        })?;
+        Ok(StepCommand { kind, args: StepArgs::from_arg_matches(sub)? })
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(matches)?;
+        Ok(())
+    }
+}
+
+impl Subcommand for StepCommand {
+    fn augment_subcommands(mut cmd: clap::Command) -> clap::Command {
+        for kind in StepKind::ALL.iter().filter(|k| k.runs_here()) {
+            cmd = cmd.subcommand(StepArgs::augment_args(clap::Command::new(kind.name()).about(kind.about())));
+        }
+        cmd
+    }
+
+    fn augment_subcommands_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_subcommands(cmd)
+    }
+
+    fn has_subcommand(name: &str) -> bool {
+        StepKind::parse(name).is_some_and(|k| k.runs_here())
+    }
 }
 
 /// What every step takes.
@@ -61,7 +96,7 @@ pub struct StepArgs {
     /// The output URL or path; replaces the config's `out`.
     #[arg(long, short, value_name = "URL")]
     pub out: Option<String>,
-    /// Run even if the output is up to date.
+    /// Run even if the output is up to date (and start over from any `_work/` checkpoint).
     #[arg(long)]
     pub force: bool,
 }

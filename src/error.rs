@@ -84,7 +84,11 @@ impl Error {
                     if let Some(store) = c.downcast_ref::<S>() {
                         return store_exit_kind(store);
                     }
-                    if let Some(store) = c.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()).and_then(|e| e.downcast_ref::<S>()) {
+                    if let Some(store) = c
+                        .downcast_ref::<std::io::Error>()
+                        .and_then(|io| io.get_ref())
+                        .and_then(|e| e.downcast_ref::<S>())
+                    {
                         return store_exit_kind(store);
                     }
                     cause = c.source();
@@ -109,9 +113,7 @@ fn store_exit_kind(source: &object_store::Error) -> ExitKind {
 
 /// The exit code for any error chain: the first library [`Error`] found decides.
 pub fn exit_code(err: &anyhow::Error) -> u8 {
-    err.chain()
-        .find_map(|cause| cause.downcast_ref::<Error>())
-        .map_or(ExitKind::Failure, Error::exit_kind) as u8
+    err.chain().find_map(|cause| cause.downcast_ref::<Error>()).map_or(ExitKind::Failure, Error::exit_kind) as u8
 }
 
 /// An error and its causes on one line, `a: b: c`.

@@ -5,14 +5,12 @@ pub mod config;
 pub mod data;
 pub mod error;
 pub mod eval;
-#[cfg(feature = "train")]
 pub mod model;
 pub mod progress;
 pub mod runtime;
 pub mod steps;
 pub mod store;
 pub mod text;
-#[cfg(feature = "train")]
 pub mod train;
 pub mod workflow;
 

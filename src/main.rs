@@ -43,13 +43,7 @@ fn init_logging(json: bool) {
 fn run(command: Command) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match command {
-        Command::Prep(args) => runtime.block_on(step(StepKind::Prep, args)),
-        #[cfg(feature = "train")]
-        Command::Init(args) => runtime.block_on(step(StepKind::Init, args)),
-        #[cfg(feature = "train")]
-        Command::Dapt(args) => runtime.block_on(step(StepKind::Dapt, args)),
-        #[cfg(feature = "train")]
-        Command::Role(args) => runtime.block_on(step(StepKind::Role, args)),
+        Command::Step(cli::StepCommand { kind, args }) => runtime.block_on(step(kind, args)),
         Command::Run(args) => runtime.block_on(workflow(args)),
         Command::Synth(args) => runtime.block_on(synth(args)),
         Command::Info => {
@@ -84,7 +78,12 @@ async fn workflow(args: cli::RunArgs) -> anyhow::Result<()> {
     if args.dry_run {
         for step in &wf.steps {
             let inputs = step.overrides.inputs.join(", ");
-            println!("{} ({}) <- [{inputs}] -> {}", step.name, step.kind.name(), step.overrides.out.as_deref().unwrap_or(""));
+            println!(
+                "{} ({}) <- [{inputs}] -> {}",
+                step.name,
+                step.kind.name(),
+                step.overrides.out.as_deref().unwrap_or("")
+            );
         }
         return Ok(());
     }

@@ -104,7 +104,15 @@ impl StepProgress {
             self.last_log = Instant::now();
             let rate = (step - self.start_step) as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
             let eta = (self.total - step) as f64 / rate.max(1e-9);
-            tracing::info!(phase = self.what, step, total = self.total, loss, steps_per_sec = (rate * 100.0).round() / 100.0, eta_s = eta.round(), "progress");
+            tracing::info!(
+                phase = self.what,
+                step,
+                total = self.total,
+                loss,
+                steps_per_sec = (rate * 100.0).round() / 100.0,
+                eta_s = eta.round(),
+                "progress"
+            );
         }
     }
 

@@ -22,15 +22,14 @@ impl RawConfig {
 
     /// Reads a YAML config file.
     pub fn from_file(path: &std::path::Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::config(format!("config {}: {e}", path.display())))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| Error::config(format!("config {}: {e}", path.display())))?;
         Self::from_yaml(&path.display().to_string(), &text)
     }
 
     /// Parses a YAML document; an empty document is an empty mapping.
     pub fn from_yaml(source: &str, text: &str) -> Result<Self> {
-        let value: Value = serde_yaml::from_str(text)
-            .map_err(|e| Error::config(format!("config {source}: {e}")))?;
+        let value: Value = serde_yaml::from_str(text).map_err(|e| Error::config(format!("config {source}: {e}")))?;
         let value = match value {
             Value::Null => Value::Mapping(Mapping::new()),
             Value::Mapping(m) => Value::Mapping(m),
@@ -48,9 +47,8 @@ impl RawConfig {
     /// falling back to a plain string.
     pub fn apply_sets(&mut self, sets: &[String]) -> Result<()> {
         for set in sets {
-            let (key, raw) = set.split_once('=').ok_or_else(|| {
-                Error::config(format!("--set {set}: expected key=value"))
-            })?;
+            let (key, raw) =
+                set.split_once('=').ok_or_else(|| Error::config(format!("--set {set}: expected key=value")))?;
             let value = serde_yaml::from_str::<Value>(raw).unwrap_or_else(|_| Value::String(raw.into()));
             self.set(key, value).map_err(|e| Error::config(format!("--set {set}: {e}")))?;
         }
@@ -72,13 +70,7 @@ impl RawConfig {
                     let Value::Mapping(map) = node else { unreachable!() };
                     map
                 }
-                other => {
-                    return Err(format!(
-                        "`{}` is {}, not a mapping",
-                        parts[..i].join("."),
-                        kind(other)
-                    ))
-                }
+                other => return Err(format!("`{}` is {}, not a mapping", parts[..i].join("."), kind(other))),
             };
             let k = Value::String(part.to_string());
             if i + 1 == parts.len() {

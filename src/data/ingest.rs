@@ -72,8 +72,7 @@ fn read_error(url: &str, gzip: bool, e: std::io::Error) -> Error {
 /// Parses and validates one JSON line. On failure returns every problem found, each
 /// naming its field.
 pub fn parse_record(line: &[u8]) -> std::result::Result<Conversation, Vec<String>> {
-    let text = std::str::from_utf8(line)
-        .map_err(|e| vec![format!("not valid UTF-8 (at byte {})", e.valid_up_to())])?;
+    let text = std::str::from_utf8(line).map_err(|e| vec![format!("not valid UTF-8 (at byte {})", e.valid_up_to())])?;
     // Valid records take the typed path; anything it does not accept goes through the
     // field-by-field path, which finds and names every problem.
     match fast_record(text) {
@@ -140,8 +139,7 @@ fn checked_record(text: &str) -> std::result::Result<Conversation, Vec<String>> 
     let split = parse_split(&obj).map_err(|p| problems.push(p)).ok();
     let labeled = split.is_some_and(Split::is_labeled);
     let status = int_field(&obj, "status", MAX_STATUS, labeled).map_err(|p| problems.push(p)).ok();
-    let satisfaction =
-        int_field(&obj, "satisfaction", MAX_SATISFACTION, labeled).map_err(|p| problems.push(p)).ok();
+    let satisfaction = int_field(&obj, "satisfaction", MAX_SATISFACTION, labeled).map_err(|p| problems.push(p)).ok();
     let texts = list_field(&obj, "texts", |v| v.as_str().map(str::to_string).ok_or("a string"), &mut problems);
     let authors = list_field(&obj, "authors", |v| small_int(v, MAX_AUTHOR), &mut problems);
     let labels = list_field(&obj, "labels", |v| small_int(v, MAX_EMOTION), &mut problems);
@@ -193,23 +191,15 @@ fn parse_id(obj: &Map<String, Value>) -> std::result::Result<ConvId, String> {
 fn parse_split(obj: &Map<String, Value>) -> std::result::Result<Split, String> {
     match obj.get("split") {
         None => Err("missing field `split`".into()),
-        Some(Value::String(s)) => Split::parse(s).ok_or_else(|| {
-            format!("field `split`: unknown split {s:?} (expected train, val, test or unlabeled)")
-        }),
+        Some(Value::String(s)) => Split::parse(s)
+            .ok_or_else(|| format!("field `split`: unknown split {s:?} (expected train, val, test or unlabeled)")),
         Some(v) => Err(format!("field `split`: expected a string, found {}", describe(v))),
     }
 }
 
-fn int_field(
-    obj: &Map<String, Value>,
-    name: &str,
-    max: u8,
-    required: bool,
-) -> std::result::Result<Option<u8>, String> {
+fn int_field(obj: &Map<String, Value>, name: &str, max: u8, required: bool) -> std::result::Result<Option<u8>, String> {
     match obj.get(name) {
-        None | Some(Value::Null) if required => {
-            Err(format!("missing field `{name}` (required on labeled splits)"))
-        }
+        None | Some(Value::Null) if required => Err(format!("missing field `{name}` (required on labeled splits)")),
         None | Some(Value::Null) => Ok(None),
         Some(v) => small_int(v, max).map(Some).map_err(|e| format!("field `{name}`: {e}")),
     }
@@ -253,7 +243,11 @@ fn list_field<T, E: std::fmt::Display>(
 
 fn expected(e: impl std::fmt::Display, v: &Value) -> String {
     let e = e.to_string();
-    if e.starts_with("a ") { format!("expected {e}, found {}", describe(v)) } else { e }
+    if e.starts_with("a ") {
+        format!("expected {e}, found {}", describe(v))
+    } else {
+        e
+    }
 }
 
 fn describe(v: &Value) -> String {
@@ -314,8 +308,10 @@ mod tests {
 
     #[test]
     fn reports_every_problem_of_a_record() {
-        let errs = parse_record(br#"{"id":1.5,"split":"train","status":9,"satisfaction":3,"texts":["a",2],"authors":[2,2],"labels":[1,1]}"#)
-            .unwrap_err();
+        let errs = parse_record(
+            br#"{"id":1.5,"split":"train","status":9,"satisfaction":3,"texts":["a",2],"authors":[2,2],"labels":[1,1]}"#,
+        )
+        .unwrap_err();
         assert_eq!(errs.len(), 3, "{errs:?}");
         assert!(errs[0].contains("field `id`"));
         assert!(errs[1].contains("field `status`: 9 is out of range 0..=4"));
@@ -324,7 +320,8 @@ mod tests {
 
     #[test]
     fn typed_and_checked_paths_agree() {
-        let cfg = crate::data::synthetic::SyntheticConfig { train: 20, val: 0, test: 0, unlabeled: 20, ..Default::default() };
+        let cfg =
+            crate::data::synthetic::SyntheticConfig { train: 20, val: 0, test: 0, unlabeled: 20, ..Default::default() };
         for c in cfg.generate() {
             let line = to_record(&c).to_string();
             assert_eq!(fast_record(&line).as_ref(), Some(&c));

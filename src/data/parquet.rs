@@ -225,9 +225,7 @@ fn column<'a, T: 'static>(batch: &'a RecordBatch, name: &str, url: &str) -> Resu
 
 /// Converts a record batch with the [`schema`] back into conversations.
 pub fn from_batch(batch: &RecordBatch, url: &str) -> Result<Vec<Conversation>> {
-    let id_col = batch
-        .column_by_name("id")
-        .ok_or_else(|| Error::input(format!("{url}: column `id` missing")))?;
+    let id_col = batch.column_by_name("id").ok_or_else(|| Error::input(format!("{url}: column `id` missing")))?;
     let ids: Vec<ConvId> = if let Some(a) = id_col.as_any().downcast_ref::<Int64Array>() {
         a.values().iter().map(|&i| ConvId::Int(i)).collect()
     } else if let Some(a) = id_col.as_any().downcast_ref::<StringArray>() {
@@ -306,7 +304,13 @@ mod tests {
     async fn a_writer_dropped_before_finish_never_completes_its_file() {
         let dir = tempfile::tempdir().unwrap();
         let store = crate::store::Store::create(dir.path().to_str().unwrap()).unwrap();
-        let conversation = |i| Conversation { id: ConvId::Int(i), split: Split::Train, status: None, satisfaction: None, utterances: vec![] };
+        let conversation = |i| Conversation {
+            id: ConvId::Int(i),
+            split: Split::Train,
+            status: None,
+            satisfaction: None,
+            utterances: vec![],
+        };
         // The encoder task sees its channel close without the footer request — what happens
         // when a failing step drops the writer while the task is being polled.
         let mut w = ConversationWriter::new(store.writer("a.parquet"), IdKind::Int, "a").unwrap();

@@ -125,13 +125,12 @@ impl SyntheticConfig {
 /// returns the number of conversations. The file appears whole or not at all.
 pub async fn write_jsonl(config: &SyntheticConfig, url: &str) -> Result<u64> {
     use tokio::io::{AsyncWrite, AsyncWriteExt};
-    let (store, name) = crate::store::Store::open_file(url)
-        .or_else(|_| {
-            // The parent directory may not exist yet.
-            let parent = url.rsplit_once('/').map_or(".", |(p, _)| p);
-            crate::store::Store::create(parent)?;
-            crate::store::Store::open_file(url)
-        })?;
+    let (store, name) = crate::store::Store::open_file(url).or_else(|_| {
+        // The parent directory may not exist yet.
+        let parent = url.rsplit_once('/').map_or(".", |(p, _)| p);
+        crate::store::Store::create(parent)?;
+        crate::store::Store::open_file(url)
+    })?;
     let writer = store.writer(&name);
     let mut sink: Box<dyn AsyncWrite + Unpin + Send> = if name.ends_with(".gz") {
         Box::new(async_compression::tokio::write::GzipEncoder::new(writer))
@@ -152,17 +151,18 @@ pub async fn write_jsonl(config: &SyntheticConfig, url: &str) -> Result<u64> {
 }
 
 const FUNCTION_WORDS: &[&str] = &[
-    "le", "la", "les", "de", "des", "du", "et", "un", "une", "je", "vous", "nous", "il", "elle",
-    "est", "a", "à", "pour", "avec", "sur", "dans", "pas", "ne", "que", "qui", "ça", "très",
-    "déjà", "été", "où", "mais", "donc", "aussi", "plus", "bien", "votre", "mon", "ma",
+    "le", "la", "les", "de", "des", "du", "et", "un", "une", "je", "vous", "nous", "il", "elle", "est", "a", "à",
+    "pour", "avec", "sur", "dans", "pas", "ne", "que", "qui", "ça", "très", "déjà", "été", "où", "mais", "donc",
+    "aussi", "plus", "bien", "votre", "mon", "ma",
 ];
 const SYLLABLES: &[&str] = &[
-    "la", "ré", "con", "ti", "nu", "mé", "pro", "ser", "vi", "ce", "tion", "ment", "por", "ta",
-    "ble", "ri", "que", "ou", "eu", "an", "on", "in", "è", "ê", "ça", "gé", "dé", "pas", "fi",
-    "ran", "té", "lo", "gi", "mar", "cho", "sé", "quen", "bou", "leur", "ain", "oi", "vé", "ter",
+    "la", "ré", "con", "ti", "nu", "mé", "pro", "ser", "vi", "ce", "tion", "ment", "por", "ta", "ble", "ri", "que",
+    "ou", "eu", "an", "on", "in", "è", "ê", "ça", "gé", "dé", "pas", "fi", "ran", "té", "lo", "gi", "mar", "cho", "sé",
+    "quen", "bou", "leur", "ain", "oi", "vé", "ter",
 ];
 const CUSTOMER: &[&str] = &["bonjour", "aidez-moi", "ma_commande", "panne", "pourquoi", "urgent", "client", "colis"];
-const OPERATOR: &[&str] = &["conseiller", "vérifions", "patienter", "dossier", "procédure", "désolé", "assistance", "ticket"];
+const OPERATOR: &[&str] =
+    &["conseiller", "vérifions", "patienter", "dossier", "procédure", "désolé", "assistance", "ticket"];
 const STATUS: [&[&str]; 5] = [
     &["interrompu", "abandon", "déconnecté"],
     &["résolu", "réglé", "fonctionne"],

@@ -85,7 +85,12 @@ impl Report {
         let average = |weight: &dyn Fn(&Scores) -> f64| {
             let total: f64 = per_class.iter().map(weight).sum();
             let mean = |f: fn(&Scores) -> f64| ratio(per_class.iter().map(|s| weight(s) * f(s)).sum(), total);
-            Scores { precision: mean(|s| s.precision), recall: mean(|s| s.recall), f1: mean(|s| s.f1), support: n as u64 }
+            Scores {
+                precision: mean(|s| s.precision),
+                recall: mean(|s| s.recall),
+                f1: mean(|s| s.f1),
+                support: n as u64,
+            }
         };
         let macro_avg = average(&|_| 1.0);
         let weighted_avg = average(&|s| s.support as f64);

@@ -7,27 +7,10 @@
 //! so weights move between the two unchanged. **quirk**: the original passes no padding mask,
 //! so padding positions attend and are attended; `mask_padding: false` reproduces that.
 
-use serde::{Deserialize, Serialize};
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
-/// Settings of the adaptive layer (defaults: the paper's).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AdaptiveConfig {
-    pub heads: i64,
-    pub ffn: i64,
-    pub dropout: f64,
-    pub layer_norm_eps: f64,
-    /// Mask padding positions out of the attention (false: the original's behaviour).
-    pub mask_padding: bool,
-}
-
-impl Default for AdaptiveConfig {
-    fn default() -> Self {
-        AdaptiveConfig { heads: 12, ffn: 2048, dropout: 0.1, layer_norm_eps: 1e-5, mask_padding: true }
-    }
-}
+pub use super::config::AdaptiveConfig;
 
 /// `nn.TransformerEncoderLayer(d_model, nhead, dim_feedforward, dropout, batch_first=True)`.
 #[derive(Debug)]
@@ -49,7 +32,11 @@ impl AdaptiveLayer {
         // Xavier-uniform, as torch's MultiheadAttention initialises in_proj_weight.
         let bound = (6.0 / (4 * d_model) as f64).sqrt();
         AdaptiveLayer {
-            in_proj_weight: attn.var("in_proj_weight", &[3 * d_model, d_model], nn::Init::Uniform { lo: -bound, up: bound }),
+            in_proj_weight: attn.var(
+                "in_proj_weight",
+                &[3 * d_model, d_model],
+                nn::Init::Uniform { lo: -bound, up: bound },
+            ),
             in_proj_bias: attn.zeros("in_proj_bias", &[3 * d_model]),
             out_proj: nn::linear(&attn / "out_proj", d_model, d_model, Default::default()),
             linear1: nn::linear(p / "linear1", d_model, cfg.ffn, Default::default()),
@@ -66,15 +53,21 @@ impl AdaptiveLayer {
         let heads = self.cfg.heads;
         let qkv = x.linear(&self.in_proj_weight, Some(&self.in_proj_bias)).chunk(3, -1);
         let split = |y: &Tensor| y.view([b, t, heads, d / heads]).transpose(1, 2);
-        let mask = self
-            .cfg
-            .mask_padding
-            .then(|| attention_mask.to_kind(Kind::Bool).unsqueeze(1).unsqueeze(1));
+        let mask = self.cfg.mask_padding.then(|| attention_mask.to_kind(Kind::Bool).unsqueeze(1).unsqueeze(1));
         let p = if train { self.cfg.dropout } else { 0.0 };
-        let context = Tensor::scaled_dot_product_attention(&split(&qkv[0]), &split(&qkv[1]), &split(&qkv[2]), mask.as_ref(), p, false, None, false)
-            .transpose(1, 2)
-            .contiguous()
-            .view([b, t, d]);
+        let context = Tensor::scaled_dot_product_attention(
+            &split(&qkv[0]),
+            &split(&qkv[1]),
+            &split(&qkv[2]),
+            mask.as_ref(),
+            p,
+            false,
+            None,
+            false,
+        )
+        .transpose(1, 2)
+        .contiguous()
+        .view([b, t, d]);
         let attended = self.out_proj.forward(&context).dropout(self.cfg.dropout, train);
         let x = self.norm1.forward(&(x + attended));
         let ff = self.linear1.forward(&x).relu().dropout(self.cfg.dropout, train);

@@ -26,9 +26,23 @@ impl Embeddings {
         let ecfg = nn::EmbeddingConfig { padding_idx: cfg.pad_id(), ..Default::default() };
         Embeddings {
             word_embeddings: nn::embedding(p / "word_embeddings", cfg.vocab_size, cfg.hidden_size, ecfg),
-            position_embeddings: nn::embedding(p / "position_embeddings", cfg.max_position_embeddings, cfg.hidden_size, Default::default()),
-            token_type_embeddings: nn::embedding(p / "token_type_embeddings", cfg.type_vocab_size, cfg.hidden_size, Default::default()),
-            layer_norm: nn::layer_norm(p / "LayerNorm", vec![cfg.hidden_size], nn::LayerNormConfig { eps: cfg.layer_norm_eps, ..Default::default() }),
+            position_embeddings: nn::embedding(
+                p / "position_embeddings",
+                cfg.max_position_embeddings,
+                cfg.hidden_size,
+                Default::default(),
+            ),
+            token_type_embeddings: nn::embedding(
+                p / "token_type_embeddings",
+                cfg.type_vocab_size,
+                cfg.hidden_size,
+                Default::default(),
+            ),
+            layer_norm: nn::layer_norm(
+                p / "LayerNorm",
+                vec![cfg.hidden_size],
+                nn::LayerNormConfig { eps: cfg.layer_norm_eps, ..Default::default() },
+            ),
             dropout: cfg.hidden_dropout_prob,
             family,
             pad_id: cfg.pad_id(),
@@ -43,7 +57,9 @@ impl Embeddings {
     pub fn forward_t(&self, input_ids: &Tensor, token_type_ids: Option<&Tensor>, train: bool) -> Tensor {
         let (batch, len) = input_ids.size2().expect("input_ids is [batch, seq]");
         let positions = match self.family {
-            Family::Bert => Tensor::arange(len, (Kind::Int64, input_ids.device())).unsqueeze(0).expand([batch, len], false),
+            Family::Bert => {
+                Tensor::arange(len, (Kind::Int64, input_ids.device())).unsqueeze(0).expand([batch, len], false)
+            }
             // RoBERTa: padding keeps position pad_id; real tokens count from pad_id + 1.
             Family::Roberta => {
                 let mask = input_ids.ne(self.pad_id).to_kind(Kind::Int64);
@@ -84,7 +100,11 @@ impl Attention {
             key: nn::linear(&s / "key", h, h, Default::default()),
             value: nn::linear(&s / "value", h, h, Default::default()),
             dense: nn::linear(&o / "dense", h, h, Default::default()),
-            layer_norm: nn::layer_norm(&o / "LayerNorm", vec![h], nn::LayerNormConfig { eps: cfg.layer_norm_eps, ..Default::default() }),
+            layer_norm: nn::layer_norm(
+                &o / "LayerNorm",
+                vec![h],
+                nn::LayerNormConfig { eps: cfg.layer_norm_eps, ..Default::default() },
+            ),
             heads: cfg.num_attention_heads,
             attention_dropout: cfg.attention_probs_dropout_prob,
             dropout: cfg.hidden_dropout_prob,
@@ -123,9 +143,18 @@ impl Layer {
     pub fn new(p: &nn::Path, cfg: &EncoderConfig) -> Self {
         Layer {
             attention: Attention::new(&(p / "attention"), cfg),
-            intermediate: nn::linear(p / "intermediate" / "dense", cfg.hidden_size, cfg.intermediate_size, Default::default()),
+            intermediate: nn::linear(
+                p / "intermediate" / "dense",
+                cfg.hidden_size,
+                cfg.intermediate_size,
+                Default::default(),
+            ),
             output: nn::linear(p / "output" / "dense", cfg.intermediate_size, cfg.hidden_size, Default::default()),
-            output_norm: nn::layer_norm(p / "output" / "LayerNorm", vec![cfg.hidden_size], nn::LayerNormConfig { eps: cfg.layer_norm_eps, ..Default::default() }),
+            output_norm: nn::layer_norm(
+                p / "output" / "LayerNorm",
+                vec![cfg.hidden_size],
+                nn::LayerNormConfig { eps: cfg.layer_norm_eps, ..Default::default() },
+            ),
             activation: cfg.hidden_act.clone(),
             dropout: cfg.hidden_dropout_prob,
         }
@@ -158,7 +187,13 @@ impl Encoder {
     }
 
     /// `input_ids`, `attention_mask` (1 token, 0 padding): int64 [batch, seq] → [batch, seq, hidden].
-    pub fn forward_t(&self, input_ids: &Tensor, attention_mask: &Tensor, token_type_ids: Option<&Tensor>, train: bool) -> Tensor {
+    pub fn forward_t(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        token_type_ids: Option<&Tensor>,
+        train: bool,
+    ) -> Tensor {
         let mask = attention_mask.to_kind(Kind::Bool).unsqueeze(1).unsqueeze(1);
         let mut x = self.embeddings.forward_t(input_ids, token_type_ids, train);
         for layer in &self.layers {

@@ -12,11 +12,7 @@ use super::bert::Encoder;
 use super::config::{EncoderConfig, Family};
 use crate::error::{Error, Result};
 
-pub const CONFIG: &str = "config.json";
-pub const WEIGHTS: &str = "model.safetensors";
-/// Tensors that are not part of a Hugging Face model (adaptive layer, classifiers).
-pub const HEADS: &str = "heads.safetensors";
-pub const TOKENIZER: &str = "tokenizer.json";
+pub use super::dir::{ModelDir, CONFIG, HEADS, TOKENIZER, WEIGHTS};
 
 /// Prefixes under which task models nest the encoder (`BertForMaskedLM` → `bert.`).
 const ENCODER_PREFIXES: [&str; 3] = ["bert.", "roberta.", "camembert."];
@@ -28,10 +24,11 @@ const HEAD_PREFIXES: [&str; 5] = ["pooler.", "cls.", "lm_head.", "adaptive.", "c
 const HF_PREFIXES: [&str; 5] = ["embeddings.", "encoder.", "pooler.", "cls.", "lm_head."];
 
 /// Reads and checks `config.json` of a model directory.
-pub fn read_config(dir: &Path) -> Result<EncoderConfig> {
-    let path = dir.join(CONFIG);
-    let text = std::fs::read_to_string(&path).map_err(|e| Error::input(format!("{}: {e}", path.display())))?;
-    EncoderConfig::from_json(&text, &path.display().to_string())
+pub fn read_config(dir: impl Into<ModelDir>) -> Result<EncoderConfig> {
+    let dir = dir.into();
+    let bytes = dir.read(CONFIG)?;
+    let text = String::from_utf8(bytes).map_err(|e| Error::input(format!("{}: {e}", dir.name(CONFIG))))?;
+    EncoderConfig::from_json(&text, &dir.name(CONFIG))
 }
 
 /// An encoder loaded from a model directory, with its variables.
@@ -42,12 +39,13 @@ pub struct LoadedEncoder {
 }
 
 /// Loads the encoder of a Hugging Face model directory onto `device` (heads are ignored).
-pub fn load_encoder(dir: &Path, device: Device) -> Result<LoadedEncoder> {
-    let config = read_config(dir)?;
+pub fn load_encoder(dir: impl Into<ModelDir>, device: Device) -> Result<LoadedEncoder> {
+    let dir = dir.into();
+    let config = read_config(&dir)?;
     let family = config.family(CONFIG)?;
     let vs = nn::VarStore::new(device);
     let encoder = Encoder::new(&vs.root(), &config, family);
-    load_weights(&vs, dir, &[])?;
+    load_weights(&vs, &dir, &[])?;
     Ok(LoadedEncoder { config, vs, encoder })
 }
 
@@ -67,17 +65,18 @@ fn normalize(name: &str) -> String {
 /// Copies the tensors of `dir` into the variables of `vs`. Variables whose names start with
 /// one of `fresh` may be absent (new heads); any other absent variable, any tensor of the
 /// checkpoint that is neither used nor a head, and any shape mismatch is an error.
-pub fn load_weights(vs: &nn::VarStore, dir: &Path, fresh: &[&str]) -> Result<()> {
+pub fn load_weights(vs: &nn::VarStore, dir: impl Into<ModelDir>, fresh: &[&str]) -> Result<()> {
+    let dir = dir.into();
     let mut tensors = Vec::new();
     for file in [WEIGHTS, HEADS] {
-        let path = dir.join(file);
+        let path = dir.file(file);
         if file == HEADS && !path.exists() {
             continue;
         }
-        let read = Tensor::read_safetensors(&path).map_err(|e| Error::input(format!("{}: {e}", path.display())))?;
+        let read = Tensor::read_safetensors(&path).map_err(|e| Error::input(format!("{}: {e}", dir.name(file))))?;
         tensors.extend(read);
     }
-    load_tensors(vs, tensors, fresh, &dir.join(WEIGHTS).display().to_string())
+    load_tensors(vs, tensors, fresh, &dir.name(WEIGHTS))
 }
 
 /// [`load_weights`] for tensors already read.
@@ -179,8 +178,13 @@ pub fn save_weights(vs: &nn::VarStore, config: &EncoderConfig, arch: Arch, dir: 
 /// The tensor names of a safetensors file, normalised like [`load_tensors`] does, read
 /// from its header only.
 pub fn tensor_names(path: &Path) -> Result<Vec<String>> {
+    tensor_names_as(path, &path.display().to_string())
+}
+
+/// [`tensor_names`], with errors naming the file `source`.
+pub fn tensor_names_as(path: &Path, source: &str) -> Result<Vec<String>> {
     use std::io::Read;
-    let bad = |e: String| Error::input(format!("{}: {e}", path.display()));
+    let bad = |e: String| Error::input(format!("{source}: {e}"));
     let mut file = std::fs::File::open(path).map_err(|e| bad(e.to_string()))?;
     let mut len = [0u8; 8];
     file.read_exact(&mut len).map_err(|e| bad(e.to_string()))?;

@@ -92,11 +92,37 @@ impl EncoderConfig {
         }
     }
 
+    /// Positions an input may use: RoBERTa-family models reserve `pad_id + 1` of them.
+    pub fn usable_positions(&self) -> i64 {
+        match self.model_type.as_str() {
+            "roberta" | "camembert" | "xlm-roberta" => self.max_position_embeddings - self.pad_id() - 1,
+            _ => self.max_position_embeddings,
+        }
+    }
+
     /// The padding token id (BERT 0, RoBERTa 1 unless the file says otherwise).
     pub fn pad_id(&self) -> i64 {
         self.pad_token_id.unwrap_or(match self.model_type.as_str() {
             "roberta" | "camembert" | "xlm-roberta" => 1,
             _ => 0,
         })
+    }
+}
+
+/// Settings of the adaptive layer (defaults: the paper's).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdaptiveConfig {
+    pub heads: i64,
+    pub ffn: i64,
+    pub dropout: f64,
+    pub layer_norm_eps: f64,
+    /// Mask padding positions out of the attention (false: the original's behaviour).
+    pub mask_padding: bool,
+}
+
+impl Default for AdaptiveConfig {
+    fn default() -> Self {
+        AdaptiveConfig { heads: 12, ffn: 2048, dropout: 0.1, layer_norm_eps: 1e-5, mask_padding: true }
     }
 }

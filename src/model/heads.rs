@@ -115,7 +115,9 @@ impl Classifier {
             pooler: Pooler::new(&(p / "pooler"), h),
             classifiers: tasks
                 .iter()
-                .map(|(name, n)| (name.clone(), nn::linear(p / "classifiers" / name.as_str(), h, *n, Default::default())))
+                .map(|(name, n)| {
+                    (name.clone(), nn::linear(p / "classifiers" / name.as_str(), h, *n, Default::default()))
+                })
                 .collect(),
             dropout,
         }

@@ -16,21 +16,19 @@ macro_rules! step_io {
     };
 }
 
-#[cfg(feature = "train")]
 pub mod dapt;
-#[cfg(feature = "train")]
 pub mod init;
-#[cfg(feature = "train")]
 pub mod io;
 pub mod prep;
-#[cfg(feature = "train")]
 pub mod role;
+#[cfg(feature = "train")]
+pub mod training;
 
 use std::future::Future;
 
 use serde::de::DeserializeOwned;
-use tracing::Instrument;
 use serde::{Deserialize, Serialize};
+use tracing::Instrument;
 
 use crate::config::RawConfig;
 use crate::error::{Error, Result};
@@ -38,49 +36,77 @@ use crate::store::commit::{Begin, Output};
 use crate::store::manifest::{self, Manifest};
 use crate::store::Store;
 
-/// Every step kind, as named on the command line and in workflows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum StepKind {
-    /// JSON lines (or synthetic data) → validated `conversations.parquet` + `stats.json`.
-    Prep,
-    /// A pretrained model, or a new one with a tokenizer trained on a prep output → model directory.
-    #[cfg(feature = "train")]
-    Init,
-    /// Masked-LM continued pretraining of a model on a prep output's unlabeled utterances.
-    #[cfg(feature = "train")]
-    Dapt,
-    /// Speaker-role pretraining (TAFT step 1a), with or without the adaptive layer.
-    #[cfg(feature = "train")]
-    Role,
+/// The registry of steps: one line per step gives its kind (as named on the command line
+/// and in workflows), its type, and whether this build can run it. Everything that
+/// dispatches on a step kind (the CLI, workflows, [`check`], [`run`]) is generated here.
+macro_rules! registry {
+    ($($variant:ident => $step:ty, runs: $runs:expr;)*) => {
+        /// Every step kind, as named on the command line and in workflows.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[serde(rename_all = "lowercase")]
+        pub enum StepKind {
+            $($variant,)*
+        }
+
+        impl StepKind {
+            pub const ALL: &'static [StepKind] = &[$(StepKind::$variant,)*];
+
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(StepKind::$variant => <$step as Step>::NAME,)*
+                }
+            }
+
+            /// One line on what the step does (the CLI's help).
+            pub fn about(self) -> &'static str {
+                match self {
+                    $(StepKind::$variant => <$step as Step>::ABOUT,)*
+                }
+            }
+
+            /// Whether this build carries what the step needs (training needs the `train` feature).
+            pub fn runs_here(self) -> bool {
+                match self {
+                    $(StepKind::$variant => $runs,)*
+                }
+            }
+        }
+
+        /// Resolves and validates a step's config without running it.
+        pub fn check(kind: StepKind, raw: &RawConfig, overrides: &Overrides) -> Result<()> {
+            match kind {
+                $(StepKind::$variant => resolve::<$step>(raw, overrides).map(drop),)*
+            }
+        }
+
+        /// Runs one step under the step contract.
+        pub async fn run(kind: StepKind, raw: &RawConfig, overrides: &Overrides) -> Result<Report> {
+            if !kind.runs_here() {
+                return Err(without_training(kind.name()));
+            }
+            match kind {
+                $(StepKind::$variant => drive::<$step>(raw, overrides).await,)*
+            }
+        }
+    };
+}
+
+registry! {
+    Prep => prep::Prep, runs: true;
+    Init => init::Init, runs: cfg!(feature = "train");
+    Dapt => dapt::Dapt, runs: cfg!(feature = "train");
+    Role => role::Role, runs: cfg!(feature = "train");
 }
 
 impl StepKind {
-    pub const ALL: &'static [StepKind] = &[
-        StepKind::Prep,
-        #[cfg(feature = "train")]
-        StepKind::Init,
-        #[cfg(feature = "train")]
-        StepKind::Dapt,
-        #[cfg(feature = "train")]
-        StepKind::Role,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            StepKind::Prep => prep::Prep::NAME,
-            #[cfg(feature = "train")]
-            StepKind::Init => init::Init::NAME,
-            #[cfg(feature = "train")]
-            StepKind::Dapt => dapt::Dapt::NAME,
-            #[cfg(feature = "train")]
-            StepKind::Role => role::Role::NAME,
-        }
-    }
-
     pub fn parse(s: &str) -> Option<StepKind> {
         StepKind::ALL.iter().copied().find(|k| k.name() == s)
     }
+}
+
+/// The error of a step this build cannot run (see [`StepKind::runs_here`]).
+pub(crate) fn without_training(step: &str) -> Error {
+    Error::config(format!("`{step}` needs training (libtorch): this taft was built without the `train` feature"))
 }
 
 /// What a caller gives on top of the config document (CLI flags, workflow wiring).
@@ -113,6 +139,8 @@ pub trait StepIo {
 /// One pipeline step.
 pub trait Step {
     const NAME: &'static str;
+    /// One line on what the step does.
+    const ABOUT: &'static str;
     /// Built-in config (YAML) laid beneath the user's: keys the user leaves out, at any depth.
     const DEFAULTS: &'static str = "{}";
     type Config: DeserializeOwned + Serialize + StepIo + Send + Sync;
@@ -127,32 +155,6 @@ pub trait Step {
 
     /// Does the work, writing files through `out`; returns the summary for the manifest.
     fn run(config: &Self::Config, out: &mut Output) -> impl Future<Output = Result<serde_json::Value>> + Send;
-}
-
-/// Resolves and validates a step's config without running it.
-pub fn check(kind: StepKind, raw: &RawConfig, overrides: &Overrides) -> Result<()> {
-    match kind {
-        StepKind::Prep => resolve::<prep::Prep>(raw, overrides).map(drop),
-        #[cfg(feature = "train")]
-        StepKind::Init => resolve::<init::Init>(raw, overrides).map(drop),
-        #[cfg(feature = "train")]
-        StepKind::Dapt => resolve::<dapt::Dapt>(raw, overrides).map(drop),
-        #[cfg(feature = "train")]
-        StepKind::Role => resolve::<role::Role>(raw, overrides).map(drop),
-    }
-}
-
-/// Runs one step under the step contract.
-pub async fn run(kind: StepKind, raw: &RawConfig, overrides: &Overrides) -> Result<Report> {
-    match kind {
-        StepKind::Prep => drive::<prep::Prep>(raw, overrides).await,
-        #[cfg(feature = "train")]
-        StepKind::Init => drive::<init::Init>(raw, overrides).await,
-        #[cfg(feature = "train")]
-        StepKind::Dapt => drive::<dapt::Dapt>(raw, overrides).await,
-        #[cfg(feature = "train")]
-        StepKind::Role => drive::<role::Role>(raw, overrides).await,
-    }
 }
 
 fn resolve<S: Step>(raw: &RawConfig, overrides: &Overrides) -> Result<S::Config> {
@@ -190,19 +192,19 @@ pub async fn drive<S: Step>(raw: &RawConfig, overrides: &Overrides) -> Result<Re
     let config_json = serde_json::to_value(&config)?;
     let span = tracing::info_span!("step", step = S::NAME, out = %out_url);
     async move {
-    match Output::begin(store, S::NAME, config_json, inputs, overrides.force).await? {
-        Begin::UpToDate(manifest) => {
-            tracing::info!(fingerprint = %manifest.fingerprint, "up to date");
-            Ok(report(S::NAME, &out_url, true, manifest))
+        match Output::begin(store, S::NAME, config_json, inputs, overrides.force).await? {
+            Begin::UpToDate(manifest) => {
+                tracing::info!(fingerprint = %manifest.fingerprint, "up to date");
+                Ok(report(S::NAME, &out_url, true, manifest))
+            }
+            Begin::Fresh(mut output) => {
+                tracing::info!(fingerprint = %output.fingerprint(), "started");
+                let summary = S::run(&config, &mut output).await?;
+                let manifest = output.commit(summary).await?;
+                tracing::info!(files = manifest.files.len(), "committed");
+                Ok(report(S::NAME, &out_url, false, manifest))
+            }
         }
-        Begin::Fresh(mut output) => {
-            tracing::info!(fingerprint = %output.fingerprint(), "started");
-            let summary = S::run(&config, &mut output).await?;
-            let manifest = output.commit(summary).await?;
-            tracing::info!(files = manifest.files.len(), "committed");
-            Ok(report(S::NAME, &out_url, false, manifest))
-        }
-    }
     }
     .instrument(span)
     .await

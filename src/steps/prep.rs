@@ -58,16 +58,15 @@ pub struct Prep;
 
 impl Step for Prep {
     const NAME: &'static str = "prep";
+    const ABOUT: &'static str = "Validate JSON-lines conversations (or generate synthetic ones) into Parquet";
     type Config = PrepConfig;
 
     fn validate(config: &PrepConfig) -> Result<()> {
         match (&config.synthetic, config.inputs.is_empty()) {
-            (None, true) => Err(Error::config(
-                "prep has no input: give `--input URL` (JSON lines) or a `synthetic:` section",
-            )),
-            (Some(_), false) => Err(Error::config(
-                "prep takes either `inputs` or `synthetic`, not both",
-            )),
+            (None, true) => {
+                Err(Error::config("prep has no input: give `--input URL` (JSON lines) or a `synthetic:` section"))
+            }
+            (Some(_), false) => Err(Error::config("prep takes either `inputs` or `synthetic`, not both")),
             (Some(synthetic), true) => synthetic.validate(),
             (None, false) => Ok(()),
         }

@@ -88,11 +88,8 @@ impl Output {
     /// Writes a whole file of the output.
     pub async fn put(&mut self, name: &str, bytes: Bytes) -> Result<()> {
         check_name(name)?;
-        let entry = FileEntry {
-            path: name.to_string(),
-            size: bytes.len() as u64,
-            sha256: hex::encode(Sha256::digest(&bytes)),
-        };
+        let entry =
+            FileEntry { path: name.to_string(), size: bytes.len() as u64, sha256: hex::encode(Sha256::digest(&bytes)) };
         self.store.put(name, bytes).await?;
         self.record(entry);
         Ok(())
@@ -159,11 +156,7 @@ impl<W> HashingWriter<W> {
 
     /// The manifest entry for everything written so far.
     pub fn entry(&self) -> FileEntry {
-        FileEntry {
-            path: self.name.clone(),
-            size: self.size,
-            sha256: hex::encode(self.hasher.clone().finalize()),
-        }
+        FileEntry { path: self.name.clone(), size: self.size, sha256: hex::encode(self.hasher.clone().finalize()) }
     }
 }
 
@@ -198,9 +191,7 @@ mod tests {
         store.put("stale.txt", Bytes::from_static(b"old")).await.unwrap();
         store.put("_work/ckpt", Bytes::from_static(b"ckpt")).await.unwrap();
         let config = serde_json::json!({"a": 1});
-        let Begin::Fresh(mut out) = Output::begin(store.clone(), "prep", config.clone(), vec![], false)
-            .await
-            .unwrap()
+        let Begin::Fresh(mut out) = Output::begin(store.clone(), "prep", config.clone(), vec![], false).await.unwrap()
         else {
             panic!("nothing committed yet, so the output cannot be up to date")
         };
@@ -221,9 +212,7 @@ mod tests {
         // Same fingerprint: up to date; a different config: the old manifest goes first.
         let again = Output::begin(store.clone(), "prep", config, vec![], false).await.unwrap();
         assert!(matches!(again, Begin::UpToDate(_)));
-        let changed = Output::begin(store.clone(), "prep", serde_json::json!({"a": 2}), vec![], false)
-            .await
-            .unwrap();
+        let changed = Output::begin(store.clone(), "prep", serde_json::json!({"a": 2}), vec![], false).await.unwrap();
         assert!(matches!(changed, Begin::Fresh(_)));
         assert!(store.get(MANIFEST).await.unwrap().is_none());
     }

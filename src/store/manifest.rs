@@ -47,9 +47,9 @@ impl Manifest {
     /// Reads the manifest of a committed output; `None` when there is none.
     pub async fn read(store: &Store) -> Result<Option<Manifest>> {
         let Some(bytes) = store.get(MANIFEST).await? else { return Ok(None) };
-        serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-            Error::input(format!("{}: not a valid manifest: {e}", store.url_of(MANIFEST)))
-        })
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| Error::input(format!("{}: not a valid manifest: {e}", store.url_of(MANIFEST))))
     }
 
     /// Reads the manifest of an output that a step needs as input: it must be committed.
@@ -122,10 +122,7 @@ pub async fn input_fingerprint(url: &str) -> Result<InputEntry> {
         }
     }
     let (store, name) = Store::open_file(url)?;
-    let meta = store
-        .head(&name)
-        .await?
-        .ok_or_else(|| Error::input(format!("{url}: no such file")))?;
+    let meta = store.head(&name).await?.ok_or_else(|| Error::input(format!("{url}: no such file")))?;
     let identity = format!(
         "{}|{}|{}|{}",
         meta.size,
@@ -133,10 +130,7 @@ pub async fn input_fingerprint(url: &str) -> Result<InputEntry> {
         meta.e_tag.unwrap_or_default(),
         meta.version.unwrap_or_default()
     );
-    Ok(InputEntry {
-        url: url.to_string(),
-        fingerprint: hex::encode(Sha256::digest(identity.as_bytes())),
-    })
+    Ok(InputEntry { url: url.to_string(), fingerprint: hex::encode(Sha256::digest(identity.as_bytes())) })
 }
 
 #[cfg(test)]

@@ -89,9 +89,7 @@ impl Store {
         let inner: Arc<dyn ObjectStore> = match scheme {
             "file" => {
                 if !authority.is_empty() && authority != "localhost" {
-                    return Err(Error::config(format!(
-                        "{url}: file URLs take an absolute path (file:///dir)"
-                    )));
+                    return Err(Error::config(format!("{url}: file URLs take an absolute path (file:///dir)")));
                 }
                 return local(url, &format!("/{path}"), create);
             }
@@ -100,9 +98,7 @@ impl Store {
                 object_store::aws::AmazonS3Builder::from_env()
                     .with_bucket_name(authority)
                     .with_client_options(client_options(
-                        std::env::var("AWS_ENDPOINT_URL")
-                            .or_else(|_| std::env::var("AWS_ENDPOINT"))
-                            .ok(),
+                        std::env::var("AWS_ENDPOINT_URL").or_else(|_| std::env::var("AWS_ENDPOINT")).ok(),
                     ))
                     .with_virtual_hosted_style_request(false)
                     .with_retry(retry_config())
@@ -174,9 +170,7 @@ impl Store {
     /// Reads a whole object; `None` when it does not exist.
     pub async fn get(&self, name: &str) -> Result<Option<Bytes>> {
         match self.inner.get(&self.path(name)).await {
-            Ok(result) => {
-                Ok(Some(result.bytes().await.map_err(|e| Error::store("read", self.url_of(name), e))?))
-            }
+            Ok(result) => Ok(Some(result.bytes().await.map_err(|e| Error::store("read", self.url_of(name), e))?)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(Error::store("read", self.url_of(name), e)),
         }
@@ -272,14 +266,12 @@ pub fn check_key(key: &str) -> Result<()> {
 fn local(url: &str, dir: &str, create: bool) -> Result<Store> {
     let dir = std::path::Path::new(dir);
     if create {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| Error::input(format!("{url}: cannot create directory: {e}")))?;
+        std::fs::create_dir_all(dir).map_err(|e| Error::input(format!("{url}: cannot create directory: {e}")))?;
     } else if !dir.is_dir() {
         return Err(Error::input(format!("{url}: no such directory")));
     }
-    let fs = LocalFileSystem::new_with_prefix(dir)
-        .map_err(|e| Error::store("open", url, e))?
-        .with_automatic_cleanup(true);
+    let fs =
+        LocalFileSystem::new_with_prefix(dir).map_err(|e| Error::store("open", url, e))?.with_automatic_cleanup(true);
     Ok(Store { url: url.to_string(), inner: Arc::new(fs), prefix: Path::default(), local: Some(dir.to_path_buf()) })
 }
 

@@ -39,11 +39,23 @@ pub struct SpecialTokens {
 
 impl SpecialTokens {
     pub fn bert() -> Self {
-        SpecialTokens { cls: "[CLS]".into(), sep: "[SEP]".into(), pad: "[PAD]".into(), mask: "[MASK]".into(), unk: "[UNK]".into() }
+        SpecialTokens {
+            cls: "[CLS]".into(),
+            sep: "[SEP]".into(),
+            pad: "[PAD]".into(),
+            mask: "[MASK]".into(),
+            unk: "[UNK]".into(),
+        }
     }
 
     pub fn roberta() -> Self {
-        SpecialTokens { cls: "<s>".into(), sep: "</s>".into(), pad: "<pad>".into(), mask: "<mask>".into(), unk: "<unk>".into() }
+        SpecialTokens {
+            cls: "<s>".into(),
+            sep: "</s>".into(),
+            pad: "<pad>".into(),
+            mask: "<mask>".into(),
+            unk: "<unk>".into(),
+        }
     }
 
     fn all(&self) -> [&str; 5] {
@@ -74,7 +86,8 @@ pub struct TextTokenizer {
 impl TextTokenizer {
     /// Reads a `tokenizer.json`; the family is recognised by its special tokens.
     pub fn from_bytes(bytes: &[u8], source: &str) -> Result<Self> {
-        let inner = Tokenizer::from_bytes(bytes).map_err(|e| Error::input(format!("{source}: not a tokenizer.json: {e}")))?;
+        let inner =
+            Tokenizer::from_bytes(bytes).map_err(|e| Error::input(format!("{source}: not a tokenizer.json: {e}")))?;
         Self::wrap(inner, source)
     }
 
@@ -143,7 +156,8 @@ impl TextTokenizer {
             }
         };
         tokenizer.train(&mut trainer, texts).map_err(fail)?;
-        let id = |t: &str| tokenizer.token_to_id(t).ok_or_else(|| Error::Other(format!("trained vocabulary lacks {t}")));
+        let id =
+            |t: &str| tokenizer.token_to_id(t).ok_or_else(|| Error::Other(format!("trained vocabulary lacks {t}")));
         let (cls, sep) = (id(&special.cls)?, id(&special.sep)?);
         let template = match kind {
             TokenizerKind::WordPiece => TemplateProcessing::builder()
@@ -171,6 +185,11 @@ impl TextTokenizer {
 
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
+    }
+
+    /// The largest token id the tokenizer can produce.
+    pub fn max_id(&self) -> u32 {
+        self.inner.get_vocab(true).into_values().max().unwrap_or(0)
     }
 
     /// The id of a token, if the vocabulary has it.
@@ -216,7 +235,12 @@ impl TextTokenizer {
         let inputs: Vec<&str> = texts.iter().map(AsRef::as_ref).collect();
         let encodings = t.encode_batch(inputs, true).map_err(|e| Error::Other(format!("tokenization: {e}")))?;
         let seq = encodings.first().map_or(0, |e| e.len());
-        let mut out = Encoded { input_ids: Vec::with_capacity(seq * texts.len()), attention_mask: Vec::new(), batch: texts.len(), seq };
+        let mut out = Encoded {
+            input_ids: Vec::with_capacity(seq * texts.len()),
+            attention_mask: Vec::new(),
+            batch: texts.len(),
+            seq,
+        };
         for e in &encodings {
             out.input_ids.extend(e.get_ids().iter().map(|&i| i64::from(i)));
             out.attention_mask.extend(e.get_attention_mask().iter().map(|&m| i64::from(m)));

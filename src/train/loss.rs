@@ -66,10 +66,12 @@ mod tests {
     #[test]
     fn weights_follow_the_batch() {
         assert_eq!(batch_class_weights(&[0, 0, 1, 3], 4), [0.5, 0.75, 0.0, 0.75]);
-        let single = weighted_loss(&Tensor::ones([3, 4], (Kind::Float, tch::Device::Cpu)), &Tensor::from_slice(&[2i64, 2, 2]));
+        let single =
+            weighted_loss(&Tensor::ones([3, 4], (Kind::Float, tch::Device::Cpu)), &Tensor::from_slice(&[2i64, 2, 2]));
         assert!(single.single_class);
         assert_eq!(single.loss.double_value(&[]), 0.0);
-        let binary = weighted_loss(&Tensor::zeros([2, 2], (Kind::Float, tch::Device::Cpu)), &Tensor::from_slice(&[1i64, 1]));
+        let binary =
+            weighted_loss(&Tensor::zeros([2, 2], (Kind::Float, tch::Device::Cpu)), &Tensor::from_slice(&[1i64, 1]));
         assert!(binary.single_class && binary.loss.double_value(&[]) == 0.0);
     }
 }

@@ -98,11 +98,14 @@ impl AdamW {
             for (name, (m, v)) in self.moments.iter_mut() {
                 for (prefix, target) in [("m", m), ("v", v)] {
                     let key = format!("{prefix}.{name}");
-                    let saved = by_name
-                        .remove(&key)
-                        .ok_or_else(|| Error::input(format!("optimizer state lacks {key}")))?;
+                    let saved =
+                        by_name.remove(&key).ok_or_else(|| Error::input(format!("optimizer state lacks {key}")))?;
                     if saved.size() != target.size() {
-                        return Err(Error::input(format!("optimizer state {key}: shape {:?}, expected {:?}", saved.size(), target.size())));
+                        return Err(Error::input(format!(
+                            "optimizer state {key}: shape {:?}, expected {:?}",
+                            saved.size(),
+                            target.size()
+                        )));
                     }
                     target.copy_(&saved.to_kind(Kind::Float));
                 }
@@ -137,12 +140,25 @@ mod tests {
     #[test]
     fn state_round_trips() {
         let p = Tensor::from_slice(&[1.0f32, -2.0]).set_requires_grad(true);
-        let mut opt = AdamW::new(vec![Group { name: "all".into(), lr: 0.1, weight_decay: 0.0, params: vec![("p".into(), p.shallow_clone())] }], (0.9, 0.999), 1e-8);
+        let mut opt = AdamW::new(
+            vec![Group {
+                name: "all".into(),
+                lr: 0.1,
+                weight_decay: 0.0,
+                params: vec![("p".into(), p.shallow_clone())],
+            }],
+            (0.9, 0.999),
+            1e-8,
+        );
         (&p * &p).sum(Kind::Float).backward();
         opt.step(1.0);
         let saved = opt.state();
         let q = Tensor::from_slice(&[1.0f32, -2.0]).set_requires_grad(true);
-        let mut other = AdamW::new(vec![Group { name: "all".into(), lr: 0.1, weight_decay: 0.0, params: vec![("p".into(), q)] }], (0.9, 0.999), 1e-8);
+        let mut other = AdamW::new(
+            vec![Group { name: "all".into(), lr: 0.1, weight_decay: 0.0, params: vec![("p".into(), q)] }],
+            (0.9, 0.999),
+            1e-8,
+        );
         other.load_state(saved, opt.step).unwrap();
         assert_eq!(other.step, 1);
         assert!(other.state()[0].1.equal(&opt.state()[0].1));

@@ -164,11 +164,8 @@ impl WorkDir {
 }
 
 fn variables(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
-    let mut list: Vec<(String, Tensor)> = vs
-        .variables()
-        .into_iter()
-        .map(|(name, t)| (name, t.to_device(tch::Device::Cpu).contiguous()))
-        .collect();
+    let mut list: Vec<(String, Tensor)> =
+        vs.variables().into_iter().map(|(name, t)| (name, t.to_device(tch::Device::Cpu).contiguous())).collect();
     list.sort_by(|a, b| a.0.cmp(&b.0));
     list
 }

@@ -79,8 +79,7 @@ impl Workflow {
     /// Reads and validates a workflow file; `store` replaces the file's store root.
     pub fn load(path: &std::path::Path, store: Option<&str>) -> Result<Workflow> {
         let source = path.display().to_string();
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::config(format!("workflow {source}: {e}")))?;
+        let text = std::fs::read_to_string(path).map_err(|e| Error::config(format!("workflow {source}: {e}")))?;
         Self::parse(&source, &text, store)
     }
 
@@ -99,9 +98,7 @@ impl Workflow {
         }
         let mut index = HashMap::new();
         for (i, step) in spec.steps.iter().enumerate() {
-            if step.name.is_empty()
-                || !step.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-            {
+            if step.name.is_empty() || !step.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
                 return Err(err(format!("step name {:?}: use letters, digits, `-` and `_`", step.name)));
             }
             if index.insert(step.name.as_str(), i).is_some() {
@@ -125,9 +122,10 @@ impl Workflow {
                 .inputs
                 .iter()
                 .map(|input| {
-                    index.get(input.as_str()).copied().ok_or_else(|| {
-                        at(format!("input `{input}` names no step of this workflow"))
-                    })
+                    index
+                        .get(input.as_str())
+                        .copied()
+                        .ok_or_else(|| at(format!("input `{input}` names no step of this workflow")))
                 })
                 .collect::<Result<Vec<_>>>()?;
             let config = match &step.config {
@@ -151,9 +149,8 @@ impl Workflow {
                 planned[i].deps.iter().map(|&d| planned[d].overrides.out.clone().expect("set above")).collect();
             planned[i].overrides.inputs = inputs;
         }
-        let order = topological_order(&planned).map_err(|cycle| {
-            err(format!("the steps {} depend on each other in a cycle", cycle.join(", ")))
-        })?;
+        let order = topological_order(&planned)
+            .map_err(|cycle| err(format!("the steps {} depend on each other in a cycle", cycle.join(", "))))?;
         for step in &planned {
             steps::check(step.kind, &step.config, &step.overrides)?;
         }

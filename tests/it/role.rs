@@ -9,8 +9,13 @@ use crate::dapt::{fixture, records, training_step, values};
 
 fn role(data: &Path, out: &Path, sets: &[&str]) -> std::process::Command {
     let base = [
-        "train.epochs=1", "train.lr=1e-3", "train.batch_size=64", "train.device=cpu", "train.threads=1",
-        "adaptive.heads=4", "adaptive.ffn=64",
+        "train.epochs=1",
+        "train.lr=1e-3",
+        "train.batch_size=64",
+        "train.device=cpu",
+        "train.threads=1",
+        "adaptive.heads=4",
+        "adaptive.ffn=64",
     ];
     training_step("role", data, s(out), &base, sets)
 }
@@ -36,7 +41,8 @@ fn role_learns_the_speaker_and_writes_its_heads() {
     assert!(test["accuracy"].as_f64().unwrap() > 0.85, "{test}");
     let report = json(&out.join("test_report.json"));
     assert_eq!(report["labels"], serde_json::json!(["customer", "operator"]));
-    let support: u64 = report["report"]["per_class"].as_array().unwrap().iter().map(|c| c["support"].as_u64().unwrap()).sum();
+    let support: u64 =
+        report["report"]["per_class"].as_array().unwrap().iter().map(|c| c["support"].as_u64().unwrap()).sum();
     assert_eq!(support, m["summary"]["data"]["test"].as_u64().unwrap());
     let heads = tensor_names(&out.join("heads.safetensors"));
     assert!(heads.iter().any(|n| n == "adaptive.self_attn.in_proj_weight"), "{heads:?}");
@@ -61,7 +67,8 @@ fn role_learns_the_speaker_and_writes_its_heads() {
 fn role_stays_at_chance_without_signal_and_keeps_the_original_split_on_request() {
     let dir = tempdir();
     let plain = dir.path().join("plain");
-    taft_run(&["prep", "-o", s(&plain), "--set", "synthetic={seed: 4, train: 10, val: 5, test: 60, unlabeled: 150}"]).ok();
+    taft_run(&["prep", "-o", s(&plain), "--set", "synthetic={seed: 4, train: 10, val: 5, test: 60, unlabeled: 150}"])
+        .ok();
     let out = dir.path().join("chance");
     run(&mut role(&plain, &out, &["split=contiguous"])).ok();
     let m = manifest(&out).unwrap();

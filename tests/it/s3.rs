@@ -43,13 +43,7 @@ fn a_step_rides_out_a_restart_of_the_server() {
     server.stop();
     // The step starts while the server is down; it comes back 3 s later.
     let mut cmd = taft();
-    server.env(&mut cmd).args([
-        "prep",
-        "--out",
-        "s3://data/runs/restart",
-        "--set",
-        "synthetic.unlabeled=2000",
-    ]);
+    server.env(&mut cmd).args(["prep", "--out", "s3://data/runs/restart", "--set", "synthetic.unlabeled=2000"]);
     let child = cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
     std::thread::sleep(Duration::from_secs(3));
     server.restart();

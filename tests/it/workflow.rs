@@ -52,7 +52,10 @@ fn independent_steps_run_in_parallel() {
     let r = taft_run(&["run", s(&wf)]).ok();
     let events = events(&r.stderr);
     let pos = |msg: &str, step: &str| {
-        events.iter().position(|e| e["message"] == msg && e["step"] == step).unwrap_or_else(|| panic!("no {msg} for {step}: {}", r.stderr))
+        events
+            .iter()
+            .position(|e| e["message"] == msg && e["step"] == step)
+            .unwrap_or_else(|| panic!("no {msg} for {step}: {}", r.stderr))
     };
     let first_finish = pos("step finished", "a").min(pos("step finished", "b"));
     assert!(pos("step started", "a") < first_finish && pos("step started", "b") < first_finish, "{}", r.stderr);

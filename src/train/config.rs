@@ -1,0 +1,120 @@
+//! The `train:` section of every training step: epochs and batches, learning rates and
+//! groups, evaluation and the best checkpoint, precision, device and seed. Readable and
+//! checked without the tensor library.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Floating-point precision of the forward and backward passes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    Fp32,
+    /// fp16 autocast with dynamic loss scaling (CUDA only).
+    Fp16,
+}
+
+/// Whether a monitored metric is better lower or higher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Min,
+    Max,
+}
+
+/// Keep the checkpoint with the best evaluation metric (the step's output), and optionally
+/// stop after `patience` evaluations without improvement.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Best {
+    /// A metric of the evaluation (`loss`, `perplexity`, `f1_weighted`, …).
+    pub metric: String,
+    pub mode: Mode,
+    #[serde(default)]
+    pub patience: Option<u64>,
+}
+
+/// Parameters under `prefix` train with their own learning rate and weight decay (biases
+/// and LayerNorm parameters still get none).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupRule {
+    pub prefix: String,
+    pub lr: f64,
+    pub weight_decay: f64,
+}
+
+/// The `train:` section of every training step (its defaults come from the step).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    pub epochs: u64,
+    /// Stop after this many optimizer steps (the schedule spans them).
+    #[serde(default)]
+    pub max_steps: Option<u64>,
+    pub batch_size: usize,
+    /// Batches whose gradients add up to one optimizer step.
+    pub grad_accum: u64,
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub warmup_steps: u64,
+    /// Clip the global gradient norm to this (null: no clipping).
+    #[serde(default)]
+    pub max_grad_norm: Option<f64>,
+    pub eval_each_epoch: bool,
+    /// Also evaluate every N optimizer steps.
+    #[serde(default)]
+    pub eval_every: Option<u64>,
+    /// Checkpoint under `<out>/_work/` every N optimizer steps (0: never).
+    pub checkpoint_every: u64,
+    /// Record the training loss every N optimizer steps.
+    pub log_every: u64,
+    #[serde(default)]
+    pub best: Option<Best>,
+    /// Parameters whose names start with one of these do not train.
+    #[serde(default)]
+    pub freeze: Vec<String>,
+    #[serde(default)]
+    pub groups: Vec<GroupRule>,
+    pub precision: Precision,
+    /// auto | cpu | cuda | cuda:N
+    pub device: String,
+    /// CPU threads of the tensor library (default: its own choice).
+    #[serde(default)]
+    pub threads: Option<usize>,
+    pub seed: u64,
+}
+
+impl TrainConfig {
+    /// Checks ranges and combinations (messages name the `train.` key).
+    pub fn validate(&self) -> Result<()> {
+        let fail = |msg: &str| Err(Error::config(format!("train.{msg}")));
+        if self.epochs == 0 || self.batch_size == 0 || self.grad_accum == 0 || self.log_every == 0 {
+            return fail("epochs, batch_size, grad_accum and log_every must be at least 1");
+        }
+        if self.max_steps == Some(0) || self.eval_every == Some(0) || self.threads == Some(0) {
+            return fail("max_steps, eval_every and threads must be at least 1 when given");
+        }
+        let rates =
+            std::iter::once((self.lr, self.weight_decay)).chain(self.groups.iter().map(|g| (g.lr, g.weight_decay)));
+        for (lr, wd) in rates {
+            if !(lr.is_finite() && lr > 0.0 && wd.is_finite() && wd >= 0.0) {
+                return fail("lr must be a positive number and weight_decay a non-negative one (groups too)");
+            }
+        }
+        if self.max_grad_norm.is_some_and(|m| !(m.is_finite() && m > 0.0)) {
+            return fail("max_grad_norm must be positive (or null for no clipping)");
+        }
+        if let Some(best) = &self.best {
+            if !self.eval_each_epoch && self.eval_every.is_none() {
+                return fail("best needs evaluations: set eval_each_epoch or eval_every");
+            }
+            if best.patience == Some(0) {
+                return fail("best.patience must be at least 1");
+            }
+        }
+        crate::model::DeviceName::parse(&self.device).map_err(|e| Error::config(format!("train.device: {e}")))?;
+        Ok(())
+    }
+}
