@@ -19,11 +19,12 @@ fn main() -> ExitCode {
         LogFormat::Auto => !std::io::stderr().is_terminal(),
     };
     init_logging(json);
-    taft::progress::set_interactive(!json && std::io::stderr().is_terminal());
-    match run(cli.command) {
+    let bars = std::env::var("TAFT_PROGRESS").map_or(true, |v| v != "off");
+    taft::progress::set_interactive(bars && !json && std::io::stderr().is_terminal());
+    match run(cli.command, json) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", taft::error::redact(&format!("{err:#}")));
             ExitCode::from(taft::error::exit_code(&err))
         }
     }
@@ -31,8 +32,8 @@ fn main() -> ExitCode {
 
 fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TAFT_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("taft=info,warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("taft=info,object_store::client::retry=info,warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(|| Redacted(Vec::new()));
     if json {
         builder.json().flatten_event(true).with_current_span(true).with_span_list(false).init();
     } else {
@@ -40,11 +41,33 @@ fn init_logging(json: bool) {
     }
 }
 
-fn run(command: Command) -> anyhow::Result<()> {
+/// One log event, written to stderr without credentials (see [`taft::error::redact`]) when
+/// the logger is done with it.
+struct Redacted(Vec<u8>);
+
+impl std::io::Write for Redacted {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for Redacted {
+    fn drop(&mut self) {
+        let text = taft::error::redact(&String::from_utf8_lossy(&self.0));
+        let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), text.as_bytes());
+    }
+}
+
+fn run(command: Command, json: bool) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match command {
         Command::Step(cli::StepCommand { kind, args }) => runtime.block_on(step(kind, args)),
-        Command::Run(args) => runtime.block_on(workflow(args)),
+        Command::Run(args) => runtime.block_on(workflow(args, json)),
         Command::Synth(args) => runtime.block_on(synth(args)),
         Command::Info => {
             println!("{}", serde_json::to_string_pretty(&taft::runtime::describe())?);
@@ -73,27 +96,24 @@ fn print_report(report: &Report) {
     }
 }
 
-async fn workflow(args: cli::RunArgs) -> anyhow::Result<()> {
+async fn workflow(args: cli::RunArgs, json: bool) -> anyhow::Result<()> {
     let wf = taft::workflow::Workflow::load(&args.workflow, args.store.as_deref())?;
     if args.dry_run {
         for step in &wf.steps {
-            let inputs = step.overrides.inputs.join(", ");
-            println!(
-                "{} ({}) <- [{inputs}] -> {}",
-                step.name,
-                step.kind.name(),
-                step.overrides.out.as_deref().unwrap_or("")
-            );
+            let command = taft::workflow::runner::step_args(step, args.force)?.join(" ");
+            println!("{}: taft {command}", step.name);
         }
         return Ok(());
     }
-    let outcome = taft::workflow::runner::run(&wf, args.force, args.jobs)
+    let exe = std::env::current_exe().context("the taft binary")?;
+    let format = if json { "json" } else { "text" };
+    let outcome = taft::workflow::runner::run(&wf, &exe, args.force, args.jobs, format)
         .await
         .with_context(|| format!("workflow {}", wf.source))?;
-    for report in &outcome.reports {
-        print_report(report);
+    for step in &outcome.finished {
+        print!("{}", step.stdout);
     }
-    println!("workflow {}: {} step(s) finished; outputs under {}", wf.name, outcome.reports.len(), wf.store);
+    println!("workflow {}: {} step(s) finished; outputs under {}", wf.name, outcome.finished.len(), wf.store);
     Ok(())
 }
 

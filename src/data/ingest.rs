@@ -42,19 +42,43 @@ impl LineReader {
         Ok(LineReader { url: url.to_string(), inner, gzip, line: 0 })
     }
 
-    /// Reads the next line into `buf` (without the line ending); returns its 1-based number,
-    /// or `None` at the end of the input.
-    pub async fn next_line(&mut self, buf: &mut Vec<u8>) -> Result<Option<u64>> {
+    /// Reads the next line into `buf` (without the line ending), keeping at most `max` bytes
+    /// of it in memory; returns its 1-based number and whole length (a line longer than
+    /// `max` is read to its end but not kept), or `None` at the end of the input.
+    pub async fn next_line(&mut self, buf: &mut Vec<u8>, max: usize) -> Result<Option<(u64, u64)>> {
         buf.clear();
-        let n = self.inner.read_until(b'\n', buf).await.map_err(|e| read_error(&self.url, self.gzip, e))?;
-        if n == 0 {
+        let mut length: u64 = 0;
+        let mut any = false;
+        loop {
+            let available = self.inner.fill_buf().await.map_err(|e| read_error(&self.url, self.gzip, e))?;
+            if available.is_empty() {
+                break;
+            }
+            any = true;
+            let (chunk, done) = match available.iter().position(|&b| b == b'\n') {
+                Some(i) => (&available[..i], Some(i + 1)),
+                None => (available, None),
+            };
+            length += chunk.len() as u64;
+            let room = max.saturating_sub(buf.len());
+            buf.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            let used = done.unwrap_or(chunk.len());
+            self.inner.consume(used);
+            if done.is_some() {
+                break;
+            }
+        }
+        if !any {
             return Ok(None);
         }
-        while matches!(buf.last(), Some(b'\n' | b'\r')) {
-            buf.pop();
+        if length as usize <= max {
+            while matches!(buf.last(), Some(b'\r')) {
+                buf.pop();
+                length -= 1;
+            }
         }
         self.line += 1;
-        Ok(Some(self.line))
+        Ok(Some((self.line, length)))
     }
 }
 
@@ -170,7 +194,7 @@ fn checked_record(text: &str) -> std::result::Result<Conversation, Vec<String>> 
         .map(|((text, speaker), label)| Utterance { text, speaker, label })
         .collect();
     if utterances.is_empty() {
-        return Err(vec!["empty conversation: no utterances (after dropping padding)".to_string()]);
+        return Err(vec!["field `texts`: empty conversation: no utterances (after dropping padding)".to_string()]);
     }
     Ok(Conversation { id, split, status, satisfaction, utterances })
 }

@@ -8,33 +8,77 @@ use serde_json::{json, Value};
 
 use super::{Conversation, Split};
 
-/// Exact percentiles over a histogram of small integers (dense counts by value).
+/// Values below this are counted exactly; above, in buckets of 1/64 relative width.
+const EXACT: u64 = 1024;
+/// Buckets per power of two above [`EXACT`].
+const SUB: u64 = 64;
+
+/// Percentiles over a histogram in bounded memory: values below 1024 are counted exactly,
+/// larger ones in buckets 1/64 of their magnitude wide (at most about 4,500 counters, whatever
+/// the values). Count, mean, min and max are exact; a percentile above 1024 is the lower
+/// bound of its bucket (within 1.6 %).
 #[derive(Debug, Default, Clone)]
 pub struct Histogram {
     counts: Vec<u64>,
     n: u64,
-    sum: u64,
+    sum: u128,
+    min: u64,
+    max: u64,
+}
+
+/// The bucket of a value, and the smallest value of a bucket.
+fn bucket(value: u64) -> usize {
+    if value < EXACT {
+        return value as usize;
+    }
+    let bits = 63 - u64::from(value.leading_zeros());
+    let shift = bits - SUB.trailing_zeros() as u64;
+    let top = (value >> shift) - SUB;
+    (EXACT + (bits - EXACT.trailing_zeros() as u64) * SUB + top) as usize
+}
+
+fn lower_bound(index: usize) -> u64 {
+    let index = index as u64;
+    if index < EXACT {
+        return index;
+    }
+    let (octave, top) = ((index - EXACT) / SUB, (index - EXACT) % SUB);
+    let bits = octave + EXACT.trailing_zeros() as u64;
+    (SUB + top) << (bits - SUB.trailing_zeros() as u64)
 }
 
 impl Histogram {
     pub fn add(&mut self, value: u64) {
-        let i = value as usize;
+        let i = bucket(value);
         if i >= self.counts.len() {
             self.counts.resize(i + 1, 0);
         }
         self.counts[i] += 1;
+        self.min = if self.n == 0 { value } else { self.min.min(value) };
+        self.max = self.max.max(value);
         self.n += 1;
-        self.sum += value;
+        self.sum += u128::from(value);
+    }
+
+    /// Counters held (bounded whatever the values).
+    pub fn buckets(&self) -> usize {
+        self.counts.len()
     }
 
     /// The nearest-rank percentile `p` (0..=100); `None` when empty.
     pub fn percentile(&self, p: f64) -> Option<u64> {
-        let rank = ((p / 100.0) * self.n as f64).ceil().max(1.0) as u64;
+        if self.n == 0 {
+            return None;
+        }
+        let rank = ((p / 100.0) * self.n as f64).ceil().clamp(1.0, self.n as f64) as u64;
+        if rank == self.n {
+            return Some(self.max);
+        }
         let mut seen = 0;
-        for (value, &count) in self.counts.iter().enumerate() {
+        for (index, &count) in self.counts.iter().enumerate() {
             seen += count;
             if seen >= rank && count > 0 {
-                return Some(value as u64);
+                return Some(lower_bound(index).clamp(self.min, self.max));
             }
         }
         None
@@ -47,12 +91,12 @@ impl Histogram {
         json!({
             "count": self.n,
             "mean": (self.sum as f64 / self.n as f64 * 100.0).round() / 100.0,
-            "min": self.counts.iter().position(|&c| c > 0),
+            "min": self.min,
             "p50": self.percentile(50.0),
             "p90": self.percentile(90.0),
             "p95": self.percentile(95.0),
             "p99": self.percentile(99.0),
-            "max": self.counts.iter().rposition(|&c| c > 0),
+            "max": self.max,
         })
     }
 }
@@ -161,5 +205,22 @@ mod tests {
         assert_eq!(h.percentile(100.0), Some(100));
         assert_eq!(h.percentile(0.0), Some(1));
         assert_eq!(Histogram::default().percentile(50.0), None);
+    }
+
+    #[test]
+    fn huge_values_take_few_buckets_and_stay_close() {
+        let mut h = Histogram::default();
+        h.add(3);
+        h.add(100_000_000);
+        h.add(u64::MAX);
+        assert!(h.buckets() <= 5000, "{} counters", h.buckets());
+        assert_eq!((h.percentile(0.0), h.percentile(100.0)), (Some(3), Some(u64::MAX)), "min and max are exact");
+        let p = h.percentile(50.0).unwrap();
+        assert!(p <= 100_000_000 && p as f64 >= 100_000_000.0 * (1.0 - 1.0 / 64.0), "{p}");
+        for v in [1023u64, 1024, 1025, 2047, 2048, 123_456_789] {
+            let b = lower_bound(bucket(v));
+            assert!(b <= v && (v - b) as f64 <= v as f64 / 64.0, "{v} -> {b}");
+            assert_eq!(bucket(b), bucket(v));
+        }
     }
 }

@@ -163,11 +163,7 @@ impl Layer {
     pub fn forward_t(&self, x: &Tensor, mask: &Tensor, train: bool) -> Tensor {
         let a = self.attention.forward_t(x, mask, train);
         let i = self.intermediate.forward(&a);
-        let i = match self.activation.as_str() {
-            "relu" => i.relu(),
-            "gelu_new" | "gelu_pytorch_tanh" => i.gelu("tanh"),
-            _ => i.gelu("none"),
-        };
+        let i = activate(&i, &self.activation);
         let o = self.output.forward(&i).dropout(self.dropout, train);
         self.output_norm.forward(&(o + a))
     }
@@ -200,5 +196,15 @@ impl Encoder {
             x = layer.forward_t(&x, &mask, train);
         }
         x
+    }
+}
+
+/// Hugging Face's activation by name (`ACT2FN`): `gelu` is exact, `gelu_new` and
+/// `gelu_pytorch_tanh` the tanh approximation, `relu` ReLU (the names a config may use).
+pub fn activate(x: &Tensor, name: &str) -> Tensor {
+    match name {
+        "relu" => x.relu(),
+        "gelu_new" | "gelu_pytorch_tanh" => x.gelu("tanh"),
+        _ => x.gelu("none"),
     }
 }

@@ -202,8 +202,12 @@ pub fn tensor_names_as(path: &Path, source: &str) -> Result<Vec<String>> {
 /// Hugging Face's initialisation of the variables under `prefix` (all with ""): weights
 /// N(0, 0.02), biases 0, LayerNorm 1 and 0, and a zero embedding for the padding token.
 pub fn init_like_transformers(vs: &nn::VarStore, prefix: &str, pad_id: i64) {
+    // In name order: the variables come in a per-process hash order, and each draw moves
+    // the generator, so an unordered walk would give every process other weights.
+    let mut variables: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    variables.sort_by(|a, b| a.0.cmp(&b.0));
     tch::no_grad(|| {
-        for (name, mut v) in vs.variables() {
+        for (name, mut v) in variables {
             if !name.starts_with(prefix) {
                 continue;
             }

@@ -49,14 +49,18 @@ impl MlmHead {
             dense: nn::linear(dense, h, h, Default::default()),
             layer_norm: nn::layer_norm(norm, vec![h], ln),
             bias: p.zeros("bias", &[cfg.vocab_size]),
-            activation: cfg.hidden_act.clone(),
+            // BertPredictionHeadTransform follows `hidden_act`; RobertaLMHead is exact GELU.
+            activation: match family {
+                Family::Bert => cfg.hidden_act.clone(),
+                Family::Roberta => "gelu".into(),
+            },
         }
     }
 
     /// Vocabulary logits [.., vocab] for hidden states [.., hidden].
     pub fn forward(&self, hidden: &Tensor, word_embeddings: &Tensor) -> Tensor {
         let x = self.dense.forward(hidden);
-        let x = if self.activation == "relu" { x.relu() } else { x.gelu("none") };
+        let x = super::bert::activate(&x, &self.activation);
         self.layer_norm.forward(&x).linear(word_embeddings, Some(&self.bias))
     }
 }

@@ -114,6 +114,10 @@ impl Step for Init {
         Ok(())
     }
 
+    fn reads(config: &InitConfig) -> Vec<String> {
+        config.inputs.iter().cloned().chain(config.pretrained.clone()).collect()
+    }
+
     fn fingerprint_inputs(config: &InitConfig) -> Vec<String> {
         let mut inputs = config.inputs.clone();
         if let Some(p) = &config.pretrained {

@@ -10,18 +10,21 @@ use crate::data::{Conversation, Split};
 use crate::error::{Error, Result};
 use crate::model::dir::{CONFIG, FILES, TOKENIZER, WEIGHTS};
 use crate::store::commit::Output;
-use crate::store::manifest::Manifest;
+use crate::store::manifest::{Committed, Manifest};
 use crate::store::Store;
 
-/// The conversations of a committed prep output.
+/// The conversations of a committed prep output (checked against its manifest).
 pub async fn read_prep(url: &str) -> Result<Vec<Conversation>> {
-    let store = Store::open(url)?;
-    Manifest::require(&store).await?;
-    let bytes = store
-        .get(CONVERSATIONS)
-        .await?
-        .ok_or_else(|| Error::input(format!("{}: no {CONVERSATIONS} (not a prep output?)", store.url())))?;
-    read_conversations(bytes, &store.url_of(CONVERSATIONS))
+    let prep = Committed::open(url).await?;
+    if !prep.has(CONVERSATIONS) {
+        return Err(Error::input(format!(
+            "{}: no {CONVERSATIONS}: not a prep output (made by `taft {}`)",
+            prep.url(),
+            prep.manifest.step
+        )));
+    }
+    let bytes = prep.read(CONVERSATIONS).await?;
+    read_conversations(bytes, &prep.store.url_of(CONVERSATIONS))
 }
 
 /// The pretraining corpus of SPEC §5: the unlabeled split (every conversation when there
@@ -36,12 +39,22 @@ pub fn utterances(conversations: Vec<Conversation>) -> Vec<String> {
     pretraining_corpus(conversations).into_iter().flat_map(|c| c.utterances.into_iter().map(|u| u.text)).collect()
 }
 
-/// Copies the files of a model directory out of a store into `dest`.
+/// Copies the files of a model directory out of a store into `dest`. The files of a
+/// committed step output are checked against its manifest.
 pub async fn fetch_model_dir(url: &str, dest: &Path) -> Result<()> {
     std::fs::create_dir_all(dest)?;
     let store = Store::open(url)?;
+    let committed = match Manifest::read(&store).await? {
+        Some(manifest) => Some(Committed { store: store.clone(), manifest }),
+        None => None,
+    };
     for (file, required) in FILES {
-        match store.get(file).await? {
+        let bytes = match &committed {
+            Some(c) if c.has(file) => Some(c.read(file).await?),
+            Some(_) => None,
+            None => store.get(file).await?,
+        };
+        match bytes {
             Some(bytes) => std::fs::write(dest.join(file), &bytes)?,
             None if required => {
                 return Err(Error::input(format!(

@@ -153,6 +153,11 @@ pub trait Step {
         config.inputs().to_vec()
     }
 
+    /// Every location the step reads (default: its inputs); its output may not overlap one.
+    fn reads(config: &Self::Config) -> Vec<String> {
+        config.inputs().to_vec()
+    }
+
     /// Does the work, writing files through `out`; returns the summary for the manifest.
     fn run(config: &Self::Config, out: &mut Output) -> impl Future<Output = Result<serde_json::Value>> + Send;
 }
@@ -184,6 +189,7 @@ fn resolve<S: Step>(raw: &RawConfig, overrides: &Overrides) -> Result<S::Config>
 pub async fn drive<S: Step>(raw: &RawConfig, overrides: &Overrides) -> Result<Report> {
     let config = resolve::<S>(raw, overrides)?;
     let out_url = config.out().expect("checked by resolve").to_string();
+    crate::store::location::check_output(&out_url, &S::reads(&config))?;
     let store = Store::create(&out_url)?;
     let mut inputs = Vec::new();
     for url in S::fingerprint_inputs(&config) {
@@ -199,7 +205,13 @@ pub async fn drive<S: Step>(raw: &RawConfig, overrides: &Overrides) -> Result<Re
             }
             Begin::Fresh(mut output) => {
                 tracing::info!(fingerprint = %output.fingerprint(), "started");
-                let summary = S::run(&config, &mut output).await?;
+                let summary = match S::run(&config, &mut output).await {
+                    Ok(summary) => summary,
+                    Err(e) => {
+                        output.abandon().await;
+                        return Err(e);
+                    }
+                };
                 let manifest = output.commit(summary).await?;
                 tracing::info!(files = manifest.files.len(), "committed");
                 Ok(report(S::NAME, &out_url, false, manifest))

@@ -23,6 +23,8 @@ pub const STATS: &str = "stats.json";
 pub const REJECTS: &str = "rejects.jsonl";
 /// Problems quoted in a failure message (all are counted).
 const QUOTED_PROBLEMS: usize = 20;
+/// Bytes of an over-long line kept in `rejects.jsonl`.
+const QUOTED_BYTES: usize = 1024;
 
 /// What to do with an invalid record.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,6 +52,15 @@ pub struct PrepConfig {
     pub synthetic: Option<SyntheticConfig>,
     #[serde(default)]
     pub on_error: OnError,
+    /// The longest line accepted, in bytes: a longer one is a bad record (named with its
+    /// line number), read through without being held in memory.
+    #[serde(default = "default_max_line_bytes")]
+    pub max_line_bytes: u64,
+}
+
+/// 16 MiB.
+fn default_max_line_bytes() -> u64 {
+    16 << 20
 }
 
 step_io!(PrepConfig);
@@ -62,6 +73,9 @@ impl Step for Prep {
     type Config = PrepConfig;
 
     fn validate(config: &PrepConfig) -> Result<()> {
+        if !(64..=1 << 32).contains(&config.max_line_bytes) {
+            return Err(Error::config("max_line_bytes must be between 64 and 4294967296"));
+        }
         match (&config.synthetic, config.inputs.is_empty()) {
             (None, true) => {
                 Err(Error::config("prep has no input: give `--input URL` (JSON lines) or a `synthetic:` section"))
@@ -82,9 +96,20 @@ impl Step for Prep {
             }
         }
         let mut line = Vec::new();
+        let max = usize::try_from(config.max_line_bytes).unwrap_or(usize::MAX);
         for url in &config.inputs {
             let mut reader = LineReader::open(url).await?;
-            while let Some(number) = reader.next_line(&mut line).await? {
+            while let Some((number, length)) = reader.next_line(&mut line, max).await? {
+                if length > config.max_line_bytes {
+                    let problem = format!(
+                        "the line is {length} bytes long, more than max_line_bytes ({}): not read as a record",
+                        config.max_line_bytes
+                    );
+                    line.truncate(QUOTED_BYTES);
+                    sink.reject(out, url, number, &line, vec![problem]).await?;
+                    progress.inc(1);
+                    continue;
+                }
                 if line.iter().all(u8::is_ascii_whitespace) {
                     continue;
                 }
@@ -105,8 +130,9 @@ struct Sink {
     on_error: OnError,
     writer: Option<ConversationWriter<HashingWriter<object_store::buffered::BufWriter>>>,
     rejects: Option<HashingWriter<object_store::buffered::BufWriter>>,
-    /// First place each id was seen, to report duplicates.
-    seen: HashMap<ConvId, (u32, u64)>,
+    /// First place each id was seen, to report duplicates, by a 128-bit hash of the id
+    /// (never the id itself: about 40 bytes per conversation, however long its id).
+    seen: HashMap<u128, (u32, u64)>,
     sources: Vec<String>,
     first_id: Option<(IdKind, u32, u64)>,
     stats: Stats,
@@ -143,7 +169,7 @@ impl Sink {
         format!("{}:{line}", self.sources[source as usize])
     }
 
-    async fn accept(&mut self, out: &Output, c: Conversation, source: &str, line: u64) -> Result<()> {
+    async fn accept(&mut self, out: &mut Output, c: Conversation, source: &str, line: u64) -> Result<()> {
         let src = self.source_index(source);
         let kind = IdKind::of(&c.id);
         let first = *self.first_id.get_or_insert((kind, src, line));
@@ -159,25 +185,33 @@ impl Sink {
             let raw = serde_json::to_vec(&crate::data::ingest::to_record(&c))?;
             return self.reject(out, source, line, &raw, vec![msg]).await;
         }
-        if let Some(&earlier) = self.seen.get(&c.id) {
+        let key = id_key(&c.id);
+        if let Some(&earlier) = self.seen.get(&key) {
             let msg = format!("field `id`: duplicate id {} (first at {})", c.id, self.place(earlier));
             let raw = serde_json::to_vec(&crate::data::ingest::to_record(&c))?;
             return self.reject(out, source, line, &raw, vec![msg]).await;
         }
-        self.seen.insert(c.id.clone(), (src, line));
+        self.seen.insert(key, (src, line));
         if !self.problems.is_empty() {
             // The step will fail: stop writing, keep checking.
             return Ok(());
         }
         self.stats.add(&c);
         if self.writer.is_none() {
-            let sink = out.create(CONVERSATIONS)?;
+            let sink = out.create(CONVERSATIONS).await?;
             self.writer = Some(ConversationWriter::new(sink, kind, &out.store().url_of(CONVERSATIONS))?);
         }
         self.writer.as_mut().expect("created above").push(c).await
     }
 
-    async fn reject(&mut self, out: &Output, source: &str, line: u64, raw: &[u8], problems: Vec<String>) -> Result<()> {
+    async fn reject(
+        &mut self,
+        out: &mut Output,
+        source: &str,
+        line: u64,
+        raw: &[u8],
+        problems: Vec<String>,
+    ) -> Result<()> {
         self.problem_count += 1;
         match self.on_error {
             OnError::Fail => {
@@ -193,7 +227,7 @@ impl Sink {
                 tracing::warn!(source, line, problems = ?problems, "record rejected");
                 self.stats.rejected += 1;
                 if self.rejects.is_none() {
-                    self.rejects = Some(out.create(super::prep::REJECTS)?);
+                    self.rejects = Some(out.create(super::prep::REJECTS).await?);
                 }
                 let record = serde_json::json!({
                     "source": source,
@@ -250,4 +284,14 @@ impl Sink {
             "by_split": stats["conversations"],
         }))
     }
+}
+
+/// A 128-bit hash of a conversation id (the key of duplicate detection).
+fn id_key(id: &ConvId) -> u128 {
+    use sha2::{Digest, Sha256};
+    let digest = match id {
+        ConvId::Int(i) => Sha256::digest(format!("i:{i}").as_bytes()),
+        ConvId::Str(s) => Sha256::digest(format!("s:{s}").as_bytes()),
+    };
+    u128::from_le_bytes(digest[..16].try_into().expect("16 bytes"))
 }

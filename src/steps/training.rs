@@ -46,7 +46,8 @@ where
         conversations,
         src: ModelDir::new(&src, &inputs.model),
         dst: dst.clone(),
-        work: WorkDir::new(out.store().clone(), out.fingerprint(), tokio::runtime::Handle::current())?,
+        work: WorkDir::new(out.store().clone(), out.fingerprint(), tokio::runtime::Handle::current())?
+            .start_over(out.forced()),
         lineage: serde_json::json!({"step": step, "fingerprint": out.fingerprint()}),
     };
     let (fit, extra) =

@@ -1,6 +1,7 @@
 //! `_MANIFEST.json`: what a committed step output holds, and the fingerprint that makes
 //! steps idempotent.
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -22,7 +23,12 @@ pub struct FileEntry {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InputEntry {
     pub url: String,
+    /// The manifest fingerprint of a committed output (or the identity of a plain file).
     pub fingerprint: String,
+    /// For a committed output: the sha256 of its file list (names, sizes, sha256), so a
+    /// rerun upstream that changes bytes changes every step downstream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
 }
 
 /// The record of a committed step output.
@@ -62,24 +68,71 @@ impl Manifest {
         })
     }
 
-    /// A placeholder for a manifest that exists but does not parse (never up to date).
-    pub(crate) fn unreadable() -> Manifest {
-        Manifest {
-            step: String::new(),
-            fingerprint: String::new(),
-            program: String::new(),
-            config: serde_json::Value::Null,
-            inputs: Vec::new(),
-            files: Vec::new(),
-            summary: serde_json::Value::Null,
-            started_at: String::new(),
-            finished_at: String::new(),
-        }
-    }
-
     /// The entry for `path`, if the output holds it.
     pub fn file(&self, path: &str) -> Option<&FileEntry> {
         self.files.iter().find(|f| f.path == path)
+    }
+
+    /// The sha256 of the file list: what the output holds, byte for byte.
+    pub fn content_digest(&self) -> String {
+        let mut hasher = Sha256::new();
+        for f in &self.files {
+            hasher.update(format!("{}\t{}\t{}\n", f.path, f.size, f.sha256).as_bytes());
+        }
+        hex::encode(hasher.finalize())
+    }
+}
+
+/// A committed step output read as an input: every file read is checked against the
+/// manifest (size and sha256), so an output changed after its commit is never used.
+#[derive(Debug, Clone)]
+pub struct Committed {
+    pub store: Store,
+    pub manifest: Manifest,
+}
+
+impl Committed {
+    /// Opens the committed output at `url` (no manifest: an input error).
+    pub async fn open(url: &str) -> Result<Committed> {
+        let store = Store::open(url)?;
+        let manifest = Manifest::require(&store).await?;
+        Ok(Committed { store, manifest })
+    }
+
+    pub fn url(&self) -> &str {
+        self.store.url()
+    }
+
+    /// Whether the output lists `name`.
+    pub fn has(&self, name: &str) -> bool {
+        self.manifest.file(name).is_some()
+    }
+
+    /// Reads a file of the output and checks it against its manifest entry.
+    pub async fn read(&self, name: &str) -> Result<Bytes> {
+        let url = self.store.url_of(name);
+        let entry = self.manifest.file(name).ok_or_else(|| {
+            Error::input(format!(
+                "{url}: not in the output (its {MANIFEST} does not list it; made by `taft {}`)",
+                self.manifest.step
+            ))
+        })?;
+        let bytes = self
+            .store
+            .get(name)
+            .await?
+            .ok_or_else(|| Error::input(format!("{url}: listed in {MANIFEST} but missing")))?;
+        let sha256 = hex::encode(Sha256::digest(&bytes));
+        if bytes.len() as u64 != entry.size || sha256 != entry.sha256 {
+            return Err(Error::input(format!(
+                "{url}: {} bytes with sha256 {}, but {MANIFEST} lists {} bytes with sha256 {}: the output changed after it was committed; run the step that makes it again",
+                bytes.len(),
+                &sha256[..16],
+                entry.size,
+                &entry.sha256[..entry.sha256.len().min(16)]
+            )));
+        }
+        Ok(bytes)
     }
 }
 
@@ -103,18 +156,20 @@ pub fn fingerprint(step: &str, config: &serde_json::Value, inputs: &[InputEntry]
     let canonical = serde_json::json!({
         "step": step,
         "config": config,
-        "inputs": inputs.iter().map(|i| &i.fingerprint).collect::<Vec<_>>(),
+        "inputs": inputs.iter().map(|i| (&i.fingerprint, &i.content)).collect::<Vec<_>>(),
         "program": program(),
     });
     hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
 }
 
-/// The fingerprint of an input URL: the manifest fingerprint of a committed step output,
-/// or, for a plain file, a hash of its size, modification time and entity tag.
+/// The fingerprint of an input URL: the manifest fingerprint and content digest of a
+/// committed step output, or, for a plain file, a hash of its size, modification time and
+/// entity tag.
 pub async fn input_fingerprint(url: &str) -> Result<InputEntry> {
     if let Ok(store) = Store::open(url) {
         if let Some(manifest) = Manifest::read(&store).await? {
-            return Ok(InputEntry { url: url.to_string(), fingerprint: manifest.fingerprint });
+            let content = Some(manifest.content_digest());
+            return Ok(InputEntry { url: url.to_string(), fingerprint: manifest.fingerprint, content });
         }
         if store.local_path("").is_some() {
             // A local directory without a manifest: an unfinished (or foreign) output.
@@ -130,7 +185,11 @@ pub async fn input_fingerprint(url: &str) -> Result<InputEntry> {
         meta.e_tag.unwrap_or_default(),
         meta.version.unwrap_or_default()
     );
-    Ok(InputEntry { url: url.to_string(), fingerprint: hex::encode(Sha256::digest(identity.as_bytes())) })
+    Ok(InputEntry {
+        url: url.to_string(),
+        fingerprint: hex::encode(Sha256::digest(identity.as_bytes())),
+        content: None,
+    })
 }
 
 #[cfg(test)]
@@ -141,10 +200,12 @@ mod tests {
     fn fingerprint_depends_on_config_and_inputs_not_on_key_order() {
         let a = serde_json::json!({"x": 1, "y": {"b": 2, "a": 3}});
         let b: serde_json::Value = serde_json::from_str(r#"{"y": {"a": 3, "b": 2}, "x": 1}"#).unwrap();
-        let input = |f: &str| InputEntry { url: "u".into(), fingerprint: f.into() };
+        let input = |f: &str| InputEntry { url: "u".into(), fingerprint: f.into(), content: None };
         assert_eq!(fingerprint("prep", &a, &[]), fingerprint("prep", &b, &[]));
         assert_ne!(fingerprint("prep", &a, &[]), fingerprint("init", &a, &[]));
         assert_ne!(fingerprint("prep", &a, &[input("1")]), fingerprint("prep", &a, &[input("2")]));
+        let with = |c: &str| InputEntry { content: Some(c.into()), ..input("1") };
+        assert_ne!(fingerprint("prep", &a, &[with("x")]), fingerprint("prep", &a, &[with("y")]), "content counts");
         let c = serde_json::json!({"x": 2, "y": {"b": 2, "a": 3}});
         assert_ne!(fingerprint("prep", &a, &[]), fingerprint("prep", &c, &[]));
     }

@@ -6,7 +6,10 @@
 //! `_MANIFEST.json` last).
 
 pub mod commit;
+pub mod lease;
+pub mod location;
 pub mod manifest;
+mod upload;
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};
@@ -17,8 +20,9 @@ use futures::TryStreamExt;
 use object_store::buffered::BufWriter;
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
+use object_store::multipart::MultipartStore;
 use object_store::path::Path;
-use object_store::{ClientOptions, ObjectMeta, ObjectStore, ObjectStoreExt, RetryConfig};
+use object_store::{ClientOptions, ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, RetryConfig};
 use tokio::io::AsyncBufRead;
 
 use crate::error::{Error, Result};
@@ -32,6 +36,9 @@ const DEFAULT_RETRY_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Store {
     url: String,
     inner: Arc<dyn ObjectStore>,
+    /// The low-level multipart API of remote stores: uploads are recorded while in flight
+    /// and aborted by the next run if a killed one left them (see [`Store::journal_uploads`]).
+    multipart: Option<Arc<dyn MultipartStore>>,
     prefix: Path,
     /// The directory behind a local store, for readers that do better with a plain file.
     local: Option<std::path::PathBuf>,
@@ -84,40 +91,54 @@ impl Store {
         let Some((scheme, rest)) = url.split_once("://") else {
             return local(url, url, create);
         };
+        if rest.contains('?') || rest.contains('#') {
+            // Query strings carry credentials (SAS tokens, signatures): never echo them.
+            let shown = url.split(['?', '#']).next().unwrap_or_default();
+            return Err(Error::config(format!(
+                "{shown}?…: store URLs take no query string or fragment; credentials come from the environment"
+            )));
+        }
         let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
         let prefix = Path::parse(path).map_err(|e| Error::config(format!("{url}: {e}")))?;
-        let inner: Arc<dyn ObjectStore> = match scheme {
+        fn both<T: ObjectStore + MultipartStore>(store: T) -> (Arc<dyn ObjectStore>, Option<Arc<dyn MultipartStore>>) {
+            let store = Arc::new(store);
+            (store.clone(), Some(store))
+        }
+        let (inner, multipart) = match scheme {
             "file" => {
                 if !authority.is_empty() && authority != "localhost" {
                     return Err(Error::config(format!("{url}: file URLs take an absolute path (file:///dir)")));
                 }
                 return local(url, &format!("/{path}"), create);
             }
-            "memory" => memory(authority),
-            "s3" => Arc::new(
+            "memory" => {
+                let store = memory(authority);
+                (store.clone() as Arc<dyn ObjectStore>, Some(store as Arc<dyn MultipartStore>))
+            }
+            "s3" => both(
                 object_store::aws::AmazonS3Builder::from_env()
                     .with_bucket_name(authority)
                     .with_client_options(client_options(
                         std::env::var("AWS_ENDPOINT_URL").or_else(|_| std::env::var("AWS_ENDPOINT")).ok(),
                     ))
                     .with_virtual_hosted_style_request(false)
-                    .with_retry(retry_config())
+                    .with_retry(retry_config()?)
                     .build()
                     .map_err(|e| Error::store("open", url, e))?,
             ),
-            "gs" => Arc::new(
+            "gs" => both(
                 object_store::gcp::GoogleCloudStorageBuilder::from_env()
                     .with_bucket_name(authority)
                     .with_client_options(client_options(None))
-                    .with_retry(retry_config())
+                    .with_retry(retry_config()?)
                     .build()
                     .map_err(|e| Error::store("open", url, e))?,
             ),
-            "az" | "azure" => Arc::new(
+            "az" | "azure" => both(
                 object_store::azure::MicrosoftAzureBuilder::from_env()
                     .with_container_name(authority)
                     .with_client_options(client_options(None))
-                    .with_retry(retry_config())
+                    .with_retry(retry_config()?)
                     .build()
                     .map_err(|e| Error::store("open", url, e))?,
             ),
@@ -127,7 +148,7 @@ impl Store {
                 )))
             }
         };
-        Ok(Store { url: url.to_string(), inner, prefix, local: None })
+        Ok(Store { url: url.to_string(), inner, multipart, prefix, local: None })
     }
 
     /// The URL this store was opened with.
@@ -154,6 +175,7 @@ impl Store {
         Ok(Store {
             url: self.url_of(key),
             inner: self.inner.clone(),
+            multipart: self.multipart.clone(),
             prefix,
             local: self.local.as_ref().map(|dir| dir.join(key)),
         })
@@ -210,16 +232,40 @@ impl Store {
         Ok(())
     }
 
-    /// Deletes an object; deleting a missing one is not an error.
+    /// Writes a whole object unless one exists already: `false` when it does (a
+    /// create-if-absent, the primitive of the lease).
+    pub async fn put_if_absent(&self, name: &str, bytes: Bytes) -> Result<bool> {
+        match self.inner.put_opts(&self.path(name), bytes.into(), PutMode::Create.into()).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => Ok(false),
+            Err(e) => Err(Error::store("write", self.url_of(name), e)),
+        }
+    }
+
+    /// Deletes an object; deleting a missing one is not an error. On local disk the file is
+    /// removed without following symbolic links (a link is removed, not its target) and a
+    /// name under a linked folder is left alone.
     pub async fn delete(&self, name: &str) -> Result<()> {
+        if let Some(dir) = &self.local {
+            return local_delete(dir, name).map_err(|e| Error::store("delete", self.url_of(name), e));
+        }
         match self.inner.delete(&self.path(name)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(Error::store("delete", self.url_of(name), e)),
         }
     }
 
-    /// Every object under this prefix, as names relative to it, with sizes.
+    /// Every object under this prefix, as names relative to it, with sizes. On local disk
+    /// symbolic links are listed as names and never followed, and the staging files of
+    /// unfinished writes (`NAME#N`) are listed too.
     pub async fn list(&self) -> Result<Vec<(String, u64)>> {
+        if let Some(dir) = &self.local {
+            let dir = dir.clone();
+            return tokio::task::spawn_blocking(move || local_list(&dir))
+                .await
+                .map_err(|e| Error::Other(format!("listing {}: {e}", self.url)))?
+                .map_err(|e| Error::Io(std::io::Error::new(e.kind(), format!("listing {}: {e}", self.url))));
+        }
         let metas: Vec<ObjectMeta> = self
             .inner
             .list(Some(&self.prefix))
@@ -236,6 +282,25 @@ impl Store {
             .collect();
         names.sort();
         Ok(names)
+    }
+
+    /// This store, with multipart uploads recorded under `journal` (a sub-prefix) while in
+    /// flight, so that a later run can abort the uploads of a killed one
+    /// ([`Store::abort_recorded_uploads`]). Local stores have no multipart uploads.
+    pub fn journal_uploads(&self, journal: &str) -> Store {
+        let Some(multipart) = &self.multipart else { return self.clone() };
+        let mut store = self.clone();
+        store.inner = Arc::new(upload::Journaled::new(self.inner.clone(), multipart.clone(), self.path(journal)));
+        store
+    }
+
+    /// Aborts the multipart uploads recorded under `journal` (left by a killed run) and
+    /// removes their records; returns how many there were.
+    pub async fn abort_recorded_uploads(&self, journal: &str) -> Result<usize> {
+        let Some(multipart) = &self.multipart else { return Ok(0) };
+        upload::abort_recorded(&self.inner, multipart, &self.path(journal))
+            .await
+            .map_err(|e| Error::store("abort uploads", self.url_of(journal), e))
     }
 
     /// A buffered writer for one object (multipart upload for large objects).
@@ -272,11 +337,73 @@ fn local(url: &str, dir: &str, create: bool) -> Result<Store> {
     }
     let fs =
         LocalFileSystem::new_with_prefix(dir).map_err(|e| Error::store("open", url, e))?.with_automatic_cleanup(true);
-    Ok(Store { url: url.to_string(), inner: Arc::new(fs), prefix: Path::default(), local: Some(dir.to_path_buf()) })
+    Ok(Store {
+        url: url.to_string(),
+        inner: Arc::new(fs),
+        multipart: None,
+        prefix: Path::default(),
+        local: Some(dir.to_path_buf()),
+    })
+}
+
+/// The names under a local directory, relative, with sizes; symbolic links are names (size
+/// 0), never followed.
+fn local_list(dir: &std::path::Path) -> std::io::Result<Vec<(String, u64)>> {
+    let mut names = Vec::new();
+    if !dir.exists() {
+        return Ok(names);
+    }
+    for entry in walkdir::WalkDir::new(dir).min_depth(1).follow_links(false) {
+        let entry = entry.map_err(std::io::Error::other)?;
+        if entry.file_type().is_dir() {
+            continue;
+        }
+        let rel = entry.path().strip_prefix(dir).map_err(std::io::Error::other)?;
+        let name: Vec<String> = rel.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect();
+        let size = if entry.file_type().is_file() { entry.metadata().map_err(std::io::Error::other)?.len() } else { 0 };
+        names.push((name.join("/"), size));
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// Removes `name` under `dir` without following links: a link is removed itself, a name
+/// under a linked folder is refused, and folders left empty are removed up to `dir`.
+fn local_delete(dir: &std::path::Path, name: &str) -> std::result::Result<(), object_store::Error> {
+    let generic =
+        |source: std::io::Error| object_store::Error::Generic { store: "LocalFileSystem", source: Box::new(source) };
+    let parts: Vec<&str> = name.split('/').collect();
+    let mut path = dir.to_path_buf();
+    for (i, part) in parts.iter().enumerate() {
+        path.push(part);
+        let meta = match std::fs::symlink_metadata(&path) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(generic(e)),
+        };
+        if i + 1 < parts.len() && !meta.is_dir() {
+            // A link (or a file) where a folder should be: not ours to walk through.
+            tracing::warn!(path = %path.display(), "not deleting under a symbolic link");
+            return Ok(());
+        }
+    }
+    match std::fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(generic(e)),
+    }
+    let mut parent = path.parent();
+    while let Some(p) = parent {
+        if p == dir || std::fs::remove_dir(p).is_err() {
+            break;
+        }
+        parent = p.parent();
+    }
+    Ok(())
 }
 
 /// `memory://NAME` stores live for the life of the process and are shared by name.
-fn memory(name: &str) -> Arc<dyn ObjectStore> {
+fn memory(name: &str) -> Arc<InMemory> {
     static STORES: LazyLock<Mutex<HashMap<String, Arc<InMemory>>>> = LazyLock::new(Default::default);
     let mut stores = STORES.lock().unwrap_or_else(|e| e.into_inner());
     stores.entry(name.to_string()).or_insert_with(|| Arc::new(InMemory::new())).clone()
@@ -293,12 +420,21 @@ fn client_options(endpoint: Option<String>) -> ClientOptions {
         .with_timeout(Duration::from_secs(120))
 }
 
-fn retry_config() -> RetryConfig {
-    let timeout = std::env::var("TAFT_STORE_RETRY_TIMEOUT")
-        .ok()
-        .and_then(|s| s.parse::<f64>().ok())
-        .map_or(DEFAULT_RETRY_TIMEOUT, Duration::from_secs_f64);
-    RetryConfig {
+/// How long failing requests are retried: `TAFT_STORE_RETRY_TIMEOUT` seconds (a positive
+/// number), 30 by default.
+pub fn retry_timeout() -> Result<Duration> {
+    let Ok(text) = std::env::var("TAFT_STORE_RETRY_TIMEOUT") else { return Ok(DEFAULT_RETRY_TIMEOUT) };
+    match text.trim().parse::<f64>() {
+        Ok(s) if s.is_finite() && s > 0.0 && s <= 86_400.0 => Ok(Duration::from_secs_f64(s)),
+        _ => Err(Error::config(format!(
+            "TAFT_STORE_RETRY_TIMEOUT={text:?}: expected a positive number of seconds (at most 86400)"
+        ))),
+    }
+}
+
+fn retry_config() -> Result<RetryConfig> {
+    let timeout = retry_timeout()?;
+    Ok(RetryConfig {
         max_retries: 30,
         retry_timeout: timeout,
         backoff: object_store::BackoffConfig {
@@ -306,7 +442,7 @@ fn retry_config() -> RetryConfig {
             max_backoff: Duration::from_secs(2),
             base: 2.0,
         },
-    }
+    })
 }
 
 #[cfg(test)]

@@ -6,8 +6,7 @@ use serde::{Deserialize, Serialize};
 use tokenizers::decoders::metaspace::Metaspace as MetaspaceDecoder;
 use tokenizers::decoders::wordpiece::WordPiece as WordPieceDecoder;
 use tokenizers::models::unigram::{Unigram, UnigramTrainer};
-use tokenizers::models::wordpiece::{WordPiece, WordPieceTrainer};
-use tokenizers::models::TrainerWrapper;
+use tokenizers::models::wordpiece::WordPiece;
 use tokenizers::normalizers::{BertNormalizer, NFKC};
 use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
 use tokenizers::pre_tokenizers::metaspace::{Metaspace, PrependScheme};
@@ -15,6 +14,8 @@ use tokenizers::processors::template::TemplateProcessing;
 use tokenizers::{AddedToken, PaddingDirection, PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
 use crate::error::{Error, Result};
+
+pub mod train;
 
 /// Which tokenizer model to train.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -116,14 +117,15 @@ impl TextTokenizer {
         })
     }
 
-    /// Trains a tokenizer on `texts`.
+    /// Trains a tokenizer on `texts`; the same texts give the same tokenizer in every
+    /// process (see [`train`]).
     pub fn train<I, S>(texts: I, kind: TokenizerKind, vocab_size: usize) -> Result<Self>
     where
-        I: Iterator<Item = S> + Send,
-        S: AsRef<str> + Send,
+        I: Iterator<Item = S>,
+        S: AsRef<str>,
     {
         let fail = |e: tokenizers::Error| Error::Other(format!("tokenizer training: {e}"));
-        let (special, mut tokenizer, mut trainer): (SpecialTokens, Tokenizer, TrainerWrapper) = match kind {
+        let (special, mut tokenizer) = match kind {
             TokenizerKind::WordPiece => {
                 let special = SpecialTokens::bert();
                 let mut t = Tokenizer::new(WordPiece::builder().unk_token(special.unk.clone()).build().map_err(fail)?);
@@ -131,13 +133,7 @@ impl TextTokenizer {
                 t.with_normalizer(Some(BertNormalizer::new(true, true, Some(false), true))).map_err(fail)?;
                 t.with_pre_tokenizer(Some(BertPreTokenizer));
                 t.with_decoder(Some(WordPieceDecoder::default()));
-                let trainer = WordPieceTrainer::builder()
-                    .vocab_size(vocab_size)
-                    .min_frequency(1)
-                    .show_progress(false)
-                    .special_tokens(ordered(&special, kind))
-                    .build();
-                (special, t, trainer.into())
+                (special, t)
             }
             TokenizerKind::Unigram => {
                 let special = SpecialTokens::roberta();
@@ -145,17 +141,32 @@ impl TextTokenizer {
                 t.with_normalizer(Some(NFKC)).map_err(fail)?;
                 t.with_pre_tokenizer(Some(Metaspace::new('▁', PrependScheme::Always, true)));
                 t.with_decoder(Some(MetaspaceDecoder::new('▁', PrependScheme::Always, true)));
+                (special, t)
+            }
+        };
+        let specials = ordered(&special, kind);
+        let names: Vec<String> = specials.iter().map(|t| t.content.clone()).collect();
+        let (normalizer, pre_tokenizer) = match (tokenizer.get_normalizer(), tokenizer.get_pre_tokenizer()) {
+            (Some(n), Some(p)) => (n, p),
+            _ => return Err(Error::Other("tokenizer training: no normalizer or pre-tokenizer".into())),
+        };
+        let words = train::word_counts(texts, normalizer, pre_tokenizer)?;
+        match kind {
+            TokenizerKind::WordPiece => {
+                tokenizer.with_model(train::wordpiece(&words, &names, &special.unk, vocab_size)?);
+            }
+            TokenizerKind::Unigram => {
                 let trainer = UnigramTrainer::builder()
-                    .vocab_size(vocab_size as u32)
+                    .vocab_size(u32::try_from(vocab_size).unwrap_or(u32::MAX))
                     .show_progress(false)
-                    .special_tokens(ordered(&special, kind))
+                    .special_tokens(specials.clone())
                     .unk_token(Some(special.unk.clone()))
                     .build()
                     .map_err(|e| Error::Other(format!("tokenizer training: {e}")))?;
-                (special, t, trainer.into())
+                tokenizer.with_model(train::unigram(&words, &trainer, &names, &special.unk)?);
             }
-        };
-        tokenizer.train(&mut trainer, texts).map_err(fail)?;
+        }
+        tokenizer.add_special_tokens(specials.clone()).map_err(fail)?;
         let id =
             |t: &str| tokenizer.token_to_id(t).ok_or_else(|| Error::Other(format!("trained vocabulary lacks {t}")));
         let (cls, sep) = (id(&special.cls)?, id(&special.sep)?);

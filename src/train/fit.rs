@@ -258,11 +258,16 @@ fn evaluate(
             metrics.keys().cloned().collect::<Vec<_>>().join(", ")
         ))
     })?;
-    let better = match (state.best_value, best.mode) {
-        (None, _) => true,
-        (Some(b), Mode::Min) => value < b,
-        (Some(b), Mode::Max) => value > b,
-    };
+    // A NaN (or infinite) evaluation is never the best; it counts as one without improvement.
+    let better = value.is_finite()
+        && match (state.best_value, best.mode) {
+            (None, _) => true,
+            (Some(b), Mode::Min) => value < b,
+            (Some(b), Mode::Max) => value > b,
+        };
+    if !value.is_finite() {
+        tracing::warn!(step = state.step, metric = %best.metric, value, "the evaluation is not a number: not kept as the best");
+    }
     if better {
         state.best_value = Some(value);
         state.best_step = Some(state.step);
@@ -400,6 +405,9 @@ mod tests {
         evals: Cell<usize>,
         /// The weights at each evaluation.
         seen: std::cell::RefCell<Vec<Vec<f64>>>,
+        /// Fail (as a killed run would stop) at this call of `loss`.
+        fail_at: Option<usize>,
+        calls: Cell<usize>,
     }
 
     impl Toy {
@@ -409,7 +417,17 @@ mod tests {
             let b = lin.var("bias", &[1], nn::Init::Const(0.0));
             let x = Tensor::arange(24, (Kind::Float, Device::Cpu)).view([8, 3]) / 10.0;
             let y = x.matmul(&Tensor::from_slice(&[1.0f32, -2.0, 3.0])) + 0.5;
-            Toy { w, b, x, y, script, evals: Cell::new(0), seen: Default::default() }
+            Toy {
+                w,
+                b,
+                x,
+                y,
+                script,
+                evals: Cell::new(0),
+                seen: Default::default(),
+                fail_at: None,
+                calls: Cell::new(0),
+            }
         }
     }
 
@@ -426,6 +444,10 @@ mod tests {
             Box::new(crate::train::Shuffle(8))
         }
         fn loss(&self, batch: &[usize], _seed: u64) -> Result<Tensor> {
+            self.calls.set(self.calls.get() + 1);
+            if self.fail_at == Some(self.calls.get()) {
+                return Err(Error::Other("stopped".into()));
+            }
             let idx = Tensor::from_slice(&batch.iter().map(|&i| i as i64).collect::<Vec<_>>());
             let pred = self.x.index_select(0, &idx).matmul(&self.w) + &self.b;
             Ok((pred - self.y.index_select(0, &idx)).square().mean(Kind::Float))
@@ -528,6 +550,46 @@ mod tests {
             WorkDir::new(Store::create("memory://trainer/best-bad").unwrap(), "fp", rt.handle().clone()).unwrap();
         let err = super::fit(&c, &vs, &toy, &work).unwrap_err().to_string();
         assert!(err.contains("train.best.metric `f1`") && err.contains("score"), "{err}");
+    }
+
+    #[test]
+    fn nan_evaluations_are_never_the_best_and_a_resumed_run_ends_the_same() {
+        let mut c = config();
+        c.epochs = 6;
+        c.checkpoint_every = 1;
+        c.best = Some(Best { metric: "score".into(), mode: Mode::Max, patience: None });
+        let script = vec![f64::NAN, 0.5, f64::NAN, 0.7, f64::INFINITY, 0.6];
+        let (whole, w, seen) = train_seen(&c, script.clone(), "memory://trainer/nan-whole");
+        assert_eq!(whole.best, Some((8, 0.7)), "the fourth evaluation (2 steps an epoch); NaN and inf never win");
+        assert_eq!(w, seen[3]);
+
+        // The same run stopped at its 7th batch (after the third evaluation), then resumed.
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let store = Store::create("memory://trainer/nan-resumed").unwrap();
+        let vs = nn::VarStore::new(Device::Cpu);
+        let mut toy = Toy::new(&vs, script.clone());
+        toy.fail_at = Some(7);
+        let work = WorkDir::new(store.clone(), "fp", rt.handle().clone()).unwrap();
+        assert!(super::fit(&c, &vs, &toy, &work).is_err());
+        let done = toy.evals.get();
+        assert_eq!(done, 3);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let toy = Toy::new(&vs, script[done..].to_vec());
+        let work = WorkDir::new(store, "fp", rt.handle().clone()).unwrap();
+        let resumed = super::fit(&c, &vs, &toy, &work).unwrap();
+        assert_eq!(resumed.resumed_from, Some(6));
+        let strip = |h: &[serde_json::Value]| -> Vec<serde_json::Value> {
+            h.iter()
+                .map(|r| {
+                    let mut r = r.clone();
+                    r.as_object_mut().unwrap().remove("time");
+                    r
+                })
+                .collect()
+        };
+        assert_eq!(strip(&resumed.history), strip(&whole.history));
+        assert_eq!(resumed.best, whole.best);
+        assert_eq!(toy.weights(), w);
     }
 
     #[test]

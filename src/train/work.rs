@@ -64,12 +64,20 @@ pub struct WorkDir {
     fingerprint: String,
     handle: Handle,
     tmp: tempfile::TempDir,
+    /// Start over: ignore (and clear) any checkpoint (`--force`).
+    fresh: bool,
 }
 
 impl WorkDir {
     /// `handle` runs the store calls; the trainer itself runs on a blocking thread.
     pub fn new(store: Store, fingerprint: &str, handle: Handle) -> Result<Self> {
-        Ok(WorkDir { store, fingerprint: fingerprint.to_string(), handle, tmp: tempfile::tempdir()? })
+        Ok(WorkDir { store, fingerprint: fingerprint.to_string(), handle, tmp: tempfile::tempdir()?, fresh: false })
+    }
+
+    /// Never resume: the first [`WorkDir::load`] clears `_work/` (what `--force` asks).
+    pub fn start_over(mut self, fresh: bool) -> Self {
+        self.fresh = fresh;
+        self
     }
 
     pub fn fingerprint(&self) -> &str {
@@ -79,6 +87,10 @@ impl WorkDir {
     /// Restores the latest checkpoint of a run with this fingerprint into `vs` and
     /// `optimizer`; `None` (and `_work/` cleared) when there is none or it is another run's.
     pub fn load(&self, vs: &nn::VarStore, optimizer: &mut AdamW) -> Result<Option<TrainState>> {
+        if self.fresh {
+            self.clear(None)?;
+            return Ok(None);
+        }
         let Some(bytes) = self.handle.block_on(self.store.get(STATE))? else {
             self.clear(None)?;
             return Ok(None);
@@ -96,10 +108,18 @@ impl WorkDir {
             self.clear(None)?;
             return Ok(None);
         }
-        let model = self.read_tensors(&format!("{}/model.safetensors", state.checkpoint))?;
-        checkpoint::load_tensors(vs, model, &[], &self.store.url_of(&state.checkpoint))?;
-        let moments = self.read_tensors(&format!("{}/optimizer.safetensors", state.checkpoint))?;
-        optimizer.load_state(moments, state.optimizer_steps)?;
+        let restored = (|| {
+            let model = self.read_tensors(&format!("{}/model.safetensors", state.checkpoint))?;
+            checkpoint::load_tensors(vs, model, &[], &self.store.url_of(&state.checkpoint))?;
+            let moments = self.read_tensors(&format!("{}/optimizer.safetensors", state.checkpoint))?;
+            optimizer.load_state(moments, state.optimizer_steps)
+        })();
+        if let Err(e) = restored {
+            return Err(Error::input(format!(
+                "the checkpoint under {} cannot be resumed: {e}; rerun with --force to start over",
+                self.store.url_of("_work")
+            )));
+        }
         self.clear(Some(&state.checkpoint))?;
         Ok(Some(state))
     }

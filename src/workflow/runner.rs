@@ -1,29 +1,76 @@
-//! The local DAG runner: independent steps run in parallel, up-to-date steps are skipped by
-//! the step contract, and after a failure no new step starts; a rerun continues from what
-//! was committed.
+//! The local DAG runner. Each step runs as its own process, `taft <step> --input … --out …
+//! --set key=value …` — the command Argo and Airflow run — so parallel steps share no
+//! global state (libtorch's random generator and thread pool among them). Independent steps
+//! run in parallel (at most `jobs` at once), up-to-date steps are skipped by the step
+//! contract, and after a failure no new step starts; a rerun continues from what was
+//! committed.
+
+use std::process::Stdio;
 
 use tokio::task::JoinSet;
 
-use super::Workflow;
+use super::{Planned, Workflow};
 use crate::error::{Error, Result};
-use crate::steps::{self, Report};
 
-/// How a workflow run ended, step by step.
-#[derive(Debug)]
-pub struct RunOutcome {
-    /// Reports of the steps that finished (ran or were up to date), in completion order.
-    pub reports: Vec<Report>,
-    /// Steps not started because a step failed.
-    pub not_run: Vec<String>,
+/// A step that finished, with what it printed (`STEP: done: …` or `STEP: up to date: …`).
+#[derive(Debug, Clone)]
+pub struct Finished {
+    pub name: String,
+    pub up_to_date: bool,
+    pub stdout: String,
 }
 
-/// Runs the workflow; `jobs` bounds how many steps run at once.
-pub async fn run(workflow: &Workflow, force: bool, jobs: usize) -> Result<RunOutcome> {
+/// How a workflow run ended.
+#[derive(Debug)]
+pub struct RunOutcome {
+    /// The steps that finished (ran or were up to date), in completion order.
+    pub finished: Vec<Finished>,
+}
+
+/// The command line of a step: its kind, inputs, output and every config key as a
+/// `--set key=JSON` (JSON is YAML, so the step reads back exactly the workflow's values).
+pub fn step_args(step: &Planned, force: bool) -> Result<Vec<String>> {
+    let mut args = vec![step.kind.name().to_string()];
+    for input in &step.overrides.inputs {
+        args.extend(["--input".to_string(), input.clone()]);
+    }
+    if let Some(out) = &step.overrides.out {
+        args.extend(["--out".to_string(), out.clone()]);
+    }
+    if let serde_yaml::Value::Mapping(map) = &step.config.value {
+        for (key, value) in map {
+            let key = key
+                .as_str()
+                .ok_or_else(|| Error::config(format!("{}: config keys must be strings", step.config.source)))?;
+            args.extend(["--set".to_string(), format!("{key}={}", serde_json::to_string(value)?)]);
+        }
+    }
+    if force {
+        args.push("--force".into());
+    }
+    Ok(args)
+}
+
+/// Runs the workflow with the `taft` binary at `exe`; `jobs` bounds how many steps run at
+/// once; children log as `log_format` (`json` or `text`).
+pub async fn run(
+    workflow: &Workflow,
+    exe: &std::path::Path,
+    force: bool,
+    jobs: usize,
+    log_format: &str,
+) -> Result<RunOutcome> {
+    if workflow.store.starts_with("memory://") {
+        return Err(Error::config(format!(
+            "workflow {}: store {}: a memory:// store lives inside one process, and the steps of a workflow run as processes of their own; use a path or an object-store URL",
+            workflow.source, workflow.store
+        )));
+    }
     let n = workflow.steps.len();
     let mut waiting: Vec<usize> = workflow.steps.iter().map(|s| s.deps.len()).collect();
     let mut started = vec![false; n];
     let mut running = JoinSet::new();
-    let mut reports = Vec::new();
+    let mut finished = Vec::new();
     let mut failure: Option<Error> = None;
     loop {
         if failure.is_none() {
@@ -31,34 +78,45 @@ pub async fn run(workflow: &Workflow, force: bool, jobs: usize) -> Result<RunOut
                 if running.len() >= jobs.max(1) {
                     break;
                 }
-                if !started[i] && waiting[i] == 0 {
-                    started[i] = true;
-                    let step = workflow.steps[i].clone();
-                    let mut overrides = step.overrides.clone();
-                    overrides.force = force;
-                    tracing::info!(workflow = %workflow.name, step = %step.name, "step started");
-                    running.spawn(async move {
-                        let result = steps::run(step.kind, &step.config, &overrides).await;
-                        (i, result)
-                    });
+                if started[i] || waiting[i] != 0 {
+                    continue;
                 }
+                started[i] = true;
+                let step = &workflow.steps[i];
+                let args = step_args(step, force)?;
+                tracing::info!(workflow = %workflow.name, step = %step.name, command = %format!("taft {}", args.join(" ")), "step started");
+                let mut cmd = tokio::process::Command::new(exe);
+                cmd.args(&args)
+                    .env("TAFT_LOG_FORMAT", log_format)
+                    .env("TAFT_PROGRESS", "off")
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::inherit())
+                    .kill_on_drop(true);
+                let kind = step.kind.name();
+                running.spawn(async move {
+                    let output = cmd.output().await;
+                    (i, kind, args, output)
+                });
             }
         }
         let Some(joined) = running.join_next().await else { break };
-        let (i, result) = joined.map_err(|e| Error::Other(format!("step task panicked: {e}")))?;
-        let name = &workflow.steps[i].name;
-        match result {
-            Ok(report) => {
-                tracing::info!(workflow = %workflow.name, step = %name, up_to_date = report.up_to_date, "step finished");
-                reports.push(report);
-                for (j, step) in workflow.steps.iter().enumerate() {
-                    waiting[j] -= step.deps.iter().filter(|&&d| d == i).count();
-                }
+        let (i, kind, args, output) = joined.map_err(|e| Error::Other(format!("step task: {e}")))?;
+        let name = workflow.steps[i].name.clone();
+        let output = output.map_err(|e| Error::Other(format!("step `{name}`: cannot start {}: {e}", exe.display())))?;
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        if output.status.success() {
+            let up_to_date = stdout.starts_with(&format!("{kind}: up to date"));
+            tracing::info!(workflow = %workflow.name, step = %name, up_to_date, "step finished");
+            finished.push(Finished { name: name.clone(), up_to_date, stdout });
+            for (j, step) in workflow.steps.iter().enumerate() {
+                waiting[j] -= step.deps.iter().filter(|&&d| d == i).count();
             }
-            Err(e) => {
-                tracing::error!(workflow = %workflow.name, step = %name, error = %crate::error::chain(&e), "step failed");
-                failure.get_or_insert(Error::Step { step: name.clone(), source: Box::new(e) });
-            }
+        } else {
+            let code = output.status.code();
+            tracing::error!(workflow = %workflow.name, step = %name, code, "step failed");
+            let source = Error::Child { command: format!("taft {}", args.join(" ")), code };
+            failure.get_or_insert(Error::Step { step: name, source: Box::new(source) });
         }
     }
     let not_run: Vec<String> =
@@ -70,6 +128,40 @@ pub async fn run(workflow: &Workflow, force: bool, jobs: usize) -> Result<RunOut
             }
             Err(e)
         }
-        None => Ok(RunOutcome { reports, not_run }),
+        None => Ok(RunOutcome { finished }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_step_runs_as_the_command_a_scheduler_would_run() {
+        let wf = Workflow::parse(
+            "w.yaml",
+            "name: w\nstore: /tmp/x\nsteps:\n  - name: a\n    kind: prep\n    config: {synthetic: {train: 2, learnable: true}, on_error: skip}\n  - name: b\n    kind: prep\n    inputs: [a]\n    out: k/b\n",
+            None,
+        )
+        .unwrap();
+        let a = step_args(&wf.steps[0], false).unwrap();
+        assert_eq!(
+            a,
+            [
+                "prep",
+                "--out",
+                "/tmp/x/a",
+                "--set",
+                r#"synthetic={"train":2,"learnable":true}"#,
+                "--set",
+                r#"on_error="skip""#
+            ]
+        );
+        let b = step_args(&wf.steps[1], true).unwrap();
+        assert_eq!(b, ["prep", "--input", "/tmp/x/a", "--out", "/tmp/x/k/b", "--force"]);
+        // What the child reads back is the workflow's config.
+        let mut raw = crate::config::RawConfig::empty("child");
+        raw.apply_sets(&a[4..].iter().step_by(2).cloned().collect::<Vec<_>>()).unwrap();
+        assert_eq!(raw.value, wf.steps[0].config.value);
     }
 }

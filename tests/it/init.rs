@@ -128,9 +128,15 @@ fn init_rejects_bad_models_and_configs_with_exit_2() {
     assert_eq!(r.code, 2);
     assert!(r.stderr.contains("not a multiple of scratch.num_attention_heads"), "{}", r.stderr);
     // An input that is not a committed step output.
-    let r = taft_run(&["init", "--input", s(dir.path()), "--out", s(&out)]);
+    let r = taft_run(&["init", "--input", s(&partial), "--out", s(&out)]);
     assert_eq!(r.code, 2);
     assert!(r.stderr.contains("not a committed step output"), "{}", r.stderr);
+    // An output inside an input: refused before anything is written.
+    let inside = dir.path().join("partial/out");
+    let r = taft_run(&["init", "--set", &format!("pretrained={}", s(&partial)), "--out", s(&inside)]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("is inside the input"), "{}", r.stderr);
+    assert!(!inside.exists());
 }
 
 #[test]
@@ -157,5 +163,61 @@ fn init_keeps_the_masked_lm_head_of_a_pretrained_model() {
         "roberta.encoder.layer.1.output.dense.weight",
     ] {
         assert!(before[name].equal(&after[name]), "{name} kept");
+    }
+}
+
+#[test]
+fn init_from_scratch_gives_the_same_bytes_in_every_process() {
+    let dir = tempdir();
+    let prep = prep_small(dir.path());
+    for family in ["roberta", "bert"] {
+        let run_to = |name: &str| {
+            let out = dir.path().join(format!("{family}-{name}"));
+            taft_run(&[
+                "init",
+                "-i",
+                s(&prep),
+                "-o",
+                s(&out),
+                "--set",
+                &format!("scratch.family={family}"),
+                "--set",
+                "scratch.vocab_size=300",
+                "--set",
+                "scratch.hidden_size=32",
+                "--set",
+                "scratch.intermediate_size=64",
+            ])
+            .ok();
+            out
+        };
+        let (a, b) = (run_to("a"), run_to("b"));
+        for file in ["tokenizer.json", "model.safetensors", "config.json"] {
+            let (x, y) = (std::fs::read(a.join(file)).unwrap(), std::fs::read(b.join(file)).unwrap());
+            assert!(x == y, "{family}: {file} differs between two processes");
+        }
+        // And the seed matters (the comparison above can fail).
+        let c = dir.path().join(format!("{family}-c"));
+        taft_run(&[
+            "init",
+            "-i",
+            s(&prep),
+            "-o",
+            s(&c),
+            "--set",
+            &format!("scratch.family={family}"),
+            "--set",
+            "scratch.vocab_size=300",
+            "--set",
+            "scratch.hidden_size=32",
+            "--set",
+            "scratch.intermediate_size=64",
+            "--set",
+            "seed=7",
+        ])
+        .ok();
+        assert!(
+            std::fs::read(a.join("model.safetensors")).unwrap() != std::fs::read(c.join("model.safetensors")).unwrap()
+        );
     }
 }

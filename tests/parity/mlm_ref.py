@@ -1,6 +1,6 @@
 """Reference masked-LM logits from transformers, for the MLM head parity test.
 
-  mlm_ref.py bert|roberta MODEL_DIR OUT.safetensors
+  mlm_ref.py bert|roberta MODEL_DIR OUT.safetensors [HIDDEN_ACT]
 
 Creates a small random BertForMaskedLM or RobertaForMaskedLM, saves it to MODEL_DIR, and
 writes input_ids, attention_mask and logits for a padded random batch to OUT.
@@ -12,8 +12,9 @@ from safetensors.torch import save_file
 from transformers import BertConfig, BertForMaskedLM, RobertaConfig, RobertaForMaskedLM
 
 family, model_dir, out = sys.argv[1:4]
+act = sys.argv[4] if len(sys.argv) > 4 else "gelu"
 torch.manual_seed(0)
-common = dict(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
+common = dict(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, hidden_act=act)
 if family == "bert":
     model = BertForMaskedLM(BertConfig(**common, max_position_embeddings=64))
     pad = 0
