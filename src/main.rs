@@ -21,11 +21,16 @@ fn main() -> ExitCode {
     init_logging(json);
     let bars = std::env::var("TAFT_PROGRESS").map_or(true, |v| v != "off");
     taft::progress::set_interactive(bars && !json && std::io::stderr().is_terminal());
-    match run(cli.command, json) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
+    match std::panic::catch_unwind(|| run(cli.command, json)) {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(err)) => {
             eprintln!("error: {}", taft::error::redact(&format!("{err:#}")));
             ExitCode::from(taft::error::exit_code(&err))
+        }
+        // A bug: the panic message is above; exit 1 ("anything else"), not Rust's 101.
+        Err(_) => {
+            eprintln!("error: internal error (a bug in taft; the message above says where)");
+            ExitCode::from(1)
         }
     }
 }
@@ -124,7 +129,8 @@ async fn synth(args: cli::SynthArgs) -> anyhow::Result<()> {
     };
     raw.apply_sets(&args.sets)?;
     let config: taft::data::synthetic::SyntheticConfig = raw.resolve()?;
-    let config = config.scaled(args.scale);
+    config.validate()?;
+    let config = config.scaled(args.scale)?;
     config.validate()?;
     let n = taft::data::synthetic::write_jsonl(&config, &args.out).await?;
     println!("synth: wrote {n} conversations to {}", args.out);

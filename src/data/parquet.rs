@@ -207,11 +207,16 @@ impl<W: AsyncWrite + Unpin + Send + 'static> Drop for ConversationWriter<W> {
 
 /// Reads a whole `conversations.parquet` back into records.
 pub fn read_conversations(bytes: Bytes, url: &str) -> Result<Vec<Conversation>> {
-    let perr = |source| Error::Parquet { url: url.to_string(), source };
+    // A file that does not decode is a bad input, whatever the decoder says.
+    let perr = |source: parquet::errors::ParquetError| {
+        Error::input(format!("{url}: not a readable Parquet file of conversations: {source}"))
+    };
     let reader = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(perr)?.build().map_err(perr)?;
     let mut out = Vec::new();
     for batch in reader {
-        out.extend(from_batch(&batch?, url)?);
+        let batch =
+            batch.map_err(|e| Error::input(format!("{url}: not a readable Parquet file of conversations: {e}")))?;
+        out.extend(from_batch(&batch, url)?);
     }
     Ok(out)
 }

@@ -10,6 +10,11 @@ use serde::{Deserialize, Serialize};
 use super::{ConvId, Conversation, Split, Utterance};
 use crate::error::{Error, Result};
 
+/// The most conversations one synthetic dataset holds.
+const MAX_CONVERSATIONS: usize = 1_000_000_000;
+/// The most utterances one synthetic conversation holds.
+const MAX_UTTERANCES: usize = 10_000;
+
 /// Settings of the generator; the defaults are the dummy dataset's sizes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -48,23 +53,38 @@ impl SyntheticConfig {
                 self.min_utterances, self.max_utterances
             )));
         }
-        if self.total() == 0 {
-            return Err(Error::config("synthetic: all split sizes are 0"));
+        if self.max_utterances > MAX_UTTERANCES {
+            return Err(Error::config(format!("synthetic: max_utterances must be at most {MAX_UTTERANCES}")));
         }
-        Ok(())
+        match self.sizes().into_iter().try_fold(0usize, |a, b| a.checked_add(b)) {
+            Some(0) => Err(Error::config("synthetic: all split sizes are 0")),
+            Some(n) if n <= MAX_CONVERSATIONS => Ok(()),
+            _ => Err(Error::config(format!(
+                "synthetic: the split sizes add up to more than {MAX_CONVERSATIONS} conversations"
+            ))),
+        }
     }
 
+    fn sizes(&self) -> [usize; 4] {
+        [self.train, self.val, self.test, self.unlabeled]
+    }
+
+    /// Conversations in all splits (call [`SyntheticConfig::validate`] first).
     pub fn total(&self) -> usize {
-        self.train + self.val + self.test + self.unlabeled
+        self.sizes().iter().sum()
     }
 
-    /// Multiplies every split size by `factor`.
-    pub fn scaled(mut self, factor: usize) -> Self {
-        self.train *= factor;
-        self.val *= factor;
-        self.test *= factor;
-        self.unlabeled *= factor;
-        self
+    /// Multiplies every split size by `factor`; sizes that overflow are a config error.
+    pub fn scaled(mut self, factor: usize) -> Result<Self> {
+        let scale = |n: usize| {
+            n.checked_mul(factor)
+                .ok_or_else(|| Error::config(format!("synthetic: {n} × {factor} conversations overflow")))
+        };
+        self.train = scale(self.train)?;
+        self.val = scale(self.val)?;
+        self.test = scale(self.test)?;
+        self.unlabeled = scale(self.unlabeled)?;
+        Ok(self)
     }
 
     /// The conversations, in split order (train, val, test, unlabeled), ids 0..total.

@@ -69,7 +69,44 @@ impl EncoderConfig {
 
     fn validate(&self, source: &str) -> Result<()> {
         self.family(source)?;
-        if self.num_attention_heads <= 0 || self.hidden_size % self.num_attention_heads != 0 {
+        let sizes = [
+            ("vocab_size", self.vocab_size, 1, 1 << 24),
+            ("hidden_size", self.hidden_size, 1, 1 << 16),
+            ("num_hidden_layers", self.num_hidden_layers, 1, 1024),
+            ("num_attention_heads", self.num_attention_heads, 1, 1 << 12),
+            ("intermediate_size", self.intermediate_size, 1, 1 << 18),
+            ("max_position_embeddings", self.max_position_embeddings, 1, 1 << 20),
+            ("type_vocab_size", self.type_vocab_size, 1, 1 << 10),
+        ];
+        for (name, value, min, max) in sizes {
+            if !(min..=max).contains(&value) {
+                return Err(Error::input(format!("{source}: {name} {value} is out of range {min}..={max}")));
+            }
+        }
+        for (name, p) in [
+            ("hidden_dropout_prob", self.hidden_dropout_prob),
+            ("attention_probs_dropout_prob", self.attention_probs_dropout_prob),
+        ] {
+            if !(0.0..1.0).contains(&p) {
+                return Err(Error::input(format!("{source}: {name} {p} must be in [0, 1)")));
+            }
+        }
+        if !(self.layer_norm_eps.is_finite() && self.layer_norm_eps > 0.0) {
+            return Err(Error::input(format!("{source}: layer_norm_eps {} must be positive", self.layer_norm_eps)));
+        }
+        if !(0..self.vocab_size).contains(&self.pad_id()) {
+            return Err(Error::input(format!(
+                "{source}: pad_token_id {} is not a token of the vocabulary",
+                self.pad_id()
+            )));
+        }
+        if self.usable_positions() < 2 {
+            return Err(Error::input(format!(
+                "{source}: max_position_embeddings {} leaves no position for tokens",
+                self.max_position_embeddings
+            )));
+        }
+        if self.hidden_size % self.num_attention_heads != 0 {
             return Err(Error::input(format!(
                 "{source}: hidden_size {} is not a multiple of num_attention_heads {}",
                 self.hidden_size, self.num_attention_heads
@@ -124,5 +161,24 @@ pub struct AdaptiveConfig {
 impl Default for AdaptiveConfig {
     fn default() -> Self {
         AdaptiveConfig { heads: 12, ffn: 2048, dropout: 0.1, layer_norm_eps: 1e-5, mask_padding: true }
+    }
+}
+
+impl AdaptiveConfig {
+    /// Checks what does not depend on the encoder (heads must also divide its hidden size).
+    pub fn validate(&self) -> Result<()> {
+        if !(1..=1024).contains(&self.heads) || !(1..=1 << 18).contains(&self.ffn) {
+            return Err(Error::config(format!(
+                "adaptive.heads {} must be in 1..=1024 and adaptive.ffn {} in 1..=262144",
+                self.heads, self.ffn
+            )));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(Error::config(format!("adaptive.dropout {} must be in [0, 1)", self.dropout)));
+        }
+        if !(self.layer_norm_eps.is_finite() && self.layer_norm_eps > 0.0) {
+            return Err(Error::config(format!("adaptive.layer_norm_eps {} must be positive", self.layer_norm_eps)));
+        }
+        Ok(())
     }
 }

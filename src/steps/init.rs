@@ -100,16 +100,27 @@ impl Step for Init {
             )));
         }
         let s = &config.scratch;
-        if s.num_attention_heads <= 0 || s.hidden_size % s.num_attention_heads != 0 {
+        let sizes = [
+            ("vocab_size", s.vocab_size as i64, 50, 1 << 20),
+            ("hidden_size", s.hidden_size, 1, 1 << 14),
+            ("num_hidden_layers", s.num_hidden_layers, 1, 128),
+            ("num_attention_heads", s.num_attention_heads, 1, 1 << 10),
+            ("intermediate_size", s.intermediate_size, 1, 1 << 16),
+            ("max_length", s.max_length, 8, 1 << 16),
+        ];
+        for (name, value, min, max) in sizes {
+            if !(min..=max).contains(&value) {
+                return Err(Error::config(format!("scratch.{name} {value} is out of range {min}..={max}")));
+            }
+        }
+        if s.hidden_size % s.num_attention_heads != 0 {
             return Err(Error::config(format!(
                 "scratch.hidden_size {} is not a multiple of scratch.num_attention_heads {}",
                 s.hidden_size, s.num_attention_heads
             )));
         }
-        if s.vocab_size < 50 || s.num_hidden_layers < 1 || s.intermediate_size < 1 || s.max_length < 8 {
-            return Err(Error::config(
-                "scratch: vocab_size >= 50, num_hidden_layers >= 1, intermediate_size >= 1, max_length >= 8",
-            ));
+        if !(0.0..1.0).contains(&s.dropout) {
+            return Err(Error::config(format!("scratch.dropout {} must be in [0, 1)", s.dropout)));
         }
         Ok(())
     }

@@ -44,10 +44,7 @@ pub fn utterances(conversations: Vec<Conversation>) -> Vec<String> {
 pub async fn fetch_model_dir(url: &str, dest: &Path) -> Result<()> {
     std::fs::create_dir_all(dest)?;
     let store = Store::open(url)?;
-    let committed = match Manifest::read(&store).await? {
-        Some(manifest) => Some(Committed { store: store.clone(), manifest }),
-        None => None,
-    };
+    let committed = Manifest::read(&store).await?.map(|manifest| Committed { store: store.clone(), manifest });
     for (file, required) in FILES {
         let bytes = match &committed {
             Some(c) if c.has(file) => Some(c.read(file).await?),

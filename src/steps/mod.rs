@@ -187,6 +187,7 @@ fn resolve<S: Step>(raw: &RawConfig, overrides: &Overrides) -> Result<S::Config>
 
 /// The step contract (DESIGN.md): fingerprint, up-to-date check, run, atomic commit.
 pub async fn drive<S: Step>(raw: &RawConfig, overrides: &Overrides) -> Result<Report> {
+    crate::store::check_environment()?;
     let config = resolve::<S>(raw, overrides)?;
     let out_url = config.out().expect("checked by resolve").to_string();
     crate::store::location::check_output(&out_url, &S::reads(&config))?;
@@ -204,7 +205,7 @@ pub async fn drive<S: Step>(raw: &RawConfig, overrides: &Overrides) -> Result<Re
                 Ok(report(S::NAME, &out_url, true, manifest))
             }
             Begin::Fresh(mut output) => {
-                tracing::info!(fingerprint = %output.fingerprint(), "started");
+                tracing::info!(fingerprint = %output.fingerprint(), pid = std::process::id(), "started");
                 let summary = match S::run(&config, &mut output).await {
                     Ok(summary) => summary,
                     Err(e) => {

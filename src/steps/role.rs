@@ -105,9 +105,10 @@ impl Step for Role {
         if !(config.val_fraction > 0.0 && config.val_fraction < 1.0) {
             return Err(Error::config("val_fraction must be in (0, 1)"));
         }
-        if !(0.0..1.0).contains(&config.dropout) || !(0.0..1.0).contains(&config.adaptive.dropout) {
-            return Err(Error::config("dropout and adaptive.dropout must be in [0, 1)"));
+        if !(0.0..1.0).contains(&config.dropout) {
+            return Err(Error::config(format!("dropout {} must be in [0, 1)", config.dropout)));
         }
+        config.adaptive.validate()?;
         config.train.validate()
     }
 

@@ -37,7 +37,8 @@ const RESERVED: [&str; 3] = [MANIFEST, "_taft/", WORK];
 /// Foreign files quoted in the refusal (all are counted).
 const QUOTED_FOREIGN: usize = 5;
 
-/// Where `begin` found the output.
+/// Where `begin` found the output (made once per step: its size does not matter).
+#[allow(clippy::large_enum_variant)]
 pub enum Begin {
     /// A manifest with the same fingerprint is there: nothing to do.
     UpToDate(Manifest),
@@ -79,7 +80,7 @@ impl Output {
             Ok(Claim::UpToDate(existing)) => {
                 // Committed by the run that held the lease before us.
                 lease.release().await;
-                Ok(Begin::UpToDate(existing))
+                Ok(Begin::UpToDate(*existing))
             }
             Ok(Claim::Owned(owned)) => Ok(Begin::Fresh(Output {
                 store: store.journal_uploads(UPLOADS),
@@ -201,7 +202,7 @@ async fn up_to_date(store: &Store, fingerprint: &str, force: bool) -> Result<Opt
 }
 
 enum Claim {
-    UpToDate(Manifest),
+    UpToDate(Box<Manifest>),
     Owned(BTreeSet<String>),
 }
 
@@ -218,7 +219,7 @@ async fn claim(store: &Store, fingerprint: &str, force: bool) -> Result<Claim> {
     };
     if let Some(m) = &existing {
         if m.fingerprint == fingerprint && !force {
-            return Ok(Claim::UpToDate(m.clone()));
+            return Ok(Claim::UpToDate(Box::new(m.clone())));
         }
     }
     let mut owned: BTreeSet<String> = existing.iter().flat_map(|m| m.files.iter().map(|f| f.path.clone())).collect();

@@ -83,7 +83,7 @@ impl Lease {
                     if live(&record) {
                         return Err(Error::Busy(busy_message(store, &record)));
                     }
-                    tracing::info!(holder = ?record.holder, "taking over an expired lease");
+                    tracing::info!(holder = ?record.holder, "taking over the lease of a run that is gone or expired");
                     top + 1
                 }
             };
@@ -236,7 +236,7 @@ fn busy_message(store: &Store, record: &Record) -> String {
     )
 }
 
-fn ttl() -> Result<Duration> {
+pub(crate) fn ttl() -> Result<Duration> {
     let Ok(text) = std::env::var("TAFT_LEASE_SECONDS") else { return Ok(DEFAULT_TTL) };
     match text.trim().parse::<f64>() {
         Ok(s) if s.is_finite() && (1.0..=86_400.0).contains(&s) => Ok(Duration::from_secs_f64(s)),

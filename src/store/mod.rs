@@ -86,11 +86,16 @@ impl Store {
     }
 
     fn open_with(url: &str, create: bool) -> Result<Self> {
-        let url = url.trim_end_matches('/');
-        let url = if url.is_empty() { "/" } else { url };
         let Some((scheme, rest)) = url.split_once("://") else {
+            let url = url.trim_end_matches('/');
+            let url = if url.is_empty() { "/" } else { url };
             return local(url, url, create);
         };
+        let rest = rest.trim_end_matches('/');
+        if rest.is_empty() && scheme != "file" {
+            return Err(Error::config(format!("{url}: names no bucket or container")));
+        }
+        let url = &url[..scheme.len() + 3 + rest.len()];
         if rest.contains('?') || rest.contains('#') {
             // Query strings carry credentials (SAS tokens, signatures): never echo them.
             let shown = url.split(['?', '#']).next().unwrap_or_default();
@@ -418,6 +423,14 @@ fn client_options(endpoint: Option<String>) -> ClientOptions {
         .with_allow_http(allow_http)
         .with_connect_timeout(Duration::from_secs(5))
         .with_timeout(Duration::from_secs(120))
+}
+
+/// Checks the environment variables the stores read: a bad value is a config error before
+/// any work starts, not a surprise later.
+pub fn check_environment() -> Result<()> {
+    retry_timeout()?;
+    lease::ttl()?;
+    Ok(())
 }
 
 /// How long failing requests are retried: `TAFT_STORE_RETRY_TIMEOUT` seconds (a positive

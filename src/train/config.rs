@@ -96,6 +96,9 @@ impl TrainConfig {
         if self.max_steps == Some(0) || self.eval_every == Some(0) || self.threads == Some(0) {
             return fail("max_steps, eval_every and threads must be at least 1 when given");
         }
+        if self.threads.is_some_and(|t| t > 1024) || self.epochs > 1_000_000 {
+            return fail("threads must be at most 1024 and epochs at most 1000000");
+        }
         let rates =
             std::iter::once((self.lr, self.weight_decay)).chain(self.groups.iter().map(|g| (g.lr, g.weight_decay)));
         for (lr, wd) in rates {

@@ -107,7 +107,7 @@ pub fn fit(config: &TrainConfig, vs: &nn::VarStore, objective: &dyn Objective, w
     let bs = config.batch_size;
     let batches_per_epoch = n.div_ceil(bs) as u64;
     let steps_per_epoch = batches_per_epoch.div_ceil(config.grad_accum);
-    let total = (config.epochs * steps_per_epoch).min(config.max_steps.unwrap_or(u64::MAX));
+    let total = config.epochs.saturating_mul(steps_per_epoch).min(config.max_steps.unwrap_or(u64::MAX));
     let schedule = LinearSchedule { total_steps: total, warmup_steps: config.warmup_steps };
     let fp16 = config.precision == Precision::Fp16;
 

@@ -17,7 +17,7 @@
 
 pub mod runner;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use serde::Deserialize;
 
@@ -105,7 +105,7 @@ impl Workflow {
                 return Err(err(format!("two steps are named `{}`", step.name)));
             }
         }
-        let mut outs = HashSet::new();
+        let mut outs: HashMap<String, String> = HashMap::new();
         let mut planned = Vec::with_capacity(spec.steps.len());
         for step in &spec.steps {
             let at = |msg: String| err(format!("step `{}`: {msg}", step.name));
@@ -115,9 +115,15 @@ impl Workflow {
             })?;
             let key = step.out.clone().unwrap_or_else(|| step.name.clone());
             check_key(&key).map_err(|e| at(e.to_string()))?;
-            if !outs.insert(key.clone()) {
-                return Err(at(format!("output key `{key}` is used by another step")));
+            if let Some((other, _)) = outs.iter().find(|(k, _)| nested(k, &key)) {
+                let owner = &outs[other];
+                return Err(at(if *other == key {
+                    format!("output key `{key}` is used by step `{owner}` too")
+                } else {
+                    format!("output key `{key}` and the key `{other}` of step `{owner}` are nested: one output would hold the other")
+                }));
             }
+            outs.insert(key.clone(), step.name.clone());
             let deps = step
                 .inputs
                 .iter()
@@ -162,6 +168,12 @@ impl Workflow {
         }
         Ok(Workflow { name: spec.name, source: source.to_string(), store: root, steps: ordered })
     }
+}
+
+/// Whether one key is the other or lies under it (`a` and `a/b`; not `a` and `ab`).
+fn nested(a: &str, b: &str) -> bool {
+    let (short, long) = if a.len() <= b.len() { (a, b) } else { (b, a) };
+    long == short || long.starts_with(&format!("{short}/"))
 }
 
 /// The URL of `key` under the root URL or path `root`.
@@ -234,6 +246,9 @@ mod tests {
             ("name: w\nstore: s\nstepz: []\n", "unknown field `stepz`"),
             ("name: w\nstore: s\nsteps:\n  - name: a\n    kind: prep\n    config: {synthetic: {seed: x}}\n", "synthetic.seed"),
             ("name: w\nstore: s\nsteps:\n  - name: a\n    kind: prep\n  - name: a\n    kind: prep\n", "two steps are named `a`"),
+            ("name: w\nstore: s\nsteps:\n  - name: a\n    kind: prep\n  - name: b\n    out: a/b\n    kind: prep\n", "are nested"),
+            ("name: w\nstore: s\nsteps:\n  - name: a\n    out: x/y\n    kind: prep\n  - name: b\n    out: x\n    kind: prep\n", "are nested"),
+            ("name: w\nstore: s\nsteps:\n  - name: a\n    kind: prep\n  - name: b\n    out: a\n    kind: prep\n", "used by step `a` too"),
         ];
         for (text, want) in cases {
             let err = parse(text).unwrap_err();

@@ -95,7 +95,7 @@ pub async fn run(
                     .kill_on_drop(true);
                 let kind = step.kind.name();
                 running.spawn(async move {
-                    let output = cmd.output().await;
+                    let output = run_child(&mut cmd).await;
                     (i, kind, args, output)
                 });
             }
@@ -103,9 +103,9 @@ pub async fn run(
         let Some(joined) = running.join_next().await else { break };
         let (i, kind, args, output) = joined.map_err(|e| Error::Other(format!("step task: {e}")))?;
         let name = workflow.steps[i].name.clone();
-        let output = output.map_err(|e| Error::Other(format!("step `{name}`: cannot start {}: {e}", exe.display())))?;
-        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-        if output.status.success() {
+        let (status, stdout) =
+            output.map_err(|e| Error::Other(format!("step `{name}`: cannot run {}: {e}", exe.display())))?;
+        if status.success() {
             let up_to_date = stdout.starts_with(&format!("{kind}: up to date"));
             tracing::info!(workflow = %workflow.name, step = %name, up_to_date, "step finished");
             finished.push(Finished { name: name.clone(), up_to_date, stdout });
@@ -113,7 +113,7 @@ pub async fn run(
                 waiting[j] -= step.deps.iter().filter(|&&d| d == i).count();
             }
         } else {
-            let code = output.status.code();
+            let code = status.code();
             tracing::error!(workflow = %workflow.name, step = %name, code, "step failed");
             let source = Error::Child { command: format!("taft {}", args.join(" ")), code };
             failure.get_or_insert(Error::Step { step: name, source: Box::new(source) });
@@ -130,6 +130,18 @@ pub async fn run(
         }
         None => Ok(RunOutcome { finished }),
     }
+}
+
+/// Runs a child with its stderr going where ours goes (the logs flow live) and returns its
+/// exit status and what it printed on stdout.
+async fn run_child(cmd: &mut tokio::process::Command) -> std::io::Result<(std::process::ExitStatus, String)> {
+    use tokio::io::AsyncReadExt;
+    let mut child = cmd.spawn()?;
+    let mut stdout = String::new();
+    if let Some(mut pipe) = child.stdout.take() {
+        pipe.read_to_string(&mut stdout).await?;
+    }
+    Ok((child.wait().await?, stdout))
 }
 
 #[cfg(test)]

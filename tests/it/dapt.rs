@@ -236,6 +236,24 @@ fn checkpoints_and_resume_work_on_s3() {
 }
 
 #[test]
+fn a_corrupt_checkpoint_stops_the_resume_until_force_starts_over() {
+    let dir = tempdir();
+    let out = dir.path().join("corrupt");
+    kill_after_checkpoint(&mut dapt(&out, &[]), &out.join("_work/state.json"), 10);
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("_work/state.json")).unwrap()).unwrap();
+    let weights = out.join(state["checkpoint"].as_str().unwrap()).join("model.safetensors");
+    std::fs::write(&weights, b"not tensors").unwrap();
+    let r = run(&mut dapt(&out, &[]));
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("cannot be resumed") && r.stderr.contains("--force"), "{}", r.stderr);
+    assert!(manifest(&out).is_none());
+    let r = run(dapt(&out, &[]).arg("--force")).ok();
+    assert!(!r.stderr.contains("resuming from the checkpoint"), "{}", r.stderr);
+    assert!(manifest(&out).is_some() && !out.join("_work").exists());
+}
+
+#[test]
 fn a_diverging_run_stops_naming_the_step() {
     let dir = tempdir();
     let out = dir.path().join("nan");
@@ -271,11 +289,9 @@ fn bad_dapt_configs_are_rejected_before_training() {
 }
 
 #[test]
+#[ignore = "needs CUDA: run with --ignored on a GPU machine"]
 fn dapt_in_fp16_on_cuda() {
-    if !tch::Cuda::is_available() {
-        eprintln!("skipped: no CUDA device");
-        return;
-    }
+    assert!(tch::Cuda::is_available(), "this test needs a CUDA device");
     let dir = tempdir();
     let out = dir.path().join("fp16");
     run(&mut dapt(&out, &["train.device=cuda", "train.precision=fp16", "train.epochs=3"])).ok();

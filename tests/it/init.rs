@@ -124,13 +124,40 @@ fn init_rejects_bad_models_and_configs_with_exit_2() {
     let r = taft_run(&["init", "--out", s(&out)]);
     assert_eq!(r.code, 2);
     assert!(r.stderr.contains("init from scratch takes one input"), "{}", r.stderr);
-    let r = taft_run(&["init", "--input", "x", "--out", s(&out), "--set", "scratch.hidden_size=30"]);
-    assert_eq!(r.code, 2);
-    assert!(r.stderr.contains("not a multiple of scratch.num_attention_heads"), "{}", r.stderr);
+    for (set, want) in [
+        ("scratch.hidden_size=30", "not a multiple of scratch.num_attention_heads"),
+        ("scratch.hidden_size=-64", "scratch.hidden_size -64 is out of range"),
+        ("scratch.num_hidden_layers=0", "scratch.num_hidden_layers 0 is out of range"),
+        ("scratch.dropout=1.5", "scratch.dropout 1.5 must be in [0, 1)"),
+        ("scratch.max_length=100000000", "scratch.max_length 100000000 is out of range"),
+    ] {
+        let r = taft_run(&["init", "--input", "x", "--out", s(&out), "--set", set]);
+        assert_eq!(r.code, 2, "{set}: {}", r.stderr);
+        assert!(r.stderr.contains(want), "{set}: {}", r.stderr);
+    }
     // An input that is not a committed step output.
     let r = taft_run(&["init", "--input", s(&partial), "--out", s(&out)]);
     assert_eq!(r.code, 2);
     assert!(r.stderr.contains("not a committed step output"), "{}", r.stderr);
+    // A tokenizer with more tokens than the model has embeddings, or another padding id; a
+    // config that does not parse. Errors name the files the user gave, not a local copy.
+    std::fs::write(partial.join("model.safetensors"), std::fs::read(minilm_dir().join("model.safetensors")).unwrap())
+        .unwrap();
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(minilm_dir().join("config.json")).unwrap()).unwrap();
+    for (key, value, want) in [
+        ("vocab_size", serde_json::json!(1000), "token ids go up to 30521, but the model"),
+        ("pad_token_id", serde_json::json!(5), "the padding token [PAD] has id 0, but"),
+        ("hidden_act", serde_json::json!("swish"), "unsupported hidden_act `swish`"),
+    ] {
+        let mut changed = config.clone();
+        changed[key] = value;
+        std::fs::write(partial.join("config.json"), serde_json::to_vec(&changed).unwrap()).unwrap();
+        let r = taft_run(&["init", "--set", &format!("pretrained={}", s(&partial)), "--out", s(&out)]);
+        assert_eq!(r.code, 2, "{key}: {}", r.stderr);
+        assert!(r.stderr.contains(want), "{key}: {}", r.stderr);
+        assert!(r.stderr.contains(s(&partial)) && !r.stderr.contains("/.tmp"), "{key}: {}", r.stderr);
+    }
     // An output inside an input: refused before anything is written.
     let inside = dir.path().join("partial/out");
     let r = taft_run(&["init", "--set", &format!("pretrained={}", s(&partial)), "--out", s(&inside)]);

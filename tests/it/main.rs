@@ -3,6 +3,7 @@
 mod common;
 
 mod cli;
+mod contract;
 #[cfg(feature = "train")]
 mod dapt;
 #[cfg(feature = "train")]

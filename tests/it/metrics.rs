@@ -29,6 +29,7 @@ fn metrics_match_scikit_learn() {
     run(python().args([s(&root().join("tests/parity/metrics_ref.py")), s(&input), s(&out)])).ok();
     let reference: Vec<serde_json::Value> = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
     let mut worst = 0f64;
+    assert_eq!(reference.len(), cases.len(), "one reference per case");
     for ((t, p, k), r) in cases.iter().zip(&reference) {
         let ours = Report::new(t, p, *k).unwrap();
         let mut check = |a: f64, b: &serde_json::Value, what: &str| {
@@ -39,6 +40,7 @@ fn metrics_match_scikit_learn() {
         check(ours.accuracy, &r["accuracy"], "accuracy");
         check(ours.kappa, &r["kappa"], "kappa");
         check(ours.mcc, &r["mcc"], "mcc");
+        assert_eq!(ours.per_class.len(), r["per_class"].as_array().unwrap().len(), "classes");
         for (c, s) in ours.per_class.iter().enumerate() {
             let rc = &r["per_class"][c];
             check(s.precision, &rc["precision"], "precision");

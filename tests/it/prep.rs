@@ -232,27 +232,39 @@ fn failed_run_over_a_committed_output_leaves_it_uncommitted() {
 }
 
 #[test]
-fn killed_mid_write_leaves_no_manifest_and_a_rerun_commits() {
+fn killed_mid_write_leaves_no_manifest_and_a_rerun_commits_and_cleans_up() {
     let dir = tempdir();
     let input = dir.path().join("big.jsonl");
     taft_run(&["synth", "--out", s(&input), "--scale", "10"]).ok();
     let out = dir.path().join("out");
-    let mut child = taft().args(["prep", "--input", s(&input), "--out", s(&out)]).spawn().unwrap();
-    // Wait until the step has opened its output, let it write for a while, then kill it hard.
+    let mut child = taft()
+        .args(["prep", "--input", s(&input), "--out", s(&out)])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until the Parquet file's staging copy (`conversations.parquet#N`) holds bytes,
+    // then kill the step hard, in the middle of its write.
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !out.exists() {
-        assert!(Instant::now() < deadline, "prep never opened its output");
-        std::thread::sleep(Duration::from_millis(20));
+    let staging = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(&out)
+            .map(|d| d.flatten().map(|e| e.path()).filter(|p| p.to_string_lossy().contains(".parquet#")).collect())
+            .unwrap_or_default()
+    };
+    while !staging().iter().any(|p| std::fs::metadata(p).is_ok_and(|m| m.len() > 0)) {
+        assert!(child.try_wait().unwrap().is_none(), "prep finished before it could be killed; use a larger input");
+        assert!(Instant::now() < deadline, "prep never staged any bytes");
+        std::thread::sleep(Duration::from_millis(2));
     }
-    std::thread::sleep(Duration::from_millis(700));
-    assert!(child.try_wait().unwrap().is_none(), "prep finished before it could be killed; use a larger input");
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(manifest(&out).is_none(), "a killed step must not look complete");
+    assert!(!staging().is_empty(), "the kill left a staging file");
 
     taft_run(&["prep", "--input", s(&input), "--out", s(&out)]).ok();
     assert_eq!(read_back(&out).len(), 58_000);
     check_manifest_files(&out);
+    assert!(staging().is_empty(), "no staging file is left");
 }
 
 #[tokio::test]

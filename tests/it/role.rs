@@ -72,9 +72,26 @@ fn role_stays_at_chance_without_signal_and_keeps_the_original_split_on_request()
     let out = dir.path().join("chance");
     run(&mut role(&plain, &out, &["split=contiguous"])).ok();
     let m = manifest(&out).unwrap();
-    let acc = m["summary"]["test"]["accuracy"].as_f64().unwrap();
-    eprintln!("role on labels without signal: test accuracy {acc:.3}");
-    assert!(acc < 0.7, "no signal, no skill: {acc}");
+    let test = &m["summary"]["test"];
+    let (acc, kappa, loss) =
+        (test["accuracy"].as_f64().unwrap(), test["kappa"].as_f64().unwrap(), test["loss"].as_f64().unwrap());
+    // The entropy of the test labels: what a model that knows nothing scores (cross-entropy).
+    let report = json(&out.join("test_report.json"));
+    let support: Vec<f64> =
+        report["report"]["per_class"].as_array().unwrap().iter().map(|c| c["support"].as_f64().unwrap()).collect();
+    assert_eq!(support.len(), 2);
+    let n: f64 = support.iter().sum();
+    let entropy: f64 = support.iter().map(|&c| -(c / n) * (c / n).ln()).sum();
+    eprintln!(
+        "role on labels without signal: test accuracy {acc:.3}, kappa {kappa:.3}, cross-entropy {loss:.4} (label entropy {entropy:.4})"
+    );
+    // At chance: accuracy near 0.5 on balanced speakers, no agreement beyond chance, and a
+    // cross-entropy equal to the labels' entropy. A model that knows nothing scores exactly
+    // that; one that favours a class (a one-class predictor, c ≠ 0.5) scores
+    // -½ln c - ½ln(1-c), more than ln 2.
+    assert!((0.4..0.6).contains(&acc), "no signal, no skill: {acc}");
+    assert!(kappa.abs() < 0.15, "{kappa}");
+    assert!((loss - entropy).abs() < 0.02, "cross-entropy {loss} vs label entropy {entropy}");
     // The contiguous cut: the first 75 % of the utterances train.
     let data = &m["summary"]["data"];
     let (train, val) = (data["train"].as_u64().unwrap(), data["val"].as_u64().unwrap());
@@ -89,6 +106,9 @@ fn bad_role_settings_are_rejected() {
         ("adaptive.heads=12", "adaptive.heads 12 must divide the model's hidden size 32"),
         ("variant=both", "unknown variant `both`"),
         ("val_fraction=0", "val_fraction must be in (0, 1)"),
+        ("max_length=1000", "max_length 1000 exceeds the 128 positions of the model"),
+        ("dropout=1.5", "dropout 1.5 must be in [0, 1)"),
+        ("adaptive.heads=-4", "adaptive.heads -4 must be in 1..=1024"),
     ] {
         let r = run(&mut role(&fixture().prep, &out, &[set]));
         assert_eq!(r.code, 2, "{set}: {}", r.stderr);

@@ -6,17 +6,31 @@ use crate::common::*;
 const TINY: &str = "synthetic: {train: 20, val: 5, test: 5, unlabeled: 30}";
 
 #[test]
-fn demo_workflow_runs_then_is_up_to_date() {
+fn demo_workflow_runs_the_same_twice_then_is_up_to_date() {
     let dir = tempdir();
-    let store = dir.path().join("demo");
+    let (store, again) = (dir.path().join("demo"), dir.path().join("demo-again"));
+    // Two runs from scratch: each step runs in a process of its own (dapt and role in
+    // parallel), so no step can move another's random generator or thread count.
     let r = taft_run(&["run", "workflows/demo.yaml", "--store", s(&store)]).ok();
+    taft_run(&["run", "workflows/demo.yaml", "--store", s(&again)]).ok();
     assert!(r.stdout.contains(&format!("prep: done: {}/prep", s(&store))), "{}", r.stdout);
     assert!(r.stdout.contains(&format!("outputs under {}", s(&store))), "{}", r.stdout);
+    for (step, file) in [
+        ("prep", "conversations.parquet"),
+        ("init", "tokenizer.json"),
+        ("init", "model.safetensors"),
+        ("dapt", "model.safetensors"),
+        ("role", "model.safetensors"),
+        ("role", "heads.safetensors"),
+    ] {
+        let (a, b) =
+            (std::fs::read(store.join(step).join(file)).unwrap(), std::fs::read(again.join(step).join(file)).unwrap());
+        assert!(a == b, "{step}/{file} differs between two runs of the demo");
+    }
     let m = manifest(&store.join("prep")).unwrap();
     assert_eq!(m["summary"]["conversations"], 5800);
     let init = manifest(&store.join("init")).unwrap();
     assert_eq!(init["inputs"][0]["fingerprint"], m["fingerprint"], "init reads prep's output");
-    assert!(store.join("init/model.safetensors").exists());
     let dapt = manifest(&store.join("dapt")).unwrap();
     let eval: Vec<f64> = std::fs::read_to_string(store.join("dapt/metrics.jsonl"))
         .unwrap()
@@ -38,7 +52,7 @@ fn demo_workflow_runs_then_is_up_to_date() {
 }
 
 #[test]
-fn independent_steps_run_in_parallel() {
+fn independent_steps_run_in_parallel_as_processes_of_their_own() {
     let dir = tempdir();
     let wf = dir.path().join("wf.yaml");
     std::fs::write(
@@ -49,25 +63,59 @@ fn independent_steps_run_in_parallel() {
         ),
     )
     .unwrap();
-    let r = taft_run(&["run", s(&wf)]).ok();
-    let events = events(&r.stderr);
-    let pos = |msg: &str, step: &str| {
-        events
+    // When each step's own work began and ended (its child's `started` and `committed`
+    // events), and the process that logged them.
+    let spans = |stderr: &str| -> Vec<(String, String, String, String)> {
+        let events = events(stderr);
+        ["a", "b"]
             .iter()
-            .position(|e| e["message"] == msg && e["step"] == step)
-            .unwrap_or_else(|| panic!("no {msg} for {step}: {}", r.stderr))
+            .map(|step| {
+                let out = s(&dir.path().join("store").join(step)).to_string();
+                let find = |msg: &str| {
+                    events
+                        .iter()
+                        .find(|e| e["message"] == msg && e["span"]["out"] == out.as_str())
+                        .unwrap_or_else(|| panic!("no `{msg}` event for {out}: {stderr}"))
+                        .clone()
+                };
+                let (start, end) = (find("started"), find("committed"));
+                (
+                    step.to_string(),
+                    start["timestamp"].as_str().unwrap().to_string(),
+                    end["timestamp"].as_str().unwrap().to_string(),
+                    start["pid"].to_string(),
+                )
+            })
+            .collect()
     };
-    let first_finish = pos("step finished", "a").min(pos("step finished", "b"));
-    assert!(pos("step started", "a") < first_finish && pos("step started", "b") < first_finish, "{}", r.stderr);
-    // With one job at a time they run one after the other.
+    let r = taft_run(&["run", s(&wf)]).ok();
+    let spans_par = spans(&r.stderr);
+    let (a, b) = (&spans_par[0], &spans_par[1]);
+    assert!(a.1 < b.2 && b.1 < a.2, "the two steps' work overlaps in time: {spans_par:?}");
+    assert_ne!(a.3, b.3, "in two processes");
+    // With one job at a time, one step's work ends before the other's begins.
     let r = taft_run(&["run", s(&wf), "--jobs", "1", "--force"]).ok();
-    let events = crate::common::events(&r.stderr);
-    let order: Vec<_> = events
-        .iter()
-        .filter(|e| e["message"] == "step started" || e["message"] == "step finished")
-        .map(|e| format!("{} {}", e["message"].as_str().unwrap(), e["step"].as_str().unwrap()))
-        .collect();
-    assert_eq!(order, ["step started a", "step finished a", "step started b", "step finished b"]);
+    let seq = spans(&r.stderr);
+    let (a, b) = (&seq[0], &seq[1]);
+    assert!(a.2 < b.1 || b.2 < a.1, "one after the other: {seq:?}");
+    // The printed plan is the commands a scheduler runs.
+    let r = taft_run(&["run", s(&wf), "--dry-run"]).ok();
+    assert!(r.stdout.contains(&format!("a: taft prep --out {}", s(&dir.path().join("store/a")))), "{}", r.stdout);
+    assert!(r.stdout.contains("--set synthetic={\"unlabeled\":20000,\"seed\":7}"), "{}", r.stdout);
+}
+
+#[test]
+fn an_in_process_store_cannot_hold_a_workflow() {
+    let dir = tempdir();
+    let wf = dir.path().join("wf.yaml");
+    std::fs::write(
+        &wf,
+        format!("name: m\nstore: memory://wf/root\nsteps:\n  - name: a\n    kind: prep\n    config: {{{TINY}}}\n"),
+    )
+    .unwrap();
+    let r = taft_run(&["run", s(&wf)]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("a memory:// store lives inside one process"), "{}", r.stderr);
 }
 
 #[test]
@@ -89,6 +137,7 @@ fn a_bad_step_config_stops_the_workflow_before_anything_runs() {
         ("name: w\nstore: x\nsteps:\n  - name: a\n    kind: prep\n    inputs: [b]\n  - name: b\n    kind: prep\n    inputs: [a]\n", "cycle"),
         ("name: w\nstore: x\nsteps:\n  - name: a\n    kind: prep\n    inputs: [ghost]\n", "input `ghost` names no step"),
         ("name: w\nstore: x\nsteps:\n  - name: a\n    kind: prep\n    out: ../../etc\n", "must not contain `.` or `..`"),
+        ("name: w\nstore: x\nsteps:\n  - name: a\n    kind: prep\n  - name: b\n    kind: prep\n    out: a/b\n", "are nested"),
     ] {
         std::fs::write(&wf, text).unwrap();
         let r = taft_run(&["run", s(&wf)]);

@@ -25,7 +25,7 @@ fn train_mlm(config: &DaptConfig, job: &TrainingJob) -> Result<(Fit, serde_json:
     let device = config.train.device()?;
     let (encoder_config, family, tokenizer) = src.read_model()?;
     let positions = encoder_config.usable_positions();
-    if config.block_size as i64 > positions {
+    if config.block_size as u64 > positions as u64 {
         return Err(Error::config(format!(
             "block_size {} exceeds the {positions} positions of the model {}",
             config.block_size, src.url

@@ -87,12 +87,19 @@ fn train_role(config: &RoleConfig, job: &TrainingJob) -> Result<(Fit, serde_json
     let (encoder_config, family, tokenizer) = src.read_model()?;
     let adaptive = (config.variant == Variant::Adaptive).then_some(&config.adaptive);
     if let Some(a) = adaptive {
-        if a.heads <= 0 || encoder_config.hidden_size % a.heads != 0 || a.ffn <= 0 {
+        if encoder_config.hidden_size % a.heads != 0 {
             return Err(Error::config(format!(
-                "adaptive.heads {} must divide the model's hidden size {} (and adaptive.ffn {} be positive)",
-                a.heads, encoder_config.hidden_size, a.ffn
+                "adaptive.heads {} must divide the model's hidden size {}",
+                a.heads, encoder_config.hidden_size
             )));
         }
+    }
+    let positions = encoder_config.usable_positions();
+    if config.max_length as u64 > positions as u64 {
+        return Err(Error::config(format!(
+            "max_length {} exceeds the {positions} positions of the model {}",
+            config.max_length, src.url
+        )));
     }
 
     let unlabeled: Vec<&Conversation> = conversations.iter().filter(|c| c.split == Split::Unlabeled).collect();
@@ -138,8 +145,8 @@ fn train_role(config: &RoleConfig, job: &TrainingJob) -> Result<(Fit, serde_json
         single_class: Cell::new(0),
     };
     let fit = train::fit(&config.train, &vs, &objective, &job.work)?;
-    let report = tch::no_grad(|| objective.predict(&test_items))?;
-    let test = serde_json::json!({"labels": ROLES, "report": report});
+    let (loss, report) = tch::no_grad(|| objective.predict(&test_items))?;
+    let test = serde_json::json!({"labels": ROLES, "loss": loss, "report": report});
 
     let fields = serde_json::json!({
         "heads": {"role": ROLES},
@@ -156,6 +163,7 @@ fn train_role(config: &RoleConfig, job: &TrainingJob) -> Result<(Fit, serde_json
 fn headline(test: &serde_json::Value) -> serde_json::Value {
     let r = &test["report"];
     serde_json::json!({
+        "loss": test["loss"],
         "accuracy": r["accuracy"],
         "f1_weighted": r["weighted_avg"]["f1"],
         "f1_macro": r["macro_avg"]["f1"],
@@ -194,9 +202,10 @@ impl RoleObjective<'_> {
         (sum / items.len().max(1) as f64, preds)
     }
 
-    fn predict(&self, items: &Items) -> Result<Report> {
-        let (_, preds) = self.scan(items);
-        Report::new(&items.labels, &preds, ROLES.len()).map_err(Error::Other)
+    /// The unweighted cross-entropy and the classification report on `items`.
+    fn predict(&self, items: &Items) -> Result<(f64, Report)> {
+        let (loss, preds) = self.scan(items);
+        Ok((loss, Report::new(&items.labels, &preds, ROLES.len()).map_err(Error::Other)?))
     }
 }
 
