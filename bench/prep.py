@@ -2,7 +2,9 @@
 
 For each dataset size (the default synthetic set and 10x), writes the JSON lines once with
 `taft synth`, then alternates taft and the peer REPEAT times, measuring wall time and peak
-RSS of each process (wait4). Prints a Markdown table with medians and the speed ratio.
+RSS of each process (wait4). Prints a Markdown table with medians and the speed ratio. Then
+a hostile input, one 320 MiB line without a newline: both refuse it; the table shows the
+exit code, time and peak RSS of each.
 Usage: .venv/bin/python bench/prep.py [--repeat 5] [--taft target/release/taft]
 """
 import argparse
@@ -18,13 +20,16 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def measure(cmd):
+def measure(cmd, fails=False):
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _, status, usage = os.wait4(proc.pid, 0)
     elapsed = time.perf_counter() - start
-    if status != 0:
-        sys.exit(f"failed ({status}): {' '.join(cmd)}")
+    code = os.waitstatus_to_exitcode(status)
+    if (code != 0) != fails:
+        sys.exit(f"unexpected exit {code}: {' '.join(cmd)}")
+    if fails:
+        return elapsed, usage.ru_maxrss / 1024, code
     return elapsed, usage.ru_maxrss / 1024  # MiB
 
 
@@ -52,6 +57,14 @@ def main():
             t_peer = statistics.median(t for t, _ in peer)
             rows.append((scale, n, os.path.getsize(src) / 2**20, t_ours, max(m for _, m in ours),
                          t_peer, max(m for _, m in peer)))
+        hostile = os.path.join(work, "one-line.jsonl")
+        with open(hostile, "wb") as f:
+            for _ in range(320):
+                f.write(b"a" * 2**20)
+        bad = [measure([args.taft, "--log-format", "json", "prep", "--force", "--input", hostile,
+                        "--out", os.path.join(work, "out-hostile")], fails=True),
+               measure([sys.executable, os.path.join(HERE, "prep_peer.py"), hostile,
+                        os.path.join(work, "peer-hostile.parquet")], fails=True)]
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores; "
@@ -62,6 +75,10 @@ def main():
     for scale, n, mib, t, m, tp, mp in rows:
         print(f"| x{scale} | {n} | {mib:.1f} | {t:.2f} | {n / t:,.0f} | {m:.0f} | {tp:.2f} "
               f"| {n / tp:,.0f} | {mp:.0f} | {tp / t:.1f}x |")
+    print("\n| one 320 MiB line | exit | s | peak RSS MiB |")
+    print("|---|---|---|---|")
+    for who, (t, m, code) in zip(["taft", "Python"], bad):
+        print(f"| {who} | {code} | {t:.2f} | {m:.0f} |")
 
 
 if __name__ == "__main__":

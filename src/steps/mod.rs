@@ -214,13 +214,21 @@ pub async fn drive<S: Step>(raw: &RawConfig, overrides: &Overrides) -> Result<Re
                     }
                 };
                 let manifest = output.commit(summary).await?;
-                tracing::info!(files = manifest.files.len(), "committed");
+                tracing::info!(files = manifest.files.len(), peak_rss_mib = peak_rss_mib(), "committed");
                 Ok(report(S::NAME, &out_url, false, manifest))
             }
         }
     }
     .instrument(span)
     .await
+}
+
+/// The largest resident set of this process so far, in MiB (`VmHWM`; `None` off Linux).
+fn peak_rss_mib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: u64 =
+        status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kib / 1024)
 }
 
 fn report(step: &str, out: &str, up_to_date: bool, manifest: Manifest) -> Report {
