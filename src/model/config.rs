@@ -78,10 +78,8 @@ impl EncoderConfig {
             ("max_position_embeddings", self.max_position_embeddings, 1, 1 << 20),
             ("type_vocab_size", self.type_vocab_size, 1, 1 << 10),
         ];
-        for (name, value, min, max) in sizes {
-            if !(min..=max).contains(&value) {
-                return Err(Error::input(format!("{source}: {name} {value} is out of range {min}..={max}")));
-            }
+        if let Some(problem) = out_of_range("", &sizes) {
+            return Err(Error::input(format!("{source}: {problem}")));
         }
         for (name, p) in [
             ("hidden_dropout_prob", self.hidden_dropout_prob),
@@ -144,6 +142,15 @@ impl EncoderConfig {
             _ => 0,
         })
     }
+}
+
+/// The first of `sizes` (name, value, min, max) outside its range, as a message naming
+/// `prefix` + name; `None` when all are in range.
+pub fn out_of_range(prefix: &str, sizes: &[(&str, i64, i64, i64)]) -> Option<String> {
+    sizes
+        .iter()
+        .find(|(_, value, min, max)| !(min..=max).contains(&value))
+        .map(|(name, value, min, max)| format!("{prefix}{name} {value} is out of range {min}..={max}"))
 }
 
 /// Settings of the adaptive layer (defaults: the paper's).

@@ -108,10 +108,8 @@ impl Step for Init {
             ("intermediate_size", s.intermediate_size, 1, 1 << 16),
             ("max_length", s.max_length, 8, 1 << 16),
         ];
-        for (name, value, min, max) in sizes {
-            if !(min..=max).contains(&value) {
-                return Err(Error::config(format!("scratch.{name} {value} is out of range {min}..={max}")));
-            }
+        if let Some(problem) = crate::model::config::out_of_range("scratch.", &sizes) {
+            return Err(Error::config(problem));
         }
         if s.hidden_size % s.num_attention_heads != 0 {
             return Err(Error::config(format!(

@@ -165,7 +165,9 @@ impl Output {
             }
         }
         for (name, _) in self.store.list().await? {
-            if name.starts_with(WORK) || staging_of(&name).is_some_and(|base| self.owned.contains(base)) {
+            let leftover =
+                staging_of(&name).is_some_and(|base| self.owned.contains(base) || base.starts_with("_taft/"));
+            if name.starts_with(WORK) || leftover {
                 self.store.delete(&name).await?;
             }
         }

@@ -113,13 +113,21 @@ fn a_second_writer_exits_3_naming_the_first_and_a_killed_one_does_not_block() {
     let dir = tempdir();
     let out = dir.path().join("out");
     let args = ["prep", "--out", s(&out), "--set", "synthetic.unlabeled=60000"];
-    let mut first =
-        taft().args(args).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    // A 2-second lease, renewed every 0.7 s: still held when the second run comes 3 s later.
+    let mut first = taft()
+        .args(args)
+        .env("TAFT_LEASE_SECONDS", "2")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     while !out.join("_taft/lease").exists() {
         assert!(Instant::now() < deadline, "the first run never took the lease");
         std::thread::sleep(Duration::from_millis(10));
     }
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(first.try_wait().unwrap().is_none(), "the first run ended too soon to test renewal");
     let r = taft_run(&args);
     assert_eq!(r.code, 3, "{}", r.stderr);
     assert!(r.stderr.contains("another run is writing this output"), "{}", r.stderr);

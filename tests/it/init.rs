@@ -198,51 +198,25 @@ fn init_from_scratch_gives_the_same_bytes_in_every_process() {
     let dir = tempdir();
     let prep = prep_small(dir.path());
     for family in ["roberta", "bert"] {
-        let run_to = |name: &str| {
+        let run_to = |name: &str, extra: &[&str]| {
             let out = dir.path().join(format!("{family}-{name}"));
-            taft_run(&[
-                "init",
-                "-i",
-                s(&prep),
-                "-o",
-                s(&out),
-                "--set",
-                &format!("scratch.family={family}"),
-                "--set",
-                "scratch.vocab_size=300",
-                "--set",
-                "scratch.hidden_size=32",
-                "--set",
-                "scratch.intermediate_size=64",
-            ])
-            .ok();
+            let family = format!("scratch.family={family}");
+            let mut args = vec!["init", "-i", s(&prep), "-o", s(&out), "--set", &family];
+            for set in
+                ["scratch.vocab_size=300", "scratch.hidden_size=32", "scratch.intermediate_size=64"].iter().chain(extra)
+            {
+                args.extend(["--set", set]);
+            }
+            taft_run(&args).ok();
             out
         };
-        let (a, b) = (run_to("a"), run_to("b"));
+        let (a, b) = (run_to("a", &[]), run_to("b", &[]));
         for file in ["tokenizer.json", "model.safetensors", "config.json"] {
             let (x, y) = (std::fs::read(a.join(file)).unwrap(), std::fs::read(b.join(file)).unwrap());
             assert!(x == y, "{family}: {file} differs between two processes");
         }
         // And the seed matters (the comparison above can fail).
-        let c = dir.path().join(format!("{family}-c"));
-        taft_run(&[
-            "init",
-            "-i",
-            s(&prep),
-            "-o",
-            s(&c),
-            "--set",
-            &format!("scratch.family={family}"),
-            "--set",
-            "scratch.vocab_size=300",
-            "--set",
-            "scratch.hidden_size=32",
-            "--set",
-            "scratch.intermediate_size=64",
-            "--set",
-            "seed=7",
-        ])
-        .ok();
+        let c = run_to("c", &["seed=7"]);
         assert!(
             std::fs::read(a.join("model.safetensors")).unwrap() != std::fs::read(c.join("model.safetensors")).unwrap()
         );
