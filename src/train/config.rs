@@ -6,6 +6,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
+/// CPU threads of a training step whose `train.threads` is not set (the workflow runner
+/// sets it to share the cores among the steps running at once).
+pub const THREADS_VAR: &str = "TAFT_THREADS";
+
 /// Floating-point precision of the forward and backward passes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -87,6 +91,19 @@ pub struct TrainConfig {
 }
 
 impl TrainConfig {
+    /// The CPU threads to use: `threads`, else `TAFT_THREADS`, else `None` (the tensor
+    /// library's own choice, one per core).
+    pub fn cpu_threads(&self) -> Result<Option<usize>> {
+        if self.threads.is_some() {
+            return Ok(self.threads);
+        }
+        let Ok(text) = std::env::var(THREADS_VAR) else { return Ok(None) };
+        match text.trim().parse::<usize>() {
+            Ok(n) if (1..=1024).contains(&n) => Ok(Some(n)),
+            _ => Err(Error::config(format!("{THREADS_VAR}={text:?}: expected a number of threads in 1..=1024"))),
+        }
+    }
+
     /// Checks ranges and combinations (messages name the `train.` key).
     pub fn validate(&self) -> Result<()> {
         let fail = |msg: &str| Err(Error::config(format!("train.{msg}")));

@@ -17,7 +17,7 @@ pub mod schedule;
 #[cfg(feature = "train")]
 pub mod work;
 
-pub use config::{Best, GroupRule, Mode, Precision, TrainConfig};
+pub use config::{Best, GroupRule, Mode, Precision, TrainConfig, THREADS_VAR};
 #[cfg(feature = "train")]
 pub use fit::{fit, write_metrics, Fit, Metrics, Objective};
 pub use sampler::{mix, Sampler, Shuffle};

@@ -1,9 +1,9 @@
 //! The local DAG runner. Each step runs as its own process, `taft <step> --input … --out …
 //! --set key=value …` — the command Argo and Airflow run — so parallel steps share no
 //! global state (libtorch's random generator and thread pool among them). Independent steps
-//! run in parallel (at most `jobs` at once), up-to-date steps are skipped by the step
-//! contract, and after a failure no new step starts; a rerun continues from what was
-//! committed.
+//! run in parallel (at most `jobs` at once), sharing the machine's cores (`TAFT_THREADS`),
+//! up-to-date steps are skipped by the step contract, and after a failure no new step
+//! starts; a rerun continues from what was committed.
 
 use std::process::Stdio;
 
@@ -67,6 +67,7 @@ pub async fn run(
         )));
     }
     let n = workflow.steps.len();
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
     let mut waiting: Vec<usize> = workflow.steps.iter().map(|s| s.deps.len()).collect();
     let mut started = vec![false; n];
     let mut running = JoinSet::new();
@@ -74,21 +75,21 @@ pub async fn run(
     let mut failure: Option<Error> = None;
     loop {
         if failure.is_none() {
-            for i in 0..n {
-                if running.len() >= jobs.max(1) {
-                    break;
-                }
-                if started[i] || waiting[i] != 0 {
-                    continue;
-                }
+            let capacity = jobs.max(1).saturating_sub(running.len());
+            let launch: Vec<usize> = (0..n).filter(|&i| !started[i] && waiting[i] == 0).take(capacity).collect();
+            // The cores go to the steps running at once, so that parallel training steps do
+            // not oversubscribe the CPU (libtorch takes one thread per core by default).
+            let threads = (cores / (running.len() + launch.len()).max(1)).max(1);
+            for i in launch {
                 started[i] = true;
                 let step = &workflow.steps[i];
                 let args = step_args(step, force)?;
-                tracing::info!(workflow = %workflow.name, step = %step.name, command = %format!("taft {}", args.join(" ")), "step started");
+                tracing::info!(workflow = %workflow.name, step = %step.name, threads, command = %format!("taft {}", args.join(" ")), "step started");
                 let mut cmd = tokio::process::Command::new(exe);
                 cmd.args(&args)
                     .env("TAFT_LOG_FORMAT", log_format)
                     .env("TAFT_PROGRESS", "off")
+                    .env(crate::train::THREADS_VAR, threads.to_string())
                     .stdin(Stdio::null())
                     .stdout(Stdio::piped())
                     .stderr(Stdio::inherit())
