@@ -211,11 +211,11 @@ enum Claim {
 /// Under the lease: what taft owns at the prefix, after checking that nothing else is there,
 /// aborting leftover uploads and removing the old manifest.
 async fn claim(store: &Store, fingerprint: &str, force: bool) -> Result<Claim> {
-    let existing = match Manifest::read(store).await {
-        Ok(m) => m,
+    let (existing, unreadable) = match Manifest::read(store).await {
+        Ok(m) => (m, false),
         Err(Error::Input(msg)) => {
             tracing::warn!(%msg, "the output's manifest is unreadable: its files count as foreign");
-            None
+            (None, true)
         }
         Err(e) => return Err(e),
     };
@@ -241,11 +241,12 @@ async fn claim(store: &Store, fingerprint: &str, force: bool) -> Result<Claim> {
         let quoted: Vec<&str> = foreign.iter().take(QUOTED_FOREIGN).map(String::as_str).collect();
         let more = foreign.len().saturating_sub(QUOTED_FOREIGN);
         return Err(Error::input(format!(
-            "{}: holds {} file(s) that taft did not write ({}{}) and no {MANIFEST}: not a taft output; give an empty or new output prefix",
+            "{}: holds {} file(s) that taft did not write ({}{}) and {}: not a taft output; give an empty or new output prefix",
             store.url(),
             foreign.len(),
             quoted.join(", "),
-            if more > 0 { format!(", … and {more} more") } else { String::new() }
+            if more > 0 { format!(", … and {more} more") } else { String::new() },
+            if unreadable { format!("a {MANIFEST} that does not parse") } else { format!("no {MANIFEST}") }
         )));
     }
     if !foreign.is_empty() {

@@ -4,7 +4,9 @@
 //! [`Journaled`] decorates a store: each multipart upload is recorded as a small object
 //! under the output's journal prefix as soon as it is created and the record is removed
 //! when the upload completes or aborts; the next run of the step aborts whatever is still
-//! recorded ([`abort_recorded`]).
+//! recorded ([`abort_recorded`]). The record is written before the first part, so only a
+//! process killed between the upload's creation and its record (one request, no bytes
+//! uploaded yet) can leave an upload unrecorded.
 
 use std::sync::{Arc, Mutex};
 

@@ -112,11 +112,11 @@ fn a_rerun_deletes_only_what_taft_wrote_and_never_follows_links() {
 fn a_second_writer_exits_3_naming_the_first_and_a_killed_one_does_not_block() {
     let dir = tempdir();
     let out = dir.path().join("out");
-    let args = ["prep", "--out", s(&out), "--set", "synthetic.unlabeled=60000"];
-    // A 2-second lease, renewed every 0.7 s: still held when the second run comes 3 s later.
+    let args = ["prep", "--out", s(&out), "--set", "synthetic.unlabeled=80000"];
+    // A 3-second lease, renewed every second: still held when the second run comes 4 s later.
     let mut first = taft()
         .args(args)
-        .env("TAFT_LEASE_SECONDS", "2")
+        .env("TAFT_LEASE_SECONDS", "3")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -126,7 +126,7 @@ fn a_second_writer_exits_3_naming_the_first_and_a_killed_one_does_not_block() {
         assert!(Instant::now() < deadline, "the first run never took the lease");
         std::thread::sleep(Duration::from_millis(10));
     }
-    std::thread::sleep(Duration::from_secs(3));
+    std::thread::sleep(Duration::from_secs(4));
     assert!(first.try_wait().unwrap().is_none(), "the first run ended too soon to test renewal");
     let r = taft_run(&args);
     assert_eq!(r.code, 3, "{}", r.stderr);
@@ -137,7 +137,7 @@ fn a_second_writer_exits_3_naming_the_first_and_a_killed_one_does_not_block() {
 
     // A run killed while it holds the lease: its process is gone, so the next run takes over
     // at once instead of waiting for the lease to expire.
-    let forced = ["prep", "--out", s(&out), "--set", "synthetic.unlabeled=60000", "--force"];
+    let forced = ["prep", "--out", s(&out), "--set", "synthetic.unlabeled=80000", "--force"];
     let mut killed =
         taft().args(forced).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
     while !out.join("_taft/lease").exists() {

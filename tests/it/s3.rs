@@ -50,11 +50,11 @@ fn files_starting_with(dir: &std::path::Path, prefix: &str) -> Vec<String> {
     found
 }
 
-/// Waits until the server holds a multipart upload in progress (s3s-fs keeps one as
-/// `.upload-ID.json` in its folder).
+/// Waits until a multipart upload in progress has bytes on the server (s3s-fs keeps each
+/// uploaded part as `.upload_id-ID.part-N` in its folder).
 fn wait_for_an_upload(server: &S3Server, child: &mut std::process::Child) {
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    while files_starting_with(&server.dir, ".upload-").is_empty() {
+    while files_starting_with(&server.dir, ".upload_id-").is_empty() {
         assert!(child.try_wait().unwrap().is_none(), "the step ended before its upload was caught");
         assert!(std::time::Instant::now() < deadline, "no multipart upload within 2 minutes");
         std::thread::sleep(Duration::from_millis(5));
