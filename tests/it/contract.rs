@@ -112,45 +112,48 @@ fn a_rerun_deletes_only_what_taft_wrote_and_never_follows_links() {
 fn a_second_writer_exits_3_naming_the_first_and_a_killed_one_does_not_block() {
     let dir = tempdir();
     let out = dir.path().join("out");
-    let args = ["prep", "--out", s(&out), "--set", "synthetic.unlabeled=80000"];
-    // A 3-second lease, renewed every second: still held when the second run comes 4 s later.
-    let mut first = taft()
-        .args(args)
-        .env("TAFT_LEASE_SECONDS", "3")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !out.join("_taft/lease").exists() {
-        assert!(Instant::now() < deadline, "the first run never took the lease");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let spawn = |args: &[&str], lease_seconds: &str| {
+        taft()
+            .args(args)
+            .env("TAFT_LEASE_SECONDS", lease_seconds)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let wait_for_lease = |child: &mut std::process::Child| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !out.join("_taft/lease").exists() {
+            assert!(child.try_wait().unwrap().is_none(), "the run ended before it was seen holding the lease");
+            assert!(Instant::now() < deadline, "the run never took the lease");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    // A long run (several seconds) on a 3-second lease, renewed every second: still held when
+    // the second run comes 4 s later.
+    let long = ["prep", "--out", s(&out), "--set", "synthetic.unlabeled=300000"];
+    let mut first = spawn(&long, "3");
+    wait_for_lease(&mut first);
     std::thread::sleep(Duration::from_secs(4));
     assert!(first.try_wait().unwrap().is_none(), "the first run ended too soon to test renewal");
-    let r = taft_run(&args);
+    let r = taft_run(&long);
     assert_eq!(r.code, 3, "{}", r.stderr);
     assert!(r.stderr.contains("another run is writing this output"), "{}", r.stderr);
     assert!(r.stderr.contains(&format!("pid {}", first.id())), "{}", r.stderr);
     assert!(first.wait().unwrap().success());
-    assert!(taft_run(&args).ok().stdout.contains("up to date"));
+    assert!(taft_run(&long).ok().stdout.contains("up to date"));
 
-    // A run killed while it holds the lease: its process is gone, so the next run takes over
-    // at once instead of waiting for the lease to expire.
-    let forced = ["prep", "--out", s(&out), "--set", "synthetic.unlabeled=80000", "--force"];
-    let mut killed =
-        taft().args(forced).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
-    while !out.join("_taft/lease").exists() {
-        assert!(Instant::now() < deadline + Duration::from_secs(60), "the run never took the lease");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    // A run killed while it holds the (default, 60-second) lease: its process is gone, so the
+    // next run takes over at once instead of waiting for the lease to expire.
+    let mut killed = spawn(&[&long[..], &["--force"]].concat(), "60");
+    wait_for_lease(&mut killed);
     killed.kill().unwrap();
     killed.wait().unwrap();
     let started = Instant::now();
-    let r = taft_run(&args).ok();
+    let r = taft_run(&["prep", "--out", s(&out), "--set", "synthetic.unlabeled=100"]).ok();
     assert!(r.stdout.contains("prep: done"), "{}", r.stdout);
     assert!(r.stderr.contains("taking over the lease of a run that is gone"), "{}", r.stderr);
-    assert!(started.elapsed() < Duration::from_secs(50), "did not wait for the 60 s lease to expire");
+    assert!(started.elapsed() < Duration::from_secs(30), "did not wait for the 60 s lease to expire");
 }
 
 fn manifest_json(dir: &Path) -> serde_json::Value {
