@@ -60,7 +60,11 @@ impl Lease {
     /// Takes the lease of the output `store` for `step`, or fails with [`Error::Busy`] naming
     /// the live holder.
     pub async fn acquire(store: &Store, step: &str) -> Result<Lease> {
-        let ttl = ttl()?;
+        Self::acquire_for(store, step, ttl()?).await
+    }
+
+    /// [`Lease::acquire`] with records valid for `ttl` unless renewed.
+    async fn acquire_for(store: &Store, step: &str, ttl: Duration) -> Result<Lease> {
         let holder = Holder {
             host: host(),
             boot: boot_id(),
@@ -176,12 +180,9 @@ fn name(generation: u64) -> String {
 }
 
 async fn generations(store: &Store) -> Result<Vec<u64>> {
-    let mut gens: Vec<u64> = store
-        .list()
-        .await?
-        .into_iter()
-        .filter_map(|(n, _)| n.strip_prefix(LEASE_DIR)?.strip_suffix(".json")?.parse().ok())
-        .collect();
+    let dir = store.join(LEASE_DIR.trim_end_matches('/'))?;
+    let mut gens: Vec<u64> =
+        dir.list().await?.into_iter().filter_map(|(n, _)| n.strip_suffix(".json")?.parse().ok()).collect();
     gens.sort_unstable();
     Ok(gens)
 }
@@ -218,7 +219,9 @@ fn live(record: &Record) -> bool {
         return false;
     }
     let h = &record.holder;
-    let here = h.host == host() && !h.boot.is_empty() && h.boot == boot_id();
+    // Only a process of this boot of this machine, whose start time was recorded, can be
+    // known to be gone; any other holder is trusted until its record expires.
+    let here = h.host == host() && !h.boot.is_empty() && h.boot == boot_id() && h.pid_start != 0;
     !(here && process_start(h.pid) != Some(h.pid_start))
 }
 
@@ -275,6 +278,19 @@ fn run_id() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_held_lease_is_renewed_before_it_expires() {
+        let store = Store::create("memory://unit-lease/renewed").unwrap();
+        let held = Lease::acquire_for(&store, "dapt", Duration::from_secs(1)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        // Two and a half lifetimes later the record is a newer generation, still valid.
+        assert!(held.generation.load(Ordering::SeqCst) >= 3, "renewed every third of its lifetime");
+        assert!(Lease::acquire_for(&store, "role", Duration::from_secs(1)).await.is_err());
+        held.check().unwrap();
+        held.release().await;
+        assert!(generations(&store).await.unwrap().is_empty());
+    }
 
     #[tokio::test]
     async fn one_holder_at_a_time_and_expired_or_dead_holders_are_taken_over() {

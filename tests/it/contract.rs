@@ -112,14 +112,8 @@ fn a_rerun_deletes_only_what_taft_wrote_and_never_follows_links() {
 fn a_second_writer_exits_3_naming_the_first_and_a_killed_one_does_not_block() {
     let dir = tempdir();
     let out = dir.path().join("out");
-    let spawn = |args: &[&str], lease_seconds: &str| {
-        taft()
-            .args(args)
-            .env("TAFT_LEASE_SECONDS", lease_seconds)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap()
+    let spawn = |args: &[&str]| {
+        taft().args(args).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap()
     };
     let wait_for_lease = |child: &mut std::process::Child| {
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -129,23 +123,21 @@ fn a_second_writer_exits_3_naming_the_first_and_a_killed_one_does_not_block() {
             std::thread::sleep(Duration::from_millis(10));
         }
     };
-    // A long run (several seconds) on a 3-second lease, renewed every second: still held when
-    // the second run comes 4 s later.
-    let long = ["prep", "--out", s(&out), "--set", "synthetic.unlabeled=300000"];
-    let mut first = spawn(&long, "3");
+    // A run of several seconds; a second run on the same output while it writes.
+    let long = ["prep", "--out", s(&out), "--set", "synthetic.unlabeled=100000"];
+    let mut first = spawn(&long);
     wait_for_lease(&mut first);
-    std::thread::sleep(Duration::from_secs(4));
-    assert!(first.try_wait().unwrap().is_none(), "the first run ended too soon to test renewal");
     let r = taft_run(&long);
+    assert!(first.try_wait().unwrap().is_none(), "the first run ended before the second came");
     assert_eq!(r.code, 3, "{}", r.stderr);
     assert!(r.stderr.contains("another run is writing this output"), "{}", r.stderr);
     assert!(r.stderr.contains(&format!("pid {}", first.id())), "{}", r.stderr);
     assert!(first.wait().unwrap().success());
     assert!(taft_run(&long).ok().stdout.contains("up to date"));
 
-    // A run killed while it holds the (default, 60-second) lease: its process is gone, so the
-    // next run takes over at once instead of waiting for the lease to expire.
-    let mut killed = spawn(&[&long[..], &["--force"]].concat(), "60");
+    // A run killed while it holds its lease (valid 60 s): its process is gone, so the next
+    // run takes over at once instead of waiting for the lease to expire.
+    let mut killed = spawn(&[&long[..], &["--force"]].concat());
     wait_for_lease(&mut killed);
     killed.kill().unwrap();
     killed.wait().unwrap();
