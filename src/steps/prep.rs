@@ -93,6 +93,8 @@ impl Step for Prep {
             for conversation in synthetic.generate() {
                 sink.accept(out, conversation, "synthetic", 0).await?;
                 progress.inc(1);
+                // CPU-bound: let the runtime's other tasks (the lease renewal) run.
+                tokio::task::consume_budget().await;
             }
         }
         let mut line = Vec::new();
@@ -100,6 +102,7 @@ impl Step for Prep {
         for url in &config.inputs {
             let mut reader = LineReader::open(url).await?;
             while let Some((number, length)) = reader.next_line(&mut line, max).await? {
+                tokio::task::consume_budget().await;
                 if length > config.max_line_bytes {
                     let problem = format!(
                         "the line is {length} bytes long, more than max_line_bytes ({}): not read as a record",
