@@ -1,10 +1,12 @@
 //! Conversations: the record type, JSON-lines ingestion with validation, the synthetic
-//! generator, Parquet storage and dataset statistics.
+//! generator, Parquet storage, dataset statistics, the tasks' label rules and the samplers.
 
 pub mod ingest;
 pub mod parquet;
+pub mod samplers;
 pub mod stats;
 pub mod synthetic;
+pub mod tasks;
 
 use serde::{Deserialize, Serialize};
 
