@@ -165,9 +165,14 @@ impl MaxSizeCycle {
 
     /// The items of the first and second sampler a packed position holds.
     pub fn unpack(&self, index: usize) -> (Option<usize>, Option<usize>) {
-        let stride = self.second.len() + 1;
+        Self::unpack_for(index, self.first.len(), self.second.len())
+    }
+
+    /// [`MaxSizeCycle::unpack`] knowing only how many items each sampler draws per epoch.
+    pub fn unpack_for(index: usize, first_len: usize, second_len: usize) -> (Option<usize>, Option<usize>) {
+        let stride = second_len + 1;
         let (a, b) = (index / stride, index % stride);
-        ((a < self.first.len()).then_some(a), (b < self.second.len()).then_some(b))
+        ((a < first_len).then_some(a), (b < second_len).then_some(b))
     }
 
     /// Batch `step` of a sampler whose every run (cycle) draws anew.

@@ -127,7 +127,16 @@ impl SyntheticConfig {
             .collect();
         if self.learnable {
             if let Some(s) = status {
-                for _ in 0..2 {
+                // About 40 % of the utterances (at least one) name the status; satisfaction
+                // gets a weaker signal, in the last utterance only.
+                let mut named = 0;
+                for u in utterances.iter_mut() {
+                    if rng.random_bool(0.4) {
+                        append_word(&mut u.text, STATUS[s as usize].choose(&mut rng).unwrap());
+                        named += 1;
+                    }
+                }
+                if named == 0 {
                     let u = rng.random_range(0..utterances.len());
                     append_word(&mut utterances[u].text, STATUS[s as usize].choose(&mut rng).unwrap());
                 }

@@ -17,6 +17,7 @@ macro_rules! step_io {
 }
 
 pub mod dapt;
+pub mod finetune;
 pub mod init;
 pub mod io;
 pub mod prep;
@@ -96,6 +97,7 @@ registry! {
     Init => init::Init, runs: cfg!(feature = "train");
     Dapt => dapt::Dapt, runs: cfg!(feature = "train");
     Role => role::Role, runs: cfg!(feature = "train");
+    Finetune => finetune::Finetune, runs: cfg!(feature = "train");
 }
 
 impl StepKind {
@@ -145,6 +147,12 @@ pub trait Step {
     const DEFAULTS: &'static str = "{}";
     type Config: DeserializeOwned + Serialize + StepIo + Send + Sync;
 
+    /// The user's config with the built-in one laid beneath it: [`Step::DEFAULTS`], or, for
+    /// a step whose defaults depend on a choice in the config (finetune's `method`), more.
+    fn with_defaults(raw: &RawConfig) -> Result<RawConfig> {
+        raw.with_defaults(Self::DEFAULTS)
+    }
+
     /// Checks what serde cannot (ranges, combinations) before any work starts.
     fn validate(config: &Self::Config) -> Result<()>;
 
@@ -163,7 +171,7 @@ pub trait Step {
 }
 
 fn resolve<S: Step>(raw: &RawConfig, overrides: &Overrides) -> Result<S::Config> {
-    let mut raw = raw.with_defaults(S::DEFAULTS)?;
+    let mut raw = S::with_defaults(raw)?;
     if !overrides.inputs.is_empty() {
         let list = overrides.inputs.iter().map(|s| serde_yaml::Value::String(s.clone())).collect();
         raw.set("inputs", serde_yaml::Value::Sequence(list)).map_err(Error::config)?;

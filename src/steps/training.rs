@@ -10,8 +10,11 @@ use crate::error::{Error, Result};
 use crate::model::checkpoint;
 use crate::model::dir::{ModelDir, TAFT_JSON, TOKENIZER};
 use crate::store::commit::Output;
+use crate::text::TextTokenizer;
+use crate::train::loss::validation_loss;
 use crate::train::work::WorkDir;
 use crate::train::Fit;
+use tch::{Device, Tensor};
 
 /// What the work of a training step gets: the prep output's conversations, the input model
 /// directory on local disk (`src`), the folder to write the new one to (`dst`), the
@@ -81,4 +84,72 @@ pub fn write_model_dir(
     }
     std::fs::write(job.dst.join(TAFT_JSON), serde_json::to_vec_pretty(&taft)?)?;
     Ok(())
+}
+
+/// The examples of a classification task: token ids (special tokens included, truncated to
+/// the step's length) and labels.
+pub struct Items {
+    pub ids: Vec<Vec<i64>>,
+    pub labels: Vec<i64>,
+}
+
+impl Items {
+    pub fn new(tokenizer: &TextTokenizer, rows: Vec<(String, i64)>, max_length: usize) -> Result<Items> {
+        let (texts, labels): (Vec<String>, Vec<i64>) = rows.into_iter().unzip();
+        let mut ids = Vec::with_capacity(texts.len());
+        for chunk in texts.chunks(4096) {
+            let enc = tokenizer.encode_batch(chunk, max_length)?;
+            for row in 0..enc.batch {
+                let range = row * enc.seq..(row + 1) * enc.seq;
+                let len = enc.attention_mask[range.clone()].iter().filter(|&&m| m == 1).count();
+                ids.push(enc.input_ids[range][..len].to_vec());
+            }
+        }
+        Ok(Items { ids, labels })
+    }
+
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// The mean unweighted cross-entropy and the predictions (in item order) over every item,
+    /// in batches of `batch_size` items of similar lengths (sorted: little padding; the
+    /// order of the batches does not change the results). `logits` gives a batch's logits
+    /// and labels.
+    pub fn scan(&self, batch_size: usize, logits: impl Fn(&[usize]) -> (Tensor, Tensor)) -> (f64, Vec<i64>) {
+        let mut order: Vec<usize> = (0..self.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(self.ids[i].len()));
+        let (mut sum, mut preds) = (0.0, vec![0i64; self.len()]);
+        for rows in order.chunks(batch_size.max(1)) {
+            let (logits, labels) = logits(rows);
+            sum += validation_loss(&logits, &labels).double_value(&[]) * rows.len() as f64;
+            let batch = Vec::<i64>::try_from(&logits.argmax(-1, false).to_device(Device::Cpu)).expect("int64");
+            for (&row, p) in rows.iter().zip(batch) {
+                preds[row] = p;
+            }
+        }
+        (sum / self.len().max(1) as f64, preds)
+    }
+
+    /// Padded ids, attention mask and labels of `rows`, on `device`.
+    pub fn batch(&self, rows: &[usize], pad: i64, device: Device) -> (Tensor, Tensor, Tensor) {
+        let width = rows.iter().map(|&r| self.ids[r].len()).max().unwrap_or(1);
+        let (mut ids, mut mask) = (Vec::with_capacity(rows.len() * width), Vec::with_capacity(rows.len() * width));
+        for &r in rows {
+            let row = &self.ids[r];
+            ids.extend(row.iter().copied().chain(std::iter::repeat_n(pad, width - row.len())));
+            mask.extend(std::iter::repeat_n(1i64, row.len()).chain(std::iter::repeat_n(0, width - row.len())));
+        }
+        let shape = [rows.len() as i64, width as i64];
+        let labels: Vec<i64> = rows.iter().map(|&r| self.labels[r]).collect();
+        (
+            Tensor::from_slice(&ids).view(shape).to(device),
+            Tensor::from_slice(&mask).view(shape).to(device),
+            Tensor::from_slice(&labels).to(device),
+        )
+    }
 }

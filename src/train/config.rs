@@ -17,6 +17,8 @@ pub enum Precision {
     Fp32,
     /// fp16 autocast with dynamic loss scaling (CUDA only).
     Fp16,
+    /// fp16 on a CUDA device, fp32 on the CPU.
+    Auto,
 }
 
 /// Whether a monitored metric is better lower or higher.

@@ -109,7 +109,11 @@ pub fn fit(config: &TrainConfig, vs: &nn::VarStore, objective: &dyn Objective, w
     let steps_per_epoch = batches_per_epoch.div_ceil(config.grad_accum);
     let total = config.epochs.saturating_mul(steps_per_epoch).min(config.max_steps.unwrap_or(u64::MAX));
     let schedule = LinearSchedule { total_steps: total, warmup_steps: config.warmup_steps };
-    let fp16 = config.precision == Precision::Fp16;
+    let fp16 = match config.precision {
+        Precision::Fp16 => true,
+        Precision::Fp32 => false,
+        Precision::Auto => vs.device().is_cuda(),
+    };
 
     let mut optimizer = AdamW::new(groups(vs, config)?, (0.9, 0.999), 1e-8);
     let mut state = TrainState::new(work.fingerprint(), if fp16 { SCALE_INIT } else { 1.0 });

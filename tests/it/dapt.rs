@@ -171,7 +171,7 @@ fn same_seed_same_run_and_a_killed_run_resumes_to_the_same_result() {
 
 /// Starts `cmd`, SIGKILLs it a moment after its checkpoint `state` (a file on disk) reaches
 /// `min_step`, and returns the step of that checkpoint.
-fn kill_after_checkpoint(cmd: &mut std::process::Command, state: &Path, min_step: u64) -> u64 {
+pub fn kill_after_checkpoint(cmd: &mut std::process::Command, state: &Path, min_step: u64) -> u64 {
     let mut child = cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
     let started = Instant::now();
     loop {

@@ -22,6 +22,8 @@ fn demo_workflow_runs_the_same_twice_then_is_up_to_date() {
         ("dapt", "model.safetensors"),
         ("role", "model.safetensors"),
         ("role", "heads.safetensors"),
+        ("finetune", "heads.safetensors"),
+        ("finetune", "test_report.json"),
     ] {
         let (a, b) =
             (std::fs::read(store.join(step).join(file)).unwrap(), std::fs::read(again.join(step).join(file)).unwrap());
@@ -45,8 +47,12 @@ fn demo_workflow_runs_the_same_twice_then_is_up_to_date() {
     let role = manifest(&store.join("role")).unwrap();
     let accuracy = role["summary"]["test"]["accuracy"].as_f64().unwrap();
     assert!(accuracy > 0.8, "the demo's speaker-role model learns (learnable data): {accuracy}");
+    let finetune = manifest(&store.join("finetune")).unwrap();
+    let status = &finetune["summary"]["test"]["status"];
+    let (f1, baseline) = (status["f1_macro"].as_f64().unwrap(), status["baseline_f1_macro"].as_f64().unwrap());
+    assert!(f1 > baseline, "the demo's TAFT model beats the majority class on the status: {status}");
     let r = taft_run(&["run", "workflows/demo.yaml", "--store", s(&store)]).ok();
-    for step in ["prep", "init", "dapt", "role"] {
+    for step in ["prep", "init", "dapt", "role", "finetune"] {
         assert!(r.stdout.contains(&format!("{step}: up to date")), "{}", r.stdout);
     }
 }

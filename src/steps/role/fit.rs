@@ -11,11 +11,10 @@ use crate::error::{Error, Result};
 use crate::eval::metrics::Report;
 use crate::model::checkpoint::{self, Arch};
 use crate::model::heads::Classifier;
-use crate::steps::training::{self, TrainingJob};
+use crate::steps::training::{self, Items, TrainingJob};
 use crate::steps::Step;
 use crate::store::commit::Output;
-use crate::text::TextTokenizer;
-use crate::train::loss::{validation_loss, weighted_loss};
+use crate::train::loss::weighted_loss;
 use crate::train::{self, Fit, Metrics, Objective, Sampler, Shuffle};
 
 pub async fn run(config: &RoleConfig, out: &mut Output) -> Result<serde_json::Value> {
@@ -26,50 +25,6 @@ pub async fn run(config: &RoleConfig, out: &mut Output) -> Result<serde_json::Va
     out.put("test_report.json", Bytes::from(serde_json::to_vec_pretty(&report)?)).await?;
     summary["test"] = headline(&report);
     Ok(summary)
-}
-
-/// The utterances of a task: token ids (special tokens included, truncated) and labels.
-struct Items {
-    ids: Vec<Vec<i64>>,
-    labels: Vec<i64>,
-}
-
-impl Items {
-    fn new(tokenizer: &TextTokenizer, rows: Vec<(String, i64)>, max_length: usize) -> Result<Items> {
-        let (texts, labels): (Vec<String>, Vec<i64>) = rows.into_iter().unzip();
-        let mut ids = Vec::with_capacity(texts.len());
-        for chunk in texts.chunks(4096) {
-            let enc = tokenizer.encode_batch(chunk, max_length)?;
-            for row in 0..enc.batch {
-                let range = row * enc.seq..(row + 1) * enc.seq;
-                let len = enc.attention_mask[range.clone()].iter().filter(|&&m| m == 1).count();
-                ids.push(enc.input_ids[range][..len].to_vec());
-            }
-        }
-        Ok(Items { ids, labels })
-    }
-
-    fn len(&self) -> usize {
-        self.labels.len()
-    }
-
-    /// Padded ids, attention mask and labels of `rows`, on `device`.
-    fn batch(&self, rows: &[usize], pad: i64, device: Device) -> (Tensor, Tensor, Tensor) {
-        let width = rows.iter().map(|&r| self.ids[r].len()).max().unwrap_or(1);
-        let (mut ids, mut mask) = (Vec::with_capacity(rows.len() * width), Vec::with_capacity(rows.len() * width));
-        for &r in rows {
-            let row = &self.ids[r];
-            ids.extend(row.iter().copied().chain(std::iter::repeat_n(pad, width - row.len())));
-            mask.extend(std::iter::repeat_n(1i64, row.len()).chain(std::iter::repeat_n(0, width - row.len())));
-        }
-        let shape = [rows.len() as i64, width as i64];
-        let labels: Vec<i64> = rows.iter().map(|&r| self.labels[r]).collect();
-        (
-            Tensor::from_slice(&ids).view(shape).to(device),
-            Tensor::from_slice(&mask).view(shape).to(device),
-            Tensor::from_slice(&labels).to(device),
-        )
-    }
 }
 
 /// (text, role label) of every customer or operator utterance of `conversations`.
@@ -192,14 +147,7 @@ impl RoleObjective<'_> {
 
     /// Unweighted cross-entropy and predictions over all of `items`.
     fn scan(&self, items: &Items) -> (f64, Vec<i64>) {
-        let (mut sum, mut preds) = (0.0, Vec::with_capacity(items.len()));
-        let all: Vec<usize> = (0..items.len()).collect();
-        for rows in all.chunks(self.batch_size) {
-            let (logits, labels) = self.logits(items, rows, false);
-            sum += validation_loss(&logits, &labels).double_value(&[]) * rows.len() as f64;
-            preds.extend(Vec::<i64>::try_from(&logits.argmax(-1, false).to_device(Device::Cpu)).expect("int64"));
-        }
-        (sum / items.len().max(1) as f64, preds)
+        items.scan(self.batch_size, |rows| self.logits(items, rows, false))
     }
 
     /// The unweighted cross-entropy and the classification report on `items`.

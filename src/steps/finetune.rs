@@ -1,0 +1,243 @@
+//! `taft finetune`: step 2 of every method of the paper (SPEC §5). From step 1's model (or a
+//! pretrained encoder), train one classifier per conversation-level task — status (`status`
+//! or `pc`) and satisfaction (`satis3`, `satis7` or none) — on the labeled splits:
+//!
+//! | method | parent | encoder | trains |
+//! |---|---|---|---|
+//! | `taft` | `role`, variant adaptive | frozen | adaptive layer (lr 1e-3, wd 1e-5), pooler, classifiers (5e-5) |
+//! | `noadapt` | `role`, variant direct | frozen | pooler, classifiers (5e-5) |
+//! | `tapt` | `role`, variant direct | trained | everything (5e-5) |
+//! | `dapt` | `dapt` | trained | everything (2e-5), one task at a time |
+//! | `finetune` | `init` | trained | everything (5e-5) |
+//!
+//! Each task's training set is drawn by the imbalanced sampler, the two task loaders are
+//! walked together with max-size cycle (one encoder pass per task batch), and the SPEC §4
+//! weighted losses are mixed 0.8 / 0.2. The checkpoint with the best validation weighted F1
+//! of the status task is kept and scored on the test split beside the majority-class
+//! baseline.
+
+use serde::{Deserialize, Serialize};
+
+use super::{io, Step};
+use crate::config::RawConfig;
+use crate::data::tasks::{SatisfactionTask, StatusTask, Task, TaskQuirks};
+use crate::error::{Error, Result};
+use crate::store::commit::Output;
+use crate::train::TrainConfig;
+
+#[cfg(feature = "train")]
+mod fit;
+
+/// SPEC §5 step 2: batch 32, 2 epochs, fp16 on CUDA, dropout 0.5, losses mixed 0.8 / 0.2,
+/// the best validation weighted F1 of the status task.
+const DEFAULTS: &str = "
+method: taft
+status: status
+satisfaction: satis3
+max_length: 512
+dropout: 0.5
+loss_weights: {status: 0.8, satisfaction: 0.2}
+sampler: imbalanced
+quirks: {}
+train:
+  epochs: 2
+  batch_size: 32
+  grad_accum: 1
+  lr: 5.0e-5
+  weight_decay: 0.01
+  warmup_steps: 0
+  max_grad_norm: null
+  eval_each_epoch: true
+  checkpoint_every: 100
+  log_every: 10
+  best: {metric: status/f1_weighted, mode: max}
+  precision: auto
+  device: auto
+  seed: 42
+";
+
+/// The methods of the paper's Table 2, plus plain fine-tuning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    Taft,
+    Noadapt,
+    Tapt,
+    Dapt,
+    Finetune,
+}
+
+impl Method {
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Taft => "taft",
+            Method::Noadapt => "noadapt",
+            Method::Tapt => "tapt",
+            Method::Dapt => "dapt",
+            Method::Finetune => "finetune",
+        }
+    }
+
+    /// Whether the encoder stays as step 1 left it.
+    pub fn frozen_encoder(self) -> bool {
+        matches!(self, Method::Taft | Method::Noadapt)
+    }
+}
+
+/// The satisfaction task, or none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SatisfactionChoice {
+    Satis3,
+    Satis7,
+    None,
+}
+
+/// How each task's training items are drawn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SamplerKind {
+    /// With replacement, every class equally likely per draw (SPEC §5).
+    Imbalanced,
+    /// Every item once per epoch.
+    Shuffle,
+}
+
+/// The weights of the task losses.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LossWeights {
+    pub status: f64,
+    pub satisfaction: f64,
+}
+
+/// Config of `taft finetune`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FinetuneConfig {
+    /// A prep output and a model directory (the method's parent), in any order.
+    #[serde(default)]
+    pub inputs: Vec<String>,
+    #[serde(default)]
+    pub out: Option<String>,
+    pub method: Method,
+    /// The status task (all methods but dapt).
+    pub status: StatusTask,
+    /// The satisfaction task, or `none` (all methods but dapt).
+    pub satisfaction: SatisfactionChoice,
+    /// The one task of the dapt method: status, pc, satis3 or satis7.
+    #[serde(default)]
+    pub task: Option<Task>,
+    /// Tokens per conversation, special tokens included.
+    pub max_length: usize,
+    /// Dropout before the classifiers.
+    pub dropout: f64,
+    pub loss_weights: LossWeights,
+    pub sampler: SamplerKind,
+    /// The original's label quirks (SPEC §2, §5).
+    pub quirks: TaskQuirks,
+    pub train: TrainConfig,
+}
+
+step_io!(FinetuneConfig);
+
+impl FinetuneConfig {
+    /// The tasks trained, in head order (status first).
+    pub fn tasks(&self) -> Vec<Task> {
+        if let Some(task) = self.task {
+            return vec![task];
+        }
+        let mut tasks = vec![Task::from(self.status)];
+        match self.satisfaction {
+            SatisfactionChoice::Satis3 => tasks.push(SatisfactionTask::Satis3.into()),
+            SatisfactionChoice::Satis7 => tasks.push(SatisfactionTask::Satis7.into()),
+            SatisfactionChoice::None => {}
+        }
+        tasks
+    }
+
+    /// The loss weight of a task.
+    pub fn weight(&self, task: Task) -> f64 {
+        match task.head() {
+            "status" => self.loss_weights.status,
+            _ => self.loss_weights.satisfaction,
+        }
+    }
+}
+
+pub struct Finetune;
+
+impl Step for Finetune {
+    const NAME: &'static str = "finetune";
+    const ABOUT: &'static str = "Step 2 of every method (taft, noadapt, tapt, dapt, finetune): train the status and satisfaction classifiers from the method's parent model; inputs: a prep output and the parent, in any order";
+    const DEFAULTS: &'static str = DEFAULTS;
+    type Config = FinetuneConfig;
+
+    /// The dapt method's own defaults (SPEC §5): one task at a time, batch 16, 5 epochs, lr
+    /// 2e-5, the best validation weighted F1 of that task.
+    fn with_defaults(raw: &RawConfig) -> Result<RawConfig> {
+        let str_of = |key: &str| raw.value.get(key).and_then(serde_yaml::Value::as_str).map(str::to_string);
+        let layer = if str_of("method").as_deref() == Some("dapt") {
+            let head = match str_of("task").as_deref() {
+                Some("satis3" | "satis7") => "satisfaction",
+                _ => "status",
+            };
+            format!(
+                "task: status\nsatisfaction: none\ntrain: {{epochs: 5, batch_size: 16, lr: 2.0e-5, best: {{metric: {head}/f1_weighted}}}}\n"
+            )
+        } else {
+            "{}".to_string()
+        };
+        raw.with_defaults(&layer)?.with_defaults(DEFAULTS)
+    }
+
+    fn validate(config: &FinetuneConfig) -> Result<()> {
+        io::DataAndModel::check_count(Self::NAME, &config.inputs)?;
+        match (config.method, config.task) {
+            (Method::Dapt, None) => {
+                return Err(Error::config("task: the dapt method trains one task: give status, pc, satis3 or satis7"))
+            }
+            (Method::Dapt, Some(_)) if config.satisfaction != SatisfactionChoice::None => {
+                return Err(Error::config(
+                    "satisfaction: the dapt method trains one task at a time (`task`); leave satisfaction out",
+                ))
+            }
+            (Method::Dapt, Some(_)) => {}
+            (method, Some(_)) => {
+                return Err(Error::config(format!(
+                    "task: only the dapt method takes `task`; method `{}` trains `status` and `satisfaction`",
+                    method.name()
+                )))
+            }
+            (_, None) => {}
+        }
+        if config.max_length < 3 {
+            return Err(Error::config("max_length must be at least 3 (the special tokens and one token)"));
+        }
+        if !(0.0..1.0).contains(&config.dropout) {
+            return Err(Error::config(format!("dropout {} must be in [0, 1)", config.dropout)));
+        }
+        let LossWeights { status, satisfaction } = config.loss_weights;
+        if !(status.is_finite()
+            && satisfaction.is_finite()
+            && status >= 0.0
+            && satisfaction >= 0.0
+            && status + satisfaction > 0.0)
+        {
+            return Err(Error::config("loss_weights: non-negative numbers, not both 0"));
+        }
+        config.train.validate()
+    }
+
+    async fn run(config: &FinetuneConfig, out: &mut Output) -> Result<serde_json::Value> {
+        #[cfg(feature = "train")]
+        {
+            fit::run(config, out).await
+        }
+        #[cfg(not(feature = "train"))]
+        {
+            let _ = (config, out);
+            Err(super::without_training(Self::NAME))
+        }
+    }
+}

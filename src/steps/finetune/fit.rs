@@ -1,0 +1,351 @@
+//! `taft finetune` on tch: the method's parent checked, the conversations of each task
+//! encoded, the multi-task objective (one encoder pass per task batch, weighted losses
+//! mixed), evaluation on each task's full validation set, and the test report with the
+//! majority-class baseline.
+
+use std::cell::Cell;
+
+use bytes::Bytes;
+use tch::{nn, Device, Tensor};
+
+use super::{Finetune, FinetuneConfig, Method, SamplerKind};
+use crate::data::samplers::{Imbalanced, MaxSizeCycle, Sampler, Shuffle};
+use crate::data::tasks::Task;
+use crate::data::{Conversation, Split};
+use crate::error::{Error, Result};
+use crate::eval::metrics::Report;
+use crate::model::adaptive::AdaptiveConfig;
+use crate::model::checkpoint::{self, Arch};
+use crate::model::dir::ModelDir;
+use crate::model::heads::Classifier;
+use crate::steps::training::{self, Items, TrainingJob};
+use crate::steps::Step;
+use crate::store::commit::Output;
+use crate::text::TextTokenizer;
+use crate::train::loss::{combine, weighted_loss};
+use crate::train::{self, Fit, GroupRule, Metrics, Objective, TrainConfig};
+
+pub async fn run(config: &FinetuneConfig, out: &mut Output) -> Result<serde_json::Value> {
+    let (inputs, config) = (config.inputs.clone(), config.clone());
+    let (_, mut summary) =
+        training::run_training(Finetune::NAME, &inputs, out, move |job| train_tasks(&config, job)).await?;
+    let report = summary["test"].take();
+    out.put("test_report.json", Bytes::from(serde_json::to_vec_pretty(&report)?)).await?;
+    summary["test"] = headlines(&report);
+    Ok(summary)
+}
+
+/// The step the method's parent must come from, and the role variant when it is `role`.
+fn expected_parent(method: Method) -> (&'static str, Option<&'static str>) {
+    match method {
+        Method::Taft => ("role", Some("adaptive")),
+        Method::Noadapt | Method::Tapt => ("role", Some("direct")),
+        Method::Dapt => ("dapt", None),
+        Method::Finetune => ("init", None),
+    }
+}
+
+/// Checks that the model directory is the method's parent (its `taft.json` lineage) and
+/// returns the parent's adaptive layer settings (taft).
+fn check_parent(method: Method, src: &ModelDir) -> Result<Option<AdaptiveConfig>> {
+    let taft = src.taft_json()?;
+    let found = taft["lineage"].as_array().and_then(|l| l.last()).and_then(|e| e["step"].as_str()).unwrap_or("");
+    let variant = taft["role"]["variant"].as_str();
+    let (step, want_variant) = expected_parent(method);
+    let describe = |step: &str, variant: Option<&str>| match variant {
+        Some(v) => format!("a `{step}` output of variant {v}"),
+        None if step.is_empty() => "a model directory without taft lineage".to_string(),
+        None => format!("a `{step}` output"),
+    };
+    if found != step || (want_variant.is_some() && variant != want_variant) {
+        return Err(Error::config(format!(
+            "method `{}` needs {} as its model; {} is {}",
+            method.name(),
+            describe(step, want_variant),
+            src.url,
+            describe(found, if found == "role" { variant } else { None })
+        )));
+    }
+    if method != Method::Taft {
+        return Ok(None);
+    }
+    serde_json::from_value(taft["adaptive"].clone()).map(Some).map_err(|e| {
+        Error::input(format!("{}: `adaptive` does not describe an adaptive layer: {e}", src.name("taft.json")))
+    })
+}
+
+/// The method's frozen parts and learning-rate groups (SPEC §5), unless the config sets
+/// its own `train.freeze` or `train.groups`.
+fn method_training(method: Method, train: &TrainConfig) -> TrainConfig {
+    let mut train = train.clone();
+    if method.frozen_encoder() && train.freeze.is_empty() {
+        train.freeze = vec!["embeddings.".into(), "encoder.".into()];
+    }
+    if method == Method::Taft && train.groups.is_empty() {
+        train.groups = vec![GroupRule { prefix: "adaptive.".into(), lr: 1e-3, weight_decay: 1e-5 }];
+    }
+    train
+}
+
+/// The examples of one task on each split.
+struct TaskData {
+    task: Task,
+    weight: f64,
+    train: Items,
+    val: Items,
+    test: Items,
+}
+
+impl TaskData {
+    fn new(
+        task: Task,
+        weight: f64,
+        config: &FinetuneConfig,
+        tokenizer: &TextTokenizer,
+        all: &[Conversation],
+    ) -> Result<TaskData> {
+        let rows = |split: Split| -> Vec<(String, i64)> {
+            all.iter()
+                .filter(|c| c.split == split)
+                .filter_map(|c| {
+                    let label = task.label(c, config.quirks)?;
+                    let texts: Vec<&str> = c.utterances.iter().map(|u| u.text.as_str()).collect();
+                    Some((tokenizer.join_utterances(&texts), label))
+                })
+                .collect()
+        };
+        let (train, val, test) = (rows(Split::Train), rows(Split::Val), rows(Split::Test));
+        for (rows, split) in [(&train, "train"), (&val, "val"), (&test, "test")] {
+            if rows.is_empty() {
+                return Err(Error::input(format!(
+                    "finetune: no conversation of the {split} split has a label for the task `{}`",
+                    task.name()
+                )));
+            }
+        }
+        Ok(TaskData {
+            task,
+            weight,
+            train: Items::new(tokenizer, train, config.max_length)?,
+            val: Items::new(tokenizer, val, config.max_length)?,
+            test: Items::new(tokenizer, test, config.max_length)?,
+        })
+    }
+
+    fn sampler(&self, kind: SamplerKind) -> Box<dyn Sampler + Send + Sync> {
+        match kind {
+            SamplerKind::Imbalanced => Box::new(Imbalanced::new(&self.train.labels)),
+            SamplerKind::Shuffle => Box::new(Shuffle(self.train.len())),
+        }
+    }
+
+    /// The most frequent training label.
+    fn majority(&self) -> i64 {
+        let mut counts = vec![0usize; self.task.classes().len()];
+        for &y in &self.train.labels {
+            counts[y as usize] += 1;
+        }
+        (0..counts.len()).max_by_key(|&c| (counts[c], std::cmp::Reverse(c))).unwrap_or(0) as i64
+    }
+}
+
+fn train_tasks(config: &FinetuneConfig, job: &TrainingJob) -> Result<(Fit, serde_json::Value)> {
+    let src = &job.src;
+    let adaptive = check_parent(config.method, src)?;
+    let device = config.train.device()?;
+    let (encoder_config, family, tokenizer) = src.read_model()?;
+    let positions = encoder_config.usable_positions();
+    if config.max_length as u64 > positions as u64 {
+        return Err(Error::config(format!(
+            "max_length {} exceeds the {positions} positions of the model {}",
+            config.max_length, src.url
+        )));
+    }
+    let tasks: Vec<TaskData> = config
+        .tasks()
+        .into_iter()
+        .map(|task| TaskData::new(task, config.weight(task), config, &tokenizer, &job.conversations))
+        .collect::<Result<_>>()?;
+    let data: serde_json::Map<String, serde_json::Value> = tasks
+        .iter()
+        .map(|t| {
+            let counts = serde_json::json!({"train": t.train.len(), "val": t.val.len(), "test": t.test.len()});
+            (t.task.name().to_string(), counts)
+        })
+        .collect();
+    tracing::info!(data = %serde_json::Value::Object(data.clone()), "conversation tasks");
+
+    tch::manual_seed(config.train.seed as i64);
+    let vs = nn::VarStore::new(device);
+    let heads: Vec<(String, i64)> =
+        tasks.iter().map(|t| (t.task.head().to_string(), t.task.classes().len() as i64)).collect();
+    let model = Classifier::new(&vs.root(), &encoder_config, family, adaptive.as_ref(), &heads, config.dropout);
+    // Step 1's encoder, adaptive layer and pooler; the task classifiers start fresh (step
+    // 1's role classifier is left out).
+    checkpoint::load_weights(&vs, src, &["classifiers."])?;
+    let objective = Tasks {
+        model: &model,
+        tasks: &tasks,
+        sampler: config.sampler,
+        pad: encoder_config.pad_id(),
+        batch_size: config.train.batch_size,
+        device,
+        single_class: Cell::new(0),
+    };
+    let fit = train::fit(&method_training(config.method, &config.train), &vs, &objective, &job.work)?;
+    let test = tch::no_grad(|| objective.test())?;
+
+    let classes: serde_json::Map<String, serde_json::Value> =
+        tasks.iter().map(|t| (t.task.head().to_string(), serde_json::json!(t.task.classes()))).collect();
+    let task_names: serde_json::Map<String, serde_json::Value> =
+        tasks.iter().map(|t| (t.task.head().to_string(), serde_json::json!(t.task.name()))).collect();
+    let fields = serde_json::json!({
+        "heads": classes,
+        "tasks": task_names,
+        "method": config.method.name(),
+        "adaptive": adaptive,
+        "max_length": config.max_length,
+        "finetune": {"best": fit.best, "test": headlines(&test)},
+    });
+    training::write_model_dir(job, &vs, &encoder_config, Arch::Base, fields)?;
+    let summary = serde_json::json!({
+        "method": config.method.name(),
+        "data": data,
+        "test": test,
+        "single_class_batches": objective.single_class.get(),
+    });
+    Ok((fit, summary))
+}
+
+/// The main scores of each task of a test report, beside the majority baseline's.
+fn headlines(test: &serde_json::Value) -> serde_json::Value {
+    let Some(tasks) = test["tasks"].as_object() else { return serde_json::Value::Null };
+    tasks
+        .iter()
+        .map(|(head, t)| {
+            let r = &t["report"];
+            let line = serde_json::json!({
+                "task": t["task"],
+                "accuracy": r["accuracy"],
+                "f1_weighted": r["weighted_avg"]["f1"],
+                "f1_macro": r["macro_avg"]["f1"],
+                "kappa": r["kappa"],
+                "mcc": r["mcc"],
+                "baseline_f1_macro": t["baseline"]["f1_macro"],
+            });
+            (head.clone(), line)
+        })
+        .collect::<serde_json::Map<_, _>>()
+        .into()
+}
+
+/// The multi-task objective of SPEC §5.
+struct Tasks<'a> {
+    model: &'a Classifier,
+    tasks: &'a [TaskData],
+    sampler: SamplerKind,
+    pad: i64,
+    batch_size: usize,
+    device: Device,
+    /// Task batches holding one class only (zero loss, SPEC §4), in this process.
+    single_class: Cell<u64>,
+}
+
+impl Tasks<'_> {
+    fn logits(&self, task: &TaskData, items: &Items, rows: &[usize], train: bool) -> (Tensor, Tensor) {
+        let (ids, mask, labels) = items.batch(rows, self.pad, self.device);
+        let mut out = self.model.forward_t(&ids, &mask, train);
+        (out.logits.remove(task.task.head()).expect("a classifier per task"), labels)
+    }
+
+    /// The combined sampler: one task's, or both walked with max-size cycle.
+    fn combined(&self) -> Box<dyn Sampler + '_> {
+        match self.tasks {
+            [one] => one.sampler(self.sampler),
+            [a, b] => Box::new(MaxSizeCycle::new(a.sampler(self.sampler), b.sampler(self.sampler), self.batch_size)),
+            _ => unreachable!("one or two tasks"),
+        }
+    }
+
+    /// Each task's report on the test split, with the majority-class baseline.
+    fn test(&self) -> Result<serde_json::Value> {
+        let mut tasks = serde_json::Map::new();
+        for t in self.tasks {
+            let (loss, preds) = t.test.scan(self.batch_size, |rows| self.logits(t, &t.test, rows, false));
+            let classes = t.task.classes().len();
+            let report = Report::new(&t.test.labels, &preds, classes).map_err(Error::Other)?;
+            let majority = vec![t.majority(); t.test.len()];
+            let baseline = Report::new(&t.test.labels, &majority, classes).map_err(Error::Other)?;
+            tasks.insert(
+                t.task.head().to_string(),
+                serde_json::json!({
+                    "task": t.task.name(),
+                    "classes": t.task.classes(),
+                    "loss": loss,
+                    "report": report,
+                    "baseline": {
+                        "class": t.task.classes()[t.majority() as usize],
+                        "accuracy": baseline.accuracy,
+                        "f1_macro": baseline.macro_avg.f1,
+                        "f1_weighted": baseline.weighted_avg.f1,
+                    },
+                }),
+            );
+        }
+        Ok(serde_json::json!({"tasks": tasks}))
+    }
+}
+
+impl Objective for Tasks<'_> {
+    fn sampler(&self) -> Box<dyn Sampler + '_> {
+        self.combined()
+    }
+
+    fn loss(&self, batch: &[usize], _seed: u64) -> Result<Tensor> {
+        let mut rows: Vec<Vec<usize>> = vec![Vec::new(); self.tasks.len()];
+        match self.tasks {
+            [_] => rows[0] = batch.to_vec(),
+            [a, b] => {
+                // Both samplers draw as many items per epoch as their task has.
+                for &i in batch {
+                    let (x, y) = MaxSizeCycle::unpack_for(i, a.train.len(), b.train.len());
+                    rows[0].extend(x);
+                    rows[1].extend(y);
+                }
+            }
+            _ => unreachable!("one or two tasks"),
+        }
+        let mut losses = Vec::new();
+        for (t, rows) in self.tasks.iter().zip(&rows) {
+            if rows.is_empty() {
+                continue;
+            }
+            let (logits, labels) = self.logits(t, &t.train, rows, true);
+            let task = weighted_loss(&logits, &labels);
+            if task.single_class {
+                self.single_class.set(self.single_class.get() + 1);
+            }
+            losses.push((t.weight, task.loss));
+        }
+        let refs: Vec<(f64, &Tensor)> = losses.iter().map(|(w, l)| (*w, l)).collect();
+        Ok(combine(&refs))
+    }
+
+    fn evaluate(&self) -> Result<Metrics> {
+        let mut metrics = Metrics::new();
+        let (mut weighted, mut total) = (0.0, 0.0);
+        for t in self.tasks {
+            let (loss, preds) = t.val.scan(self.batch_size, |rows| self.logits(t, &t.val, rows, false));
+            let report = Report::new(&t.val.labels, &preds, t.task.classes().len()).map_err(Error::Other)?;
+            let head = t.task.head();
+            metrics.insert(format!("{head}/loss"), loss);
+            metrics.insert(format!("{head}/accuracy"), report.accuracy);
+            metrics.insert(format!("{head}/f1_weighted"), report.weighted_avg.f1);
+            metrics.insert(format!("{head}/f1_macro"), report.macro_avg.f1);
+            weighted += t.weight * loss;
+            total += t.weight;
+        }
+        metrics.insert("loss".into(), weighted / total.max(f64::MIN_POSITIVE));
+        Ok(metrics)
+    }
+}

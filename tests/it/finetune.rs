@@ -1,0 +1,249 @@
+//! `taft finetune` (step 2 of every method): each method trains from its parent and learns
+//! the status on learnable data, frozen encoders stay bit for bit, the wrong parent and bad
+//! configs are refused, the batch count follows max-size cycle, and a killed run resumes to
+//! the same result.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use tch::Tensor;
+
+use crate::common::*;
+
+struct Parents {
+    _dir: tempfile::TempDir,
+    prep: PathBuf,
+    init: PathBuf,
+    adaptive: PathBuf,
+    direct: PathBuf,
+    dapt: PathBuf,
+}
+
+/// Learnable data with labeled splits, a tiny encoder, and the step-1 outputs every method
+/// starts from, made once.
+fn parents() -> &'static Parents {
+    static PARENTS: OnceLock<Parents> = OnceLock::new();
+    PARENTS.get_or_init(|| {
+        let dir = tempdir();
+        let p = |name: &str| dir.path().join(name);
+        taft_run(&["prep", "-o", s(&p("prep")), "--set", "synthetic={seed: 3, train: 300, val: 60, test: 60, unlabeled: 250, learnable: true}"]).ok();
+        taft_run(&[
+            "init", "-i", s(&p("prep")), "-o", s(&p("init")), "--set",
+            "scratch={vocab_size: 400, hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 4, intermediate_size: 64, max_length: 128}",
+        ])
+        .ok();
+        let (prep, init) = (p("prep"), p("init"));
+        let step1 = |step: &str, out: &str, extra: &[&str]| {
+            let out = p(out);
+            let mut args = vec![step, "-i", s(&prep), "-i", s(&init), "-o", s(&out)];
+            for set in ["train.epochs=1", "train.lr=1e-3", "train.batch_size=64", "train.threads=1"].iter().chain(extra) {
+                args.extend(["--set", set]);
+            }
+            taft_run(&args).ok();
+        };
+        step1("role", "adaptive", &["adaptive.heads=4", "adaptive.ffn=64"]);
+        step1("role", "direct", &["variant=direct"]);
+        step1("dapt", "dapt", &["block_size=64"]);
+        Parents { prep: p("prep"), init: p("init"), adaptive: p("adaptive"), direct: p("direct"), dapt: p("dapt"), _dir: dir }
+    })
+}
+
+/// `taft finetune` of `method` from `parent` into `out`: small, fast settings, then `sets`.
+fn finetune(method: &str, parent: &Path, out: &Path, sets: &[&str]) -> std::process::Command {
+    let mut cmd = taft();
+    cmd.args([
+        "finetune",
+        "-i",
+        s(&parents().prep),
+        "-i",
+        s(parent),
+        "-o",
+        s(out),
+        "--set",
+        &format!("method={method}"),
+    ]);
+    let base = [
+        "max_length=64",
+        "dropout=0.1",
+        "train.batch_size=16",
+        "train.epochs=6",
+        "train.lr=3e-3",
+        "train.threads=1",
+        "train.checkpoint_every=10",
+    ];
+    for set in base.iter().chain(sets) {
+        cmd.args(["--set", set]);
+    }
+    cmd
+}
+
+fn tensors(path: &Path) -> HashMap<String, Tensor> {
+    Tensor::read_safetensors(path).unwrap().into_iter().collect()
+}
+
+/// Whether every tensor of `a` whose name starts with one of `prefixes` equals `b`'s, bit for bit.
+fn same(a: &HashMap<String, Tensor>, b: &HashMap<String, Tensor>, prefixes: &[&str]) -> bool {
+    let names: Vec<&String> = a.keys().filter(|n| prefixes.iter().any(|p| n.starts_with(p))).collect();
+    assert!(!names.is_empty(), "no tensor under {prefixes:?}");
+    names.iter().all(|n| b.get(*n).is_some_and(|t| t.equal(&a[*n])))
+}
+
+/// (macro F1, baseline macro F1) of the status task in a finetune output.
+fn status_scores(out: &Path) -> (f64, f64) {
+    let m = manifest(out).unwrap();
+    let status = &m["summary"]["test"]["status"];
+    (status["f1_macro"].as_f64().unwrap(), status["baseline_f1_macro"].as_f64().unwrap())
+}
+
+#[test]
+fn every_method_trains_from_its_parent_and_frozen_encoders_stay_bit_for_bit() {
+    let p = parents();
+    let dir = tempdir();
+    let run_method = |method: &str, parent: &Path, extra: &[&str]| {
+        let out = dir.path().join(method);
+        run(&mut finetune(method, parent, &out, extra)).ok();
+        out
+    };
+    let taft = run_method("taft", &p.adaptive, &[]);
+    let noadapt = run_method("noadapt", &p.direct, &[]);
+    let tapt = run_method("tapt", &p.direct, &[]);
+    let plain = run_method("finetune", &p.init, &[]);
+    let dapt = run_method("dapt", &p.dapt, &["task=pc"]);
+
+    let scores: Vec<(&str, (f64, f64))> =
+        [("taft", &taft), ("noadapt", &noadapt), ("tapt", &tapt), ("finetune", &plain)]
+            .map(|(m, o)| (m, status_scores(o)))
+            .to_vec();
+    eprintln!("finetune on learnable data, status macro F1 (majority baseline): {scores:?}");
+    // The methods that train what reads the words (the adaptive layer, or the encoder) learn
+    // the status well above the majority class; noadapt's pooler on a frozen tiny encoder's
+    // first token has little to learn from, and is no worse than the baseline.
+    for (method, (f1, baseline)) in &scores {
+        match *method {
+            "noadapt" => assert!(f1 >= baseline, "{method}: {f1} < {baseline}"),
+            _ => assert!(*f1 > baseline + 0.1, "{method}: {f1} vs baseline {baseline}"),
+        }
+    }
+    assert!(scores[0].1 .0 > scores[1].1 .0, "the adaptive layer is what taft adds to noadapt: {scores:?}");
+    let dapt_report = manifest(&dapt).unwrap();
+    let pc = &dapt_report["summary"]["test"]["status"];
+    assert_eq!(pc["task"], "pc");
+    assert!(dapt_report["summary"]["test"].get("satisfaction").is_none(), "dapt trains one task");
+
+    // Encoders: frozen after taft and noadapt, trained after the others.
+    let weights = |dir: &Path| tensors(&dir.join("model.safetensors"));
+    assert!(same(&weights(&p.adaptive), &weights(&taft), &["embeddings.", "encoder."]));
+    assert!(same(&weights(&p.direct), &weights(&noadapt), &["embeddings.", "encoder."]));
+    assert!(!same(&weights(&p.direct), &weights(&tapt), &["encoder."]));
+    assert!(!same(&weights(&p.init), &weights(&plain), &["encoder."]));
+    assert!(!same(&weights(&p.adaptive), &weights(&taft), &["pooler."]), "taft trains the pooler");
+    // taft carries step 1's adaptive layer on, trained further; the role classifier is gone.
+    let heads = tensors(&taft.join("heads.safetensors"));
+    assert!(!same(&tensors(&p.adaptive.join("heads.safetensors")), &heads, &["adaptive."]));
+    let mut names: Vec<&String> = heads.keys().filter(|n| n.starts_with("classifiers.")).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "classifiers.satisfaction.bias",
+            "classifiers.satisfaction.weight",
+            "classifiers.status.bias",
+            "classifiers.status.weight"
+        ]
+    );
+    assert_eq!(heads["classifiers.status.weight"].size(), [4, 32]);
+    assert_eq!(heads["classifiers.satisfaction.weight"].size(), [3, 32]);
+
+    // The report: per task its metrics, classes, confusion and the majority baseline.
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(taft.join("test_report.json")).unwrap()).unwrap();
+    let status = &report["tasks"]["status"];
+    assert_eq!(status["classes"], serde_json::json!(["solved", "to be tested", "out of scope", "no solution"]));
+    let support: u64 =
+        status["report"]["per_class"].as_array().unwrap().iter().map(|c| c["support"].as_u64().unwrap()).sum();
+    let m = manifest(&taft).unwrap();
+    assert_eq!(support, m["summary"]["data"]["status"]["test"].as_u64().unwrap());
+    assert!(status["baseline"]["class"].is_string());
+    let taft_json: serde_json::Value = serde_json::from_slice(&std::fs::read(taft.join("taft.json")).unwrap()).unwrap();
+    assert_eq!(taft_json["heads"]["satisfaction"], serde_json::json!(["negative", "neutral", "positive"]));
+    assert_eq!(taft_json["method"], "taft");
+    let steps: Vec<&str> =
+        taft_json["lineage"].as_array().unwrap().iter().map(|l| l["step"].as_str().unwrap()).collect();
+    assert_eq!(steps, ["init", "role", "finetune"]);
+}
+
+#[test]
+fn the_batch_count_follows_max_size_cycle() {
+    let p = parents();
+    let dir = tempdir();
+    let out = dir.path().join("cycle");
+    run(&mut finetune("tapt", &p.direct, &out, &["train.epochs=1", "train.batch_size=32"])).ok();
+    let m = manifest(&out).unwrap();
+    let data = &m["summary"]["data"];
+    let (status, satisfaction) = (data["status"]["train"].as_u64().unwrap(), data["satis3"]["train"].as_u64().unwrap());
+    assert!(status < satisfaction, "aborted conversations leave the status task: {data}");
+    // One optimizer step is a batch of each task; an epoch ends with the longer one.
+    assert_eq!(m["summary"]["steps"].as_u64().unwrap(), satisfaction.div_ceil(32).max(status.div_ceil(32)));
+}
+
+#[test]
+fn the_wrong_parent_is_refused() {
+    let p = parents();
+    let dir = tempdir();
+    let out = dir.path().join("wrong");
+    for (method, parent, found, want) in [
+        ("taft", &p.direct, "a `role` output of variant direct", "a `role` output of variant adaptive"),
+        ("noadapt", &p.adaptive, "a `role` output of variant adaptive", "a `role` output of variant direct"),
+        ("tapt", &p.init, "a `init` output", "a `role` output of variant direct"),
+        ("dapt", &p.direct, "a `role` output of variant direct", "a `dapt` output"),
+        ("finetune", &p.dapt, "a `dapt` output", "a `init` output"),
+    ] {
+        let r = run(&mut finetune(method, parent, &out, &[]));
+        assert_eq!(r.code, 2, "{method}: {}", r.stderr);
+        let msg = format!("method `{method}` needs {want} as its model; {} is {found}", s(parent));
+        assert!(r.stderr.contains(&msg), "{method}: expected {msg:?} in {}", r.stderr);
+    }
+    assert!(manifest(&out).is_none());
+}
+
+#[test]
+fn bad_finetune_configs_are_refused_naming_the_key() {
+    let p = parents();
+    let dir = tempdir();
+    let out = dir.path().join("bad");
+    for (method, set, want) in [
+        ("best", "train.epochs=1", "unknown variant `best`"),
+        ("dapt", "satisfaction=satis7", "satisfaction: the dapt method trains one task"),
+        ("taft", "task=pc", "task: only the dapt method takes `task`"),
+        ("taft", "status=severity", "key `status`: unknown variant `severity`"),
+        ("taft", "dropout=1.5", "dropout 1.5 must be in [0, 1)"),
+        ("taft", "max_length=1000", "max_length 1000 exceeds the 128 positions"),
+        ("taft", "loss_weights.status=-1", "loss_weights: non-negative numbers"),
+    ] {
+        let r = run(&mut finetune(method, &p.adaptive, &out, &[set]));
+        assert_eq!(r.code, 2, "{method} {set}: {}", r.stderr);
+        assert!(r.stderr.contains(want), "{method} {set}: expected {want:?} in {}", r.stderr);
+    }
+}
+
+#[test]
+fn a_killed_finetune_resumes_to_the_same_metrics_and_weights() {
+    let p = parents();
+    let dir = tempdir();
+    let (whole, killed) = (dir.path().join("whole"), dir.path().join("killed"));
+    let sets = ["train.epochs=3", "train.checkpoint_every=5"];
+    run(&mut finetune("taft", &p.adaptive, &whole, &sets)).ok();
+    crate::dapt::kill_after_checkpoint(
+        &mut finetune("taft", &p.adaptive, &killed, &sets),
+        &killed.join("_work/state.json"),
+        20,
+    );
+    assert!(manifest(&killed).is_none());
+    let r = run(&mut finetune("taft", &p.adaptive, &killed, &sets)).ok();
+    assert!(r.stderr.contains("resuming from the checkpoint"), "{}", r.stderr);
+    assert_eq!(crate::dapt::records(&whole), crate::dapt::records(&killed));
+    for file in ["model.safetensors", "heads.safetensors"] {
+        assert!(std::fs::read(whole.join(file)).unwrap() == std::fs::read(killed.join(file)).unwrap(), "{file}");
+    }
+}
