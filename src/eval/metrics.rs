@@ -106,6 +106,39 @@ impl Report {
     }
 }
 
+impl Report {
+    /// The report as scikit-learn's `classification_report(..., output_dict=True)` gives it:
+    /// each class name → precision, recall, f1-score, support; `accuracy`; `macro avg`;
+    /// `weighted avg`.
+    pub fn classification_report(&self, classes: &[&str]) -> serde_json::Value {
+        let row = |s: &Scores| serde_json::json!({"precision": s.precision, "recall": s.recall, "f1-score": s.f1, "support": s.support});
+        let mut out = serde_json::Map::new();
+        for (name, s) in classes.iter().zip(&self.per_class) {
+            out.insert(name.to_string(), row(s));
+        }
+        out.insert("accuracy".into(), serde_json::json!(self.accuracy));
+        out.insert("macro avg".into(), row(&self.macro_avg));
+        out.insert("weighted avg".into(), row(&self.weighted_avg));
+        serde_json::Value::Object(out)
+    }
+
+    /// The report as a TSV table: a header, one row per class, then accuracy and the
+    /// averages (as scikit-learn prints them, with four decimals).
+    pub fn classification_tsv(&self, classes: &[&str]) -> String {
+        let mut out = String::from("class\tprecision\trecall\tf1-score\tsupport\n");
+        let row = |name: &str, s: &Scores| {
+            format!("{name}\t{:.4}\t{:.4}\t{:.4}\t{}\n", s.precision, s.recall, s.f1, s.support)
+        };
+        for (name, s) in classes.iter().zip(&self.per_class) {
+            out.push_str(&row(name, s));
+        }
+        out.push_str(&format!("accuracy\t\t\t{:.4}\t{}\n", self.accuracy, self.macro_avg.support));
+        out.push_str(&row("macro avg", &self.macro_avg));
+        out.push_str(&row("weighted avg", &self.weighted_avg));
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,6 +17,7 @@ macro_rules! step_io {
 }
 
 pub mod dapt;
+pub mod evaluate;
 pub mod finetune;
 pub mod init;
 pub mod io;
@@ -98,6 +99,7 @@ registry! {
     Dapt => dapt::Dapt, runs: cfg!(feature = "train");
     Role => role::Role, runs: cfg!(feature = "train");
     Finetune => finetune::Finetune, runs: cfg!(feature = "train");
+    Evaluate => evaluate::Evaluate, runs: cfg!(feature = "train");
 }
 
 impl StepKind {

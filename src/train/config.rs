@@ -99,6 +99,11 @@ impl TrainConfig {
         if self.threads.is_some() {
             return Ok(self.threads);
         }
+        Self::env_threads()
+    }
+
+    /// `TAFT_THREADS`, when set (a number in 1..=1024).
+    pub fn env_threads() -> Result<Option<usize>> {
         let Ok(text) = std::env::var(THREADS_VAR) else { return Ok(None) };
         match text.trim().parse::<usize>() {
             Ok(n) if (1..=1024).contains(&n) => Ok(Some(n)),

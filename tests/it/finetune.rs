@@ -11,18 +11,18 @@ use tch::Tensor;
 
 use crate::common::*;
 
-struct Parents {
+pub struct Parents {
     _dir: tempfile::TempDir,
-    prep: PathBuf,
-    init: PathBuf,
-    adaptive: PathBuf,
-    direct: PathBuf,
-    dapt: PathBuf,
+    pub prep: PathBuf,
+    pub init: PathBuf,
+    pub adaptive: PathBuf,
+    pub direct: PathBuf,
+    pub dapt: PathBuf,
 }
 
 /// Learnable data with labeled splits, a tiny encoder, and the step-1 outputs every method
 /// starts from, made once.
-fn parents() -> &'static Parents {
+pub fn parents() -> &'static Parents {
     static PARENTS: OnceLock<Parents> = OnceLock::new();
     PARENTS.get_or_init(|| {
         let dir = tempdir();
@@ -50,7 +50,7 @@ fn parents() -> &'static Parents {
 }
 
 /// `taft finetune` of `method` from `parent` into `out`: small, fast settings, then `sets`.
-fn finetune(method: &str, parent: &Path, out: &Path, sets: &[&str]) -> std::process::Command {
+pub fn finetune(method: &str, parent: &Path, out: &Path, sets: &[&str]) -> std::process::Command {
     let mut cmd = taft();
     cmd.args([
         "finetune",

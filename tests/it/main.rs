@@ -7,6 +7,8 @@ mod contract;
 #[cfg(feature = "train")]
 mod dapt;
 #[cfg(feature = "train")]
+mod evaluate;
+#[cfg(feature = "train")]
 mod finetune;
 #[cfg(feature = "train")]
 mod init;

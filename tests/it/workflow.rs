@@ -24,6 +24,8 @@ fn demo_workflow_runs_the_same_twice_then_is_up_to_date() {
         ("role", "heads.safetensors"),
         ("finetune", "heads.safetensors"),
         ("finetune", "test_report.json"),
+        ("evaluate", "predictions.parquet"),
+        ("evaluate", "confusion_status.png"),
     ] {
         let (a, b) =
             (std::fs::read(store.join(step).join(file)).unwrap(), std::fs::read(again.join(step).join(file)).unwrap());
@@ -52,7 +54,9 @@ fn demo_workflow_runs_the_same_twice_then_is_up_to_date() {
     let (f1, baseline) = (status["f1_macro"].as_f64().unwrap(), status["baseline_f1_macro"].as_f64().unwrap());
     assert!(f1 > baseline, "the demo's TAFT model beats the majority class on the status: {status}");
     let r = taft_run(&["run", "workflows/demo.yaml", "--store", s(&store)]).ok();
-    for step in ["prep", "init", "dapt", "role", "finetune"] {
+    let evaluated = manifest(&store.join("evaluate")).unwrap();
+    assert_eq!(evaluated["summary"]["tasks"]["status"]["f1_macro"].as_f64(), status["f1_macro"].as_f64());
+    for step in ["prep", "init", "dapt", "role", "finetune", "evaluate"] {
         assert!(r.stdout.contains(&format!("{step}: up to date")), "{}", r.stdout);
     }
 }

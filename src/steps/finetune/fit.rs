@@ -205,6 +205,7 @@ fn train_tasks(config: &FinetuneConfig, job: &TrainingJob) -> Result<(Fit, serde
         "method": config.method.name(),
         "adaptive": adaptive,
         "max_length": config.max_length,
+        "quirks": config.quirks,
         "finetune": {"best": fit.best, "test": headlines(&test)},
     });
     training::write_model_dir(job, &vs, &encoder_config, Arch::Base, fields)?;

@@ -1,0 +1,98 @@
+//! `predictions.parquet`: one row per scored item — its conversation id (and utterance index
+//! for utterance-level models), then per task the true label (null when the item has none),
+//! the predicted label, the predicted class name and the class probabilities.
+
+use std::sync::Arc;
+
+use arrow_array::builder::{Float32Builder, Int32Builder, Int64Builder, ListBuilder, StringBuilder};
+use arrow_array::{ArrayRef, RecordBatch};
+use arrow_schema::{DataType, Field, Schema};
+use bytes::Bytes;
+use parquet::arrow::ArrowWriter;
+
+use crate::data::ConvId;
+use crate::error::{Error, Result};
+
+/// The predictions of one task.
+pub struct TaskPredictions<'a> {
+    /// The column prefix: the task's head (`status`, `satisfaction`, `role`).
+    pub head: &'a str,
+    pub classes: &'a [String],
+    /// The true label of each item, when it has one.
+    pub labels: &'a [Option<i64>],
+    /// Class probabilities of each item.
+    pub probs: &'a [Vec<f32>],
+}
+
+/// Writes the rows as a Parquet file (zstd).
+pub fn write(ids: &[ConvId], utterances: Option<&[i32]>, tasks: &[TaskPredictions]) -> Result<Bytes> {
+    let mut fields = Vec::new();
+    let mut columns: Vec<ArrayRef> = Vec::new();
+    if ids.iter().all(|id| matches!(id, ConvId::Int(_))) {
+        let mut b = Int64Builder::with_capacity(ids.len());
+        for id in ids {
+            if let ConvId::Int(i) = id {
+                b.append_value(*i);
+            }
+        }
+        fields.push(Field::new("id", DataType::Int64, false));
+        columns.push(Arc::new(b.finish()));
+    } else {
+        let mut b = StringBuilder::new();
+        for id in ids {
+            match id {
+                ConvId::Str(s) => b.append_value(s),
+                ConvId::Int(i) => b.append_value(i.to_string()),
+            }
+        }
+        fields.push(Field::new("id", DataType::Utf8, false));
+        columns.push(Arc::new(b.finish()));
+    }
+    if let Some(u) = utterances {
+        let mut b = Int32Builder::with_capacity(u.len());
+        b.append_slice(u);
+        fields.push(Field::new("utterance", DataType::Int32, false));
+        columns.push(Arc::new(b.finish()));
+    }
+    for t in tasks {
+        if t.labels.len() != ids.len() || t.probs.len() != ids.len() {
+            return Err(Error::Other(format!(
+                "predictions of `{}`: {} labels, {} rows",
+                t.head,
+                t.labels.len(),
+                ids.len()
+            )));
+        }
+        let (mut label, mut pred, mut class) = (Int32Builder::new(), Int32Builder::new(), StringBuilder::new());
+        let mut probs =
+            ListBuilder::new(Float32Builder::new()).with_field(Arc::new(Field::new("item", DataType::Float32, false)));
+        for (y, p) in t.labels.iter().zip(t.probs) {
+            label.append_option(y.map(|y| y as i32));
+            let best = (0..p.len()).max_by(|&a, &b| p[a].total_cmp(&p[b]).then(b.cmp(&a))).unwrap_or(0);
+            pred.append_value(best as i32);
+            class.append_value(t.classes.get(best).map_or("", String::as_str));
+            probs.values().append_slice(p);
+            probs.append(true);
+        }
+        let item = Arc::new(Field::new("item", DataType::Float32, false));
+        fields.push(Field::new(format!("{}_label", t.head), DataType::Int32, true));
+        fields.push(Field::new(format!("{}_pred", t.head), DataType::Int32, false));
+        fields.push(Field::new(format!("{}_class", t.head), DataType::Utf8, false));
+        fields.push(Field::new(format!("{}_probs", t.head), DataType::List(item), false));
+        columns.push(Arc::new(label.finish()));
+        columns.push(Arc::new(pred.finish()));
+        columns.push(Arc::new(class.finish()));
+        columns.push(Arc::new(probs.finish()));
+    }
+    let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?;
+    let props = parquet::file::properties::WriterProperties::builder()
+        .set_compression(parquet::basic::Compression::ZSTD(parquet::basic::ZstdLevel::try_new(3).expect("valid level")))
+        .set_created_by(crate::store::manifest::program())
+        .build();
+    let perr = |source| Error::Parquet { url: "predictions.parquet".into(), source };
+    let mut out = Vec::new();
+    let mut writer = ArrowWriter::try_new(&mut out, batch.schema(), Some(props)).map_err(perr)?;
+    writer.write(&batch).map_err(perr)?;
+    writer.close().map_err(perr)?;
+    Ok(Bytes::from(out))
+}
