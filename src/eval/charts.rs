@@ -196,6 +196,68 @@ fn panel(
     Ok(())
 }
 
+/// Grouped bars: one group per entry of `groups`, one bar per series (its values by group),
+/// scores up to 1 (negative ones, such as a kappa below chance, drawn down from 0).
+pub fn bars_png(title: &str, groups: &[String], series: &[(String, Vec<f64>)]) -> Result<Vec<u8>> {
+    font()?;
+    // Each group takes one slot per series and an empty one between groups.
+    let per_group = series.len() as i32 + 1;
+    let slots = (groups.len() as i32 * per_group).max(1);
+    let size = ((260 + 30 * slots as u32).max(700), 520u32);
+    let mut buffer = vec![0u8; (size.0 * size.1 * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut buffer, size).into_drawing_area();
+        root.fill(&WHITE).map_err(draw_error)?;
+        let low = series.iter().flat_map(|(_, v)| v.iter()).copied().filter(|v| v.is_finite()).fold(0.0f64, f64::min);
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, (FAMILY, 24))
+            .margin(16)
+            .x_label_area_size(50)
+            .y_label_area_size(60)
+            .build_cartesian_2d((0..slots - 1).into_segmented(), (low - 0.05).min(0.0)..1.05)
+            .map_err(draw_error)?;
+        let middle = (series.len() as i32 - 1) / 2;
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(slots as usize)
+            .x_label_formatter(&|v| match v {
+                SegmentValue::CenterOf(i) if i % per_group == middle => {
+                    groups.get((i / per_group) as usize).cloned().unwrap_or_default()
+                }
+                _ => String::new(),
+            })
+            .x_label_style((FAMILY, 12))
+            .y_desc("score")
+            .label_style((FAMILY, 14))
+            .axis_desc_style((FAMILY, 16))
+            .draw()
+            .map_err(draw_error)?;
+        for (j, (name, values)) in series.iter().enumerate() {
+            let color = Palette99::pick(j).to_rgba();
+            let bars = values.iter().enumerate().filter(|(_, v)| v.is_finite()).map(|(g, &v)| {
+                let slot = g as i32 * per_group + j as i32;
+                Rectangle::new([(SegmentValue::Exact(slot), 0.0), (SegmentValue::Exact(slot + 1), v)], color.filled())
+            });
+            chart
+                .draw_series(bars)
+                .map_err(draw_error)?
+                .label(name.clone())
+                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 14, y + 5)], color.filled()));
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font((FAMILY, 14))
+            .draw()
+            .map_err(draw_error)?;
+        root.present().map_err(draw_error)?;
+    }
+    png(buffer, size)
+}
+
 /// The series of a run's `metrics.jsonl` records: the training loss and each evaluation's
 /// losses (left), and each evaluation's other metrics (right).
 pub fn run_series(records: &[serde_json::Value]) -> (Vec<Series>, Vec<Series>) {
@@ -254,5 +316,9 @@ mod tests {
         assert_eq!(right[0].points.len(), 4);
         let img = decode(&curves_png("run", &left, &right).unwrap());
         assert_eq!(img.dimensions(), (1200, 500));
+        let groups = vec!["taft status".to_string(), "tapt status".to_string()];
+        let series = vec![("accuracy".to_string(), vec![0.6, 0.7]), ("kappa".to_string(), vec![-0.1, 0.4])];
+        let bars = bars_png("comparison", &groups, &series).unwrap();
+        assert_eq!(decode(&bars).dimensions(), (700, 520));
     }
 }

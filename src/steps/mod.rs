@@ -16,6 +16,7 @@ macro_rules! step_io {
     };
 }
 
+pub mod compare;
 pub mod dapt;
 pub mod evaluate;
 pub mod finetune;
@@ -100,6 +101,7 @@ registry! {
     Role => role::Role, runs: cfg!(feature = "train");
     Finetune => finetune::Finetune, runs: cfg!(feature = "train");
     Evaluate => evaluate::Evaluate, runs: cfg!(feature = "train");
+    Compare => compare::Compare, runs: true;
 }
 
 impl StepKind {

@@ -164,3 +164,34 @@ fn role_models_are_scored_by_utterance_and_bad_inputs_are_refused() {
     }
     assert!(manifest(&bad).is_none());
 }
+
+#[test]
+fn compare_puts_finetune_and_evaluate_outputs_side_by_side() {
+    let dir = tempdir();
+    let evaluated = dir.path().join("evaluated");
+    evaluate(model(), &evaluated, &[]).ok();
+    let out = dir.path().join("compare");
+    taft_run(&["compare", "-i", s(model()), "-i", s(&evaluated), "-o", s(&out), "--set", "title=two views"]).ok();
+    let tsv = std::fs::read_to_string(out.join("comparison.tsv")).unwrap();
+    let rows: Vec<Vec<&str>> = tsv.lines().map(|l| l.split('\t').collect()).collect();
+    assert_eq!(
+        rows[0],
+        ["name", "method", "task", "split", "accuracy", "f1_weighted", "f1_macro", "kappa", "mcc", "baseline_f1_macro"]
+    );
+    assert_eq!(rows.len(), 1 + 4, "two outputs × status and satisfaction: {tsv}");
+    assert_eq!((rows[1][0], rows[1][1], rows[1][2]), ("tapt", "tapt", "status"));
+    assert_eq!((rows[3][0], rows[3][2], rows[3][3]), ("evaluated", "status", "test"));
+    // The same model on the same split: the same figures either way.
+    assert_eq!(rows[1][4..], rows[3][4..]);
+    assert!(std::fs::read_to_string(out.join("comparison.md")).unwrap().contains("| tapt | tapt | status | test |"));
+    let png = image::load_from_memory_with_format(
+        &std::fs::read(out.join("comparison.png")).unwrap(),
+        image::ImageFormat::Png,
+    )
+    .unwrap();
+    assert_eq!(png.height(), 520);
+    // Only finetune and evaluate outputs have figures to compare.
+    let r = taft_run(&["compare", "-i", s(&parents().prep), "-o", s(&dir.path().join("bad"))]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("a `prep` output; compare takes finetune or evaluate outputs"), "{}", r.stderr);
+}

@@ -74,24 +74,39 @@ fn a_step_rides_out_a_restart_of_the_server_during_an_upload() {
     let mut server = S3Server::start(&dir.path().join("s3"));
     server.bucket("data");
     let mut child = big_prep(&server, "s3://data/runs/restart")
-        .stdout(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     wait_for_an_upload(&server, &mut child);
-    server.stop();
-    std::thread::sleep(Duration::from_secs(2));
-    server.restart();
-    let output = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "the step gave up during the restart: {stderr}");
-    let retries: Vec<serde_json::Value> = events(&stderr)
-        .into_iter()
-        .filter(|e| {
-            e["target"].as_str().is_some_and(|t| t.starts_with("object_store"))
-                && e["message"].as_str().is_some_and(|m| m.contains("retry"))
+    // Read the step's logs as they come, to restart the server once the step has met it down.
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let reader = {
+        let (lines, pipe) = (lines.clone(), child.stderr.take().unwrap());
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+                lines.lock().unwrap().push(line);
+            }
         })
-        .collect();
+    };
+    let is_retry = |e: &serde_json::Value| {
+        e["target"].as_str().is_some_and(|t| t.starts_with("object_store"))
+            && e["message"].as_str().is_some_and(|m| m.contains("retry"))
+    };
+    server.stop();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !lines.lock().unwrap().iter().filter_map(|l| serde_json::from_str(l).ok()).any(|e| is_retry(&e)) {
+        assert!(std::time::Instant::now() < deadline, "the step made no request while the server was down");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    server.restart();
+    let status = child.wait().unwrap();
+    reader.join().unwrap();
+    let stderr = lines.lock().unwrap().join("\n");
+    assert!(status.success(), "the step gave up during the restart: {stderr}");
+    let retries: Vec<serde_json::Value> = events(&stderr).into_iter().filter(is_retry).collect();
     assert!(!retries.is_empty(), "no retry was logged: {stderr}");
     eprintln!("s3 restart during an upload: {} request(s) retried, e.g. {}", retries.len(), retries[0]["message"]);
     let out = dir.path().join("s3/data/runs/restart");

@@ -26,6 +26,9 @@ fn demo_workflow_runs_the_same_twice_then_is_up_to_date() {
         ("finetune", "test_report.json"),
         ("evaluate", "predictions.parquet"),
         ("evaluate", "confusion_status.png"),
+        ("tapt", "model.safetensors"),
+        ("compare", "comparison.tsv"),
+        ("compare", "comparison.png"),
     ] {
         let (a, b) =
             (std::fs::read(store.join(step).join(file)).unwrap(), std::fs::read(again.join(step).join(file)).unwrap());
@@ -56,7 +59,9 @@ fn demo_workflow_runs_the_same_twice_then_is_up_to_date() {
     let r = taft_run(&["run", "workflows/demo.yaml", "--store", s(&store)]).ok();
     let evaluated = manifest(&store.join("evaluate")).unwrap();
     assert_eq!(evaluated["summary"]["tasks"]["status"]["f1_macro"].as_f64(), status["f1_macro"].as_f64());
-    for step in ["prep", "init", "dapt", "role", "finetune", "evaluate"] {
+    let table = std::fs::read_to_string(store.join("compare/comparison.md")).unwrap();
+    assert_eq!(table.lines().count(), 2 + 4, "TAFT and TAPT, status and satisfaction: {table}");
+    for step in ["prep", "init", "dapt", "role", "role-direct", "finetune", "tapt", "evaluate", "compare"] {
         assert!(r.stdout.contains(&format!("{step}: up to date")), "{}", r.stdout);
     }
 }
