@@ -62,7 +62,7 @@ fn demo_workflow_runs_the_same_twice_then_is_up_to_date() {
     let table = std::fs::read_to_string(store.join("compare/comparison.md")).unwrap();
     assert_eq!(table.lines().count(), 2 + 4, "TAFT and TAPT, status and satisfaction: {table}");
     for step in ["prep", "init", "dapt", "role", "role-direct", "finetune", "tapt", "evaluate", "compare"] {
-        assert!(r.stdout.contains(&format!("{step}: up to date")), "{}", r.stdout);
+        assert!(r.stdout.contains(&format!(": up to date: {}/{step}\n", s(&store))), "{step}: {}", r.stdout);
     }
 }
 
