@@ -135,6 +135,18 @@ impl EncoderConfig {
         }
     }
 
+    /// Refuses an input length (the setting `key`) beyond the usable positions of the model at
+    /// `model` (its URL, for the message).
+    pub fn check_length(&self, key: &str, length: usize, model: &str) -> Result<()> {
+        let positions = self.usable_positions();
+        if length as u64 > positions.max(0) as u64 {
+            return Err(Error::config(format!(
+                "{key} {length} exceeds the {positions} positions of the model {model}"
+            )));
+        }
+        Ok(())
+    }
+
     /// The padding token id (BERT 0, RoBERTa 1 unless the file says otherwise).
     pub fn pad_id(&self) -> i64 {
         self.pad_token_id.unwrap_or(match self.model_type.as_str() {

@@ -24,13 +24,7 @@ fn train_mlm(config: &DaptConfig, job: &TrainingJob) -> Result<(Fit, serde_json:
     let src = &job.src;
     let device = config.train.device()?;
     let (encoder_config, family, tokenizer) = src.read_model()?;
-    let positions = encoder_config.usable_positions();
-    if config.block_size as u64 > positions as u64 {
-        return Err(Error::config(format!(
-            "block_size {} exceeds the {positions} positions of the model {}",
-            config.block_size, src.url
-        )));
-    }
+    encoder_config.check_length("block_size", config.block_size, &src.url)?;
 
     // Utterances in corpus order, each tagged with its side of the split.
     let mut texts: Vec<(bool, String)> = io::pretraining_corpus(job.conversations.clone())

@@ -154,13 +154,7 @@ fn train_tasks(config: &FinetuneConfig, job: &TrainingJob) -> Result<(Fit, serde
     let adaptive = check_parent(config.method, src)?;
     let device = config.train.device()?;
     let (encoder_config, family, tokenizer) = src.read_model()?;
-    let positions = encoder_config.usable_positions();
-    if config.max_length as u64 > positions as u64 {
-        return Err(Error::config(format!(
-            "max_length {} exceeds the {positions} positions of the model {}",
-            config.max_length, src.url
-        )));
-    }
+    encoder_config.check_length("max_length", config.max_length, &src.url)?;
     let tasks: Vec<TaskData> = config
         .tasks()
         .into_iter()

@@ -49,13 +49,7 @@ fn train_role(config: &RoleConfig, job: &TrainingJob) -> Result<(Fit, serde_json
             )));
         }
     }
-    let positions = encoder_config.usable_positions();
-    if config.max_length as u64 > positions as u64 {
-        return Err(Error::config(format!(
-            "max_length {} exceeds the {positions} positions of the model {}",
-            config.max_length, src.url
-        )));
-    }
+    encoder_config.check_length("max_length", config.max_length, &src.url)?;
 
     let unlabeled: Vec<&Conversation> = conversations.iter().filter(|c| c.split == Split::Unlabeled).collect();
     let (train_rows, val_rows) = match config.split {
