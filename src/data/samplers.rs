@@ -220,9 +220,54 @@ impl Sampler for MaxSizeCycle {
     }
 }
 
+/// Batches of a window hold this many batches' worth of items (the HF Trainer's megabatch).
+pub const LENGTH_WINDOW: usize = 50;
+
+/// Another sampler's draws regrouped by [`group_by_length`]: the same items per epoch, in
+/// batches of similar lengths (`train.group_by_length`).
+pub struct ByLength {
+    inner: Box<dyn Sampler + Send + Sync>,
+    lengths: Vec<usize>,
+    batch: usize,
+}
+
+impl ByLength {
+    /// `lengths[i]`: the tokens of item `i`.
+    pub fn new(inner: Box<dyn Sampler + Send + Sync>, lengths: Vec<usize>, batch: usize) -> Self {
+        ByLength { inner, lengths, batch }
+    }
+
+    /// `inner` regrouped when `on`, else `inner` itself.
+    pub fn wrap(
+        on: bool,
+        inner: Box<dyn Sampler + Send + Sync>,
+        lengths: impl FnOnce() -> Vec<usize>,
+        batch: usize,
+    ) -> Box<dyn Sampler + Send + Sync> {
+        if on {
+            Box::new(ByLength::new(inner, lengths(), batch))
+        } else {
+            inner
+        }
+    }
+}
+
+impl Sampler for ByLength {
+    fn len(&self) -> usize {
+        self.inner.len()
+    }
+
+    fn order(&self, seed: u64, epoch: u64) -> Vec<usize> {
+        let order = self.inner.order(seed, epoch);
+        group_by_length(&order, |i| self.lengths[i], self.batch, LENGTH_WINDOW, seed, epoch)
+    }
+}
+
 /// Cuts `order` into windows of `window` batches, sorts each window by `length` (longest
 /// first), cuts it into batches and shuffles the batches: batches of similar lengths (little
 /// padding) in an order as random as the sampler's (the HF Trainer's `group_by_length`).
+/// Short batches (a window's tail) go last, so that cutting the result every `batch` items
+/// gives the same batches.
 pub fn group_by_length(
     order: &[usize],
     length: impl Fn(usize) -> usize,
@@ -239,7 +284,9 @@ pub fn group_by_length(
         batches.extend(sorted.chunks(batch.max(1)).map(<[usize]>::to_vec));
     }
     batches.shuffle(&mut rng);
-    batches.concat()
+    let (mut whole, short): (Vec<_>, Vec<_>) = batches.into_iter().partition(|b| b.len() == batch.max(1));
+    whole.extend(short);
+    whole.concat()
 }
 
 #[cfg(test)]
@@ -348,6 +395,13 @@ mod tests {
         let order: Vec<usize> = Shuffle(200).order(1, 0);
         let length = |i: usize| (i * 37) % 101;
         let grouped = group_by_length(&order, length, 8, 5, 1, 0);
+        // 200 = 5 windows of 40: whole batches; 203 leaves a short batch of 3, last.
+        let drawn = Shuffle(203).order(1, 0);
+        let mut tail = group_by_length(&drawn, length, 8, 5, 1, 0)[200..].to_vec();
+        let mut last = drawn[200..].to_vec();
+        tail.sort();
+        last.sort();
+        assert_eq!(tail, last, "the short batch of the last window goes last");
         let mut items = grouped.clone();
         items.sort();
         assert_eq!(items, (0..200).collect::<Vec<_>>());
@@ -357,5 +411,9 @@ mod tests {
                 .sum()
         };
         assert!(spread(&grouped) * 3 < spread(&order), "{} vs {}", spread(&grouped), spread(&order));
+        // As a sampler: the inner sampler's items, regrouped, the same for the same seed.
+        let by = ByLength::new(Box::new(Shuffle(200)), (0..200).map(length).collect(), 8);
+        assert_eq!(by.order(1, 0), group_by_length(&order, length, 8, LENGTH_WINDOW, 1, 0));
+        assert_eq!(by.len(), 200);
     }
 }

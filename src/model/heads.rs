@@ -128,7 +128,12 @@ impl Classifier {
     }
 
     pub fn forward_t(&self, input_ids: &Tensor, attention_mask: &Tensor, train: bool) -> ClassifierOutput {
-        let mut hidden = self.encoder.forward_t(input_ids, attention_mask, None, train);
+        let hidden = self.encoder.forward_t(input_ids, attention_mask, None, train);
+        self.heads_t(hidden, attention_mask, train)
+    }
+
+    /// Everything above the encoder, from its hidden states [batch, tokens, hidden].
+    pub fn heads_t(&self, mut hidden: Tensor, attention_mask: &Tensor, train: bool) -> ClassifierOutput {
         if let Some(adaptive) = &self.adaptive {
             hidden = adaptive.forward_t(&hidden, attention_mask, train);
         }

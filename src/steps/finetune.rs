@@ -26,6 +26,8 @@ use crate::store::commit::Output;
 use crate::train::TrainConfig;
 
 #[cfg(feature = "train")]
+mod cache;
+#[cfg(feature = "train")]
 mod fit;
 
 /// SPEC §5 step 2: batch 32, 2 epochs, fp16 on CUDA, dropout 0.5, losses mixed 0.8 / 0.2,
@@ -38,6 +40,9 @@ max_length: 512
 dropout: 0.5
 loss_weights: {status: 0.8, satisfaction: 0.2}
 sampler: imbalanced
+encoder_cache: false
+encoder_cache_fp16: true
+encoder_cache_memory_mib: 4096
 quirks: {}
 train:
   epochs: 2
@@ -134,6 +139,14 @@ pub struct FinetuneConfig {
     pub dropout: f64,
     pub loss_weights: LossWeights,
     pub sampler: SamplerKind,
+    /// taft and noadapt: run the frozen encoder once per conversation, in inference mode,
+    /// and train what lies above it on the kept states (`false`: the original's way, the
+    /// frozen encoder runs every step in training mode, its dropout active).
+    pub encoder_cache: bool,
+    /// Keep the cached states as fp16 (else fp32).
+    pub encoder_cache_fp16: bool,
+    /// Host memory for cached states; past it they spill to the output's `_work/`.
+    pub encoder_cache_memory_mib: u64,
     /// The original's label quirks (SPEC §2, §5).
     pub quirks: TaskQuirks,
     pub train: TrainConfig,
@@ -213,6 +226,12 @@ impl Step for Finetune {
         }
         if config.max_length < 3 {
             return Err(Error::config("max_length must be at least 3 (the special tokens and one token)"));
+        }
+        if config.encoder_cache && !config.method.frozen_encoder() {
+            return Err(Error::config(format!(
+                "encoder_cache: method `{}` trains the encoder; only taft and noadapt keep it frozen",
+                config.method.name()
+            )));
         }
         if !(0.0..1.0).contains(&config.dropout) {
             return Err(Error::config(format!("dropout {} must be in [0, 1)", config.dropout)));

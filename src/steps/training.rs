@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 use super::io::{fetch_model_dir, read_prep, upload_dir, DataAndModel};
+use crate::data::samplers::{ByLength, Sampler};
 use crate::data::Conversation;
 use crate::error::{Error, Result};
 use crate::model::checkpoint;
@@ -24,6 +25,9 @@ pub struct TrainingJob {
     pub src: ModelDir,
     pub dst: PathBuf,
     pub work: WorkDir,
+    /// A local folder for scratch files: the output's `_work/` on local disk, else a
+    /// temporary folder.
+    pub scratch: PathBuf,
     pub lineage: serde_json::Value,
 }
 
@@ -51,6 +55,7 @@ where
         dst: dst.clone(),
         work: WorkDir::new(out.store().clone(), out.fingerprint(), tokio::runtime::Handle::current())?
             .start_over(out.forced()),
+        scratch: out.store().local_path("_work").unwrap_or_else(|| tmp.path().join("scratch")),
         lineage: serde_json::json!({"step": step, "fingerprint": out.fingerprint()}),
     };
     let (fit, extra) =
@@ -86,6 +91,22 @@ pub fn write_model_dir(
     Ok(())
 }
 
+/// Real and computed (padded) tokens of the training batches, in this process.
+#[derive(Debug, Default)]
+pub struct Padding(std::cell::Cell<(u64, u64)>);
+
+impl Padding {
+    /// The share of the computed tokens that are padding.
+    pub fn fraction(&self) -> f64 {
+        let (real, total) = self.0.get();
+        if total == 0 {
+            0.0
+        } else {
+            1.0 - real as f64 / total as f64
+        }
+    }
+}
+
 /// The examples of a classification task: token ids (special tokens included, truncated to
 /// the step's length) and labels.
 pub struct Items {
@@ -116,23 +137,56 @@ impl Items {
         self.labels.is_empty()
     }
 
+    /// The tokens of each item.
+    pub fn lengths(&self) -> Vec<usize> {
+        self.ids.iter().map(Vec::len).collect()
+    }
+
+    /// `sampler`, regrouped in batches of similar lengths when `group` is set.
+    pub fn grouped(
+        &self,
+        group: bool,
+        sampler: Box<dyn Sampler + Send + Sync>,
+        batch_size: usize,
+    ) -> Box<dyn Sampler + Send + Sync> {
+        ByLength::wrap(group, sampler, || self.lengths(), batch_size)
+    }
+
     /// The mean unweighted cross-entropy and the predictions (in item order) over every item,
     /// in batches of `batch_size` items of similar lengths (sorted: little padding; the
     /// order of the batches does not change the results). `logits` gives a batch's logits
     /// and labels.
-    pub fn scan(&self, batch_size: usize, logits: impl Fn(&[usize]) -> (Tensor, Tensor)) -> (f64, Vec<i64>) {
+    pub fn scan(
+        &self,
+        batch_size: usize,
+        logits: impl Fn(&[usize]) -> Result<(Tensor, Tensor)>,
+    ) -> Result<(f64, Vec<i64>)> {
         let mut order: Vec<usize> = (0..self.len()).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(self.ids[i].len()));
         let (mut sum, mut preds) = (0.0, vec![0i64; self.len()]);
         for rows in order.chunks(batch_size.max(1)) {
-            let (logits, labels) = logits(rows);
+            let (logits, labels) = logits(rows)?;
             sum += validation_loss(&logits, &labels).double_value(&[]) * rows.len() as f64;
             let batch = Vec::<i64>::try_from(&logits.argmax(-1, false).to_device(Device::Cpu)).expect("int64");
             for (&row, p) in rows.iter().zip(batch) {
                 preds[row] = p;
             }
         }
-        (sum / self.len().max(1) as f64, preds)
+        Ok((sum / self.len().max(1) as f64, preds))
+    }
+
+    /// Adds a training batch of `rows` to `padding`.
+    pub fn count_padding(&self, rows: &[usize], padding: &Padding) {
+        let lengths = rows.iter().map(|&r| self.ids[r].len() as u64);
+        let (real, width) = lengths.fold((0, 0), |(sum, max), l| (sum + l, max.max(l)));
+        let (r, t) = padding.0.get();
+        padding.0.set((r + real, t + width * rows.len() as u64));
+    }
+
+    /// The labels of `rows`, on `device`.
+    pub fn labels(&self, rows: &[usize], device: Device) -> Tensor {
+        let labels: Vec<i64> = rows.iter().map(|&r| self.labels[r]).collect();
+        Tensor::from_slice(&labels).to(device)
     }
 
     /// Padded ids, attention mask and labels of `rows`, on `device`.

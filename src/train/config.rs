@@ -90,6 +90,11 @@ pub struct TrainConfig {
     #[serde(default)]
     pub threads: Option<usize>,
     pub seed: u64,
+    /// Batch items of similar lengths together (windows of 50 batches of the sampler's
+    /// order sorted by length, the batches shuffled): less padding, the same items per
+    /// epoch. Steps whose examples all have one length (dapt's blocks) ignore it.
+    #[serde(default)]
+    pub group_by_length: bool,
 }
 
 impl TrainConfig {

@@ -247,3 +247,128 @@ fn a_killed_finetune_resumes_to_the_same_metrics_and_weights() {
         assert!(std::fs::read(whole.join(file)).unwrap() == std::fs::read(killed.join(file)).unwrap(), "{file}");
     }
 }
+
+/// Whether two metric records agree: the same keys, numbers within `tol` (relative).
+fn close_records(a: &[serde_json::Value], b: &[serde_json::Value], tol: f64) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(x, y)| {
+            let (x, y) = (x.as_object().unwrap(), y.as_object().unwrap());
+            x.len() == y.len()
+                && x.iter().all(|(k, v)| match (v.as_f64(), y.get(k).and_then(|w| w.as_f64())) {
+                    (Some(p), Some(q)) => (p - q).abs() <= tol * p.abs().max(q.abs()).max(1.0),
+                    _ => Some(v) == y.get(k),
+                })
+        })
+}
+
+#[test]
+fn the_encoder_cache_computes_what_the_frozen_encoder_computes_once_per_conversation() {
+    let p = parents();
+    let dir = tempdir();
+    let path = |name: &str| dir.path().join(name);
+    // An encoder without dropout: the original's frozen encoder in training mode then
+    // computes exactly what the cache's inference pass does.
+    taft_run(&[
+        "init", "-i", s(&p.prep), "-o", s(&path("init")), "--set",
+        "scratch={vocab_size: 400, hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 4, intermediate_size: 64, max_length: 128, dropout: 0.0}",
+    ])
+    .ok();
+    for (variant, extra) in [("adaptive", "adaptive={heads: 4, ffn: 64}"), ("direct", "train.seed=42")] {
+        taft_run(&[
+            "role",
+            "-i",
+            s(&p.prep),
+            "-i",
+            s(&path("init")),
+            "-o",
+            s(&path(variant)),
+            "--set",
+            "train.epochs=1",
+            "--set",
+            "train.batch_size=64",
+            "--set",
+            &format!("variant={variant}"),
+            "--set",
+            extra,
+        ])
+        .ok();
+    }
+    let sets = ["train.epochs=2", "encoder_cache_fp16=false"];
+    for (method, parent) in [("taft", path("adaptive")), ("noadapt", path("direct"))] {
+        let plain = path(&format!("{method}-plain"));
+        let cached = path(&format!("{method}-cached"));
+        let spilled = path(&format!("{method}-spilled"));
+        run(&mut finetune(method, &parent, &plain, &sets)).ok();
+        run(&mut finetune(method, &parent, &cached, &[sets[0], sets[1], "encoder_cache=true"])).ok();
+        let r = run(&mut finetune(
+            method,
+            &parent,
+            &spilled,
+            &[sets[0], sets[1], "encoder_cache=true", "encoder_cache_memory_mib=0"],
+        ))
+        .ok();
+        let (plain_records, cached_records) = (crate::dapt::records(&plain), crate::dapt::records(&cached));
+        assert!(
+            close_records(&plain_records, &cached_records, 1e-5),
+            "{method}: {plain_records:?}\n{cached_records:?}"
+        );
+        // States read back from the spill file are the states kept in memory.
+        assert_eq!(crate::dapt::records(&spilled), cached_records, "{method}");
+        assert!(r.stderr.contains("frozen-encoder cache built"), "{}", r.stderr);
+
+        // One encoder pass per conversation: satisfaction's 300 + 60 + 60 hold status's.
+        let forwards = |out: &Path| manifest(out).unwrap()["summary"]["encoder_forwards"].as_u64().unwrap();
+        assert_eq!(forwards(&cached), 420, "{method}");
+        let spill = &manifest(&spilled).unwrap()["summary"]["encoder_cache"];
+        let per_conversation = if method == "taft" { 64 } else { 1 } * 32 * 4;
+        assert!(spill["spilled_bytes"].as_u64().unwrap() > 420 * per_conversation / 4, "{method}: {spill}");
+        let steps = manifest(&plain).unwrap()["summary"]["steps"].as_u64().unwrap();
+        assert!(forwards(&plain) > steps * 16, "{method}: every step runs the encoder on both task batches");
+        assert!(!plain.join("_work").exists() && !spilled.join("_work").exists(), "{method}: no scratch left");
+    }
+    // The encoder of tapt trains: nothing to cache.
+    let r = run(&mut finetune("tapt", &p.direct, &path("tapt"), &["encoder_cache=true"]));
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("encoder_cache: method `tapt` trains the encoder"), "{}", r.stderr);
+}
+
+#[test]
+fn length_grouping_cuts_the_padding_and_keeps_the_items() {
+    let p = parents();
+    let dir = tempdir();
+    let role = |out: &str, group: bool| {
+        let out = dir.path().join(out);
+        taft_run(&[
+            "role",
+            "-i",
+            s(&p.prep),
+            "-i",
+            s(&p.init),
+            "-o",
+            s(&out),
+            "--set",
+            "variant=direct",
+            "--set",
+            "train.epochs=1",
+            "--set",
+            "train.batch_size=32",
+            "--set",
+            &format!("train.group_by_length={group}"),
+        ])
+        .ok();
+        manifest(&out).unwrap()["summary"].clone()
+    };
+    let (shuffled, grouped) = (role("shuffled", false), role("grouped", true));
+    assert_eq!(shuffled["steps"], grouped["steps"]);
+    let padding = |s: &serde_json::Value| s["train_padding"].as_f64().unwrap();
+    assert!(padding(&shuffled) > 0.2, "utterances differ in length: {shuffled}");
+    assert!(padding(&grouped) < padding(&shuffled) / 4.0, "{} vs {}", padding(&grouped), padding(&shuffled));
+    // Finetune's task samplers too: the max-size cycle's batch count stays.
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    // (at 64 tokens every conversation is cut to the same length)
+    run(&mut finetune("tapt", &p.direct, &a, &["train.epochs=1", "max_length=128"])).ok();
+    run(&mut finetune("tapt", &p.direct, &b, &["train.epochs=1", "max_length=128", "train.group_by_length=true"])).ok();
+    let summary = |o: &Path| manifest(o).unwrap()["summary"].clone();
+    assert_eq!(summary(&a)["steps"], summary(&b)["steps"]);
+    assert!(padding(&summary(&b)) < padding(&summary(&a)), "{} vs {}", summary(&b), summary(&a));
+}

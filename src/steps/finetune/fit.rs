@@ -8,6 +8,7 @@ use std::cell::Cell;
 use bytes::Bytes;
 use tch::{nn, Device, Tensor};
 
+use super::cache::{CacheSettings, EncoderCache};
 use super::{Finetune, FinetuneConfig, Method, SamplerKind};
 use crate::data::samplers::{Imbalanced, MaxSizeCycle, Sampler, Shuffle};
 use crate::data::tasks::Task;
@@ -18,7 +19,7 @@ use crate::model::adaptive::AdaptiveConfig;
 use crate::model::checkpoint::{self, Arch};
 use crate::model::dir::ModelDir;
 use crate::model::heads::Classifier;
-use crate::steps::training::{self, Items, TrainingJob};
+use crate::steps::training::{self, Items, Padding, TrainingJob};
 use crate::steps::Step;
 use crate::store::commit::Output;
 use crate::text::TextTokenizer;
@@ -132,11 +133,12 @@ impl TaskData {
         })
     }
 
-    fn sampler(&self, kind: SamplerKind) -> Box<dyn Sampler + Send + Sync> {
-        match kind {
+    fn sampler(&self, kind: SamplerKind, train: &TrainConfig) -> Box<dyn Sampler + Send + Sync> {
+        let drawn: Box<dyn Sampler + Send + Sync> = match kind {
             SamplerKind::Imbalanced => Box::new(Imbalanced::new(&self.train.labels)),
             SamplerKind::Shuffle => Box::new(Shuffle(self.train.len())),
-        }
+        };
+        self.train.grouped(train.group_by_length, drawn, train.batch_size)
     }
 
     /// The most frequent training label.
@@ -177,14 +179,31 @@ fn train_tasks(config: &FinetuneConfig, job: &TrainingJob) -> Result<(Fit, serde
     // Step 1's encoder, adaptive layer and pooler; the task classifiers start fresh (step
     // 1's role classifier is left out).
     checkpoint::load_weights(&vs, src, &["classifiers."])?;
+    let cache = if config.encoder_cache {
+        let items: Vec<&Items> = tasks.iter().flat_map(|t| [&t.train, &t.val, &t.test]).collect();
+        let settings = CacheSettings {
+            first_token_only: model.adaptive.is_none(),
+            fp16: config.encoder_cache_fp16,
+            memory_bytes: config.encoder_cache_memory_mib << 20,
+            scratch: &job.scratch,
+            batch_size: config.train.batch_size,
+            pad: encoder_config.pad_id(),
+            device,
+        };
+        Some(EncoderCache::build(&model, &items, encoder_config.hidden_size, &settings)?)
+    } else {
+        None
+    };
     let objective = Tasks {
         model: &model,
         tasks: &tasks,
-        sampler: config.sampler,
+        config,
         pad: encoder_config.pad_id(),
-        batch_size: config.train.batch_size,
         device,
+        cache: cache.as_ref(),
+        forwards: Cell::new(cache.as_ref().map_or(0, |c| c.conversations() as u64)),
         single_class: Cell::new(0),
+        padding: Padding::default(),
     };
     let fit = train::fit(&method_training(config.method, &config.train), &vs, &objective, &job.work)?;
     let test = tch::no_grad(|| objective.test())?;
@@ -208,6 +227,12 @@ fn train_tasks(config: &FinetuneConfig, job: &TrainingJob) -> Result<(Fit, serde
         "data": data,
         "test": test,
         "single_class_batches": objective.single_class.get(),
+        "encoder_cache": cache.as_ref().map(|c| serde_json::json!({
+            "conversations": c.conversations(),
+            "spilled_bytes": c.spilled_bytes(),
+        })),
+        "encoder_forwards": objective.forwards.get(),
+        "train_padding": objective.padding.fraction(),
     });
     Ok((fit, summary))
 }
@@ -238,26 +263,45 @@ fn headlines(test: &serde_json::Value) -> serde_json::Value {
 struct Tasks<'a> {
     model: &'a Classifier,
     tasks: &'a [TaskData],
-    sampler: SamplerKind,
+    config: &'a FinetuneConfig,
     pad: i64,
-    batch_size: usize,
     device: Device,
+    /// The frozen encoder's kept states (`encoder_cache`).
+    cache: Option<&'a EncoderCache>,
+    /// Conversations passed through the encoder, in this process.
+    forwards: Cell<u64>,
     /// Task batches holding one class only (zero loss, SPEC §4), in this process.
     single_class: Cell<u64>,
+    padding: Padding,
 }
 
 impl Tasks<'_> {
-    fn logits(&self, task: &TaskData, items: &Items, rows: &[usize], train: bool) -> (Tensor, Tensor) {
-        let (ids, mask, labels) = items.batch(rows, self.pad, self.device);
-        let mut out = self.model.forward_t(&ids, &mask, train);
-        (out.logits.remove(task.task.head()).expect("a classifier per task"), labels)
+    fn logits(&self, task: &TaskData, items: &Items, rows: &[usize], train: bool) -> Result<(Tensor, Tensor)> {
+        let mut out = match self.cache {
+            Some(cache) => {
+                let (hidden, mask) = cache.batch(items, rows, self.device)?;
+                self.model.heads_t(hidden, &mask, train)
+            }
+            None => {
+                let (ids, mask, _) = items.batch(rows, self.pad, self.device);
+                self.forwards.set(self.forwards.get() + rows.len() as u64);
+                self.model.forward_t(&ids, &mask, train)
+            }
+        };
+        let labels = items.labels(rows, self.device);
+        Ok((out.logits.remove(task.task.head()).expect("a classifier per task"), labels))
+    }
+
+    fn batch_size(&self) -> usize {
+        self.config.train.batch_size
     }
 
     /// The combined sampler: one task's, or both walked with max-size cycle.
     fn combined(&self) -> Box<dyn Sampler + '_> {
+        let (kind, train) = (self.config.sampler, &self.config.train);
         match self.tasks {
-            [one] => one.sampler(self.sampler),
-            [a, b] => Box::new(MaxSizeCycle::new(a.sampler(self.sampler), b.sampler(self.sampler), self.batch_size)),
+            [one] => one.sampler(kind, train),
+            [a, b] => Box::new(MaxSizeCycle::new(a.sampler(kind, train), b.sampler(kind, train), train.batch_size)),
             _ => unreachable!("one or two tasks"),
         }
     }
@@ -266,7 +310,7 @@ impl Tasks<'_> {
     fn test(&self) -> Result<serde_json::Value> {
         let mut tasks = serde_json::Map::new();
         for t in self.tasks {
-            let (loss, preds) = t.test.scan(self.batch_size, |rows| self.logits(t, &t.test, rows, false));
+            let (loss, preds) = t.test.scan(self.batch_size(), |rows| self.logits(t, &t.test, rows, false))?;
             let classes = t.task.classes().len();
             let report = Report::new(&t.test.labels, &preds, classes).map_err(Error::Other)?;
             let majority = vec![t.majority(); t.test.len()];
@@ -315,7 +359,8 @@ impl Objective for Tasks<'_> {
             if rows.is_empty() {
                 continue;
             }
-            let (logits, labels) = self.logits(t, &t.train, rows, true);
+            t.train.count_padding(rows, &self.padding);
+            let (logits, labels) = self.logits(t, &t.train, rows, true)?;
             let task = weighted_loss(&logits, &labels);
             if task.single_class {
                 self.single_class.set(self.single_class.get() + 1);
@@ -330,7 +375,7 @@ impl Objective for Tasks<'_> {
         let mut metrics = Metrics::new();
         let (mut weighted, mut total) = (0.0, 0.0);
         for t in self.tasks {
-            let (loss, preds) = t.val.scan(self.batch_size, |rows| self.logits(t, &t.val, rows, false));
+            let (loss, preds) = t.val.scan(self.batch_size(), |rows| self.logits(t, &t.val, rows, false))?;
             let report = Report::new(&t.val.labels, &preds, t.task.classes().len()).map_err(Error::Other)?;
             let head = t.task.head();
             metrics.insert(format!("{head}/loss"), loss);

@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::eval::metrics::Report;
 use crate::model::checkpoint::{self, Arch};
 use crate::model::heads::Classifier;
-use crate::steps::training::{self, Items, TrainingJob};
+use crate::steps::training::{self, Items, Padding, TrainingJob};
 use crate::steps::Step;
 use crate::store::commit::Output;
 use crate::train::loss::weighted_loss;
@@ -90,8 +90,10 @@ fn train_role(config: &RoleConfig, job: &TrainingJob) -> Result<(Fit, serde_json
         val: val_items,
         pad: encoder_config.pad_id(),
         batch_size: config.train.batch_size,
+        group_by_length: config.train.group_by_length,
         device,
         single_class: Cell::new(0),
+        padding: Padding::default(),
     };
     let fit = train::fit(&config.train, &vs, &objective, &job.work)?;
     let (loss, report) = tch::no_grad(|| objective.predict(&test_items))?;
@@ -104,7 +106,12 @@ fn train_role(config: &RoleConfig, job: &TrainingJob) -> Result<(Fit, serde_json
         "role": {"variant": config.variant, "best": fit.best, "test": headline(&test)},
     });
     training::write_model_dir(job, &vs, &encoder_config, Arch::Base, fields)?;
-    let summary = serde_json::json!({"data": data, "test": test, "single_class_batches": objective.single_class.get()});
+    let summary = serde_json::json!({
+        "data": data,
+        "test": test,
+        "single_class_batches": objective.single_class.get(),
+        "train_padding": objective.padding.fraction(),
+    });
     Ok((fit, summary))
 }
 
@@ -127,9 +134,11 @@ struct RoleObjective<'a> {
     val: Items,
     pad: i64,
     batch_size: usize,
+    group_by_length: bool,
     device: Device,
     /// Training batches holding one class only (zero loss, SPEC §4), in this process.
     single_class: Cell<u64>,
+    padding: Padding,
 }
 
 impl RoleObjective<'_> {
@@ -140,23 +149,24 @@ impl RoleObjective<'_> {
     }
 
     /// Unweighted cross-entropy and predictions over all of `items`.
-    fn scan(&self, items: &Items) -> (f64, Vec<i64>) {
-        items.scan(self.batch_size, |rows| self.logits(items, rows, false))
+    fn scan(&self, items: &Items) -> Result<(f64, Vec<i64>)> {
+        items.scan(self.batch_size, |rows| Ok(self.logits(items, rows, false)))
     }
 
     /// The unweighted cross-entropy and the classification report on `items`.
     fn predict(&self, items: &Items) -> Result<(f64, Report)> {
-        let (loss, preds) = self.scan(items);
+        let (loss, preds) = self.scan(items)?;
         Ok((loss, Report::new(&items.labels, &preds, ROLES.len()).map_err(Error::Other)?))
     }
 }
 
 impl Objective for RoleObjective<'_> {
     fn sampler(&self) -> Box<dyn Sampler + '_> {
-        Box::new(Shuffle(self.train.len()))
+        self.train.grouped(self.group_by_length, Box::new(Shuffle(self.train.len())), self.batch_size)
     }
 
     fn loss(&self, batch: &[usize], _seed: u64) -> Result<Tensor> {
+        self.train.count_padding(batch, &self.padding);
         let (logits, labels) = self.logits(&self.train, batch, true);
         let task = weighted_loss(&logits, &labels);
         if task.single_class {
@@ -166,7 +176,7 @@ impl Objective for RoleObjective<'_> {
     }
 
     fn evaluate(&self) -> Result<Metrics> {
-        let (loss, preds) = self.scan(&self.val);
+        let (loss, preds) = self.scan(&self.val)?;
         let report = Report::new(&self.val.labels, &preds, ROLES.len()).map_err(Error::Other)?;
         Ok(Metrics::from([
             ("loss".to_string(), loss),
