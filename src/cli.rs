@@ -117,6 +117,9 @@ pub struct RunArgs {
     /// Validate the workflow and print the plan without running anything.
     #[arg(long)]
     pub dry_run: bool,
+    /// Set a key of a step's config: `--set init.pretrained=models/camembert-base`.
+    #[arg(long = "set", value_name = "STEP.KEY=VALUE")]
+    pub sets: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -102,7 +102,7 @@ fn print_report(report: &Report) {
 }
 
 async fn workflow(args: cli::RunArgs, json: bool) -> anyhow::Result<()> {
-    let wf = taft::workflow::Workflow::load(&args.workflow, args.store.as_deref())?;
+    let wf = taft::workflow::Workflow::load(&args.workflow, args.store.as_deref(), &args.sets)?;
     if args.dry_run {
         for step in &wf.steps {
             let command = taft::workflow::runner::step_args(step, args.force)?.join(" ");

@@ -28,6 +28,12 @@ pub struct SyntheticConfig {
     pub max_utterances: usize,
     /// Put words in the text that reveal the speaker role, status and satisfaction.
     pub learnable: bool,
+    /// How much the learnable signal is blurred, in [0, 1]: a status word belongs to a
+    /// random status with this probability (shared vocabulary), a quarter as often the
+    /// label is another than the words say (label noise) and a role marker is the other
+    /// role's; the satisfaction word is missing, or a neighbouring level's, with this
+    /// probability each (a weaker signal than the status's).
+    pub noise: f64,
 }
 
 impl Default for SyntheticConfig {
@@ -41,6 +47,7 @@ impl Default for SyntheticConfig {
             min_utterances: 5,
             max_utterances: 15,
             learnable: false,
+            noise: 0.2,
         }
     }
 }
@@ -52,6 +59,9 @@ impl SyntheticConfig {
                 "synthetic: need 1 <= min_utterances <= max_utterances, got {}..{}",
                 self.min_utterances, self.max_utterances
             )));
+        }
+        if !(0.0..=1.0).contains(&self.noise) {
+            return Err(Error::config(format!("synthetic: noise {} must be in [0, 1]", self.noise)));
         }
         if self.max_utterances > MAX_UTTERANCES {
             return Err(Error::config(format!("synthetic: max_utterances must be at most {MAX_UTTERANCES}")));
@@ -119,31 +129,55 @@ impl SyntheticConfig {
                 let label = rng.random_range(0..=9u8);
                 let mut words = vocab.sentence(&mut rng);
                 if self.learnable {
-                    let markers = if speaker == 2 { CUSTOMER } else { OPERATOR };
-                    insert_words(&mut rng, &mut words, markers, 2);
+                    let (own, other) = if speaker == 2 { (CUSTOMER, OPERATOR) } else { (OPERATOR, CUSTOMER) };
+                    for _ in 0..2 {
+                        let markers = if rng.random_bool(self.noise / 4.0) { other } else { own };
+                        insert_words(&mut rng, &mut words, markers, 1);
+                    }
                 }
                 Utterance { text: finish_sentence(&mut rng, words), speaker, label }
             })
             .collect();
+        let mut status = status;
+        let mut satisfaction = satisfaction;
         if self.learnable {
             if let Some(s) = status {
-                // About 40 % of the utterances (at least one) name the status; satisfaction
-                // gets a weaker signal, in the last utterance only.
+                // About 40 % of the utterances (at least one) name the status; each word
+                // may be another status's.
+                let word = |rng: &mut ChaCha8Rng| {
+                    let class = if rng.random_bool(self.noise) { rng.random_range(0..5) } else { s as usize };
+                    *STATUS[class].choose(rng).unwrap()
+                };
                 let mut named = 0;
                 for u in utterances.iter_mut() {
                     if rng.random_bool(0.4) {
-                        append_word(&mut u.text, STATUS[s as usize].choose(&mut rng).unwrap());
+                        append_word(&mut u.text, word(&mut rng));
                         named += 1;
                     }
                 }
                 if named == 0 {
                     let u = rng.random_range(0..utterances.len());
-                    append_word(&mut utterances[u].text, STATUS[s as usize].choose(&mut rng).unwrap());
+                    append_word(&mut utterances[u].text, word(&mut rng));
+                }
+                if rng.random_bool(self.noise / 4.0) {
+                    status = Some(rng.random_range(0..=4u8));
                 }
             }
             if let Some(s) = satisfaction {
-                let last = utterances.len() - 1;
-                append_word(&mut utterances[last].text, SATISFACTION[s as usize].choose(&mut rng).unwrap());
+                // A weaker signal: in the last utterance only, sometimes missing, sometimes
+                // a neighbouring level's word.
+                if !rng.random_bool(self.noise) {
+                    let shown = if rng.random_bool(self.noise) {
+                        (s as i64 + if rng.random_bool(0.5) { 1 } else { -1 }).clamp(0, 6) as usize
+                    } else {
+                        s as usize
+                    };
+                    let last = utterances.len() - 1;
+                    append_word(&mut utterances[last].text, SATISFACTION[shown].choose(&mut rng).unwrap());
+                }
+                if rng.random_bool(self.noise / 4.0) {
+                    satisfaction = Some(rng.random_range(0..=6u8));
+                }
             }
         }
         Conversation { id: ConvId::Int(index as i64), split, status, satisfaction, utterances }
@@ -291,7 +325,15 @@ mod tests {
 
     #[test]
     fn learnable_variant_reveals_labels_in_words() {
-        let cfg = SyntheticConfig { train: 50, val: 0, test: 0, unlabeled: 0, learnable: true, ..Default::default() };
+        let cfg = SyntheticConfig {
+            train: 50,
+            val: 0,
+            test: 0,
+            unlabeled: 0,
+            learnable: true,
+            noise: 0.0,
+            ..Default::default()
+        };
         for c in cfg.generate() {
             for u in &c.utterances {
                 let markers = if u.speaker == 2 { CUSTOMER } else { OPERATOR };
@@ -302,5 +344,30 @@ mod tests {
             let last = &c.utterances.last().unwrap().text;
             assert!(SATISFACTION[c.satisfaction.unwrap() as usize].iter().any(|m| last.contains(m)));
         }
+    }
+
+    /// The share of conversations whose every status word names their status label.
+    fn status_agreement(noise: f64) -> f64 {
+        let cfg =
+            SyntheticConfig { train: 400, val: 0, test: 0, unlabeled: 0, learnable: true, noise, ..Default::default() };
+        let agree = cfg
+            .generate()
+            .filter(|c| {
+                let all: String = c.utterances.iter().map(|u| u.text.as_str()).collect::<Vec<_>>().join(" ");
+                let named = |class: usize| STATUS[class].iter().any(|m| all.contains(m));
+                (0..5).all(|class| named(class) == (class == c.status.unwrap() as usize))
+            })
+            .count();
+        agree as f64 / 400.0
+    }
+
+    #[test]
+    fn noise_blurs_the_signal_without_erasing_it() {
+        assert_eq!(status_agreement(0.0), 1.0);
+        let (some, more) = (status_agreement(0.2), status_agreement(0.6));
+        assert!(0.5 < some && some < 0.95, "{some}");
+        assert!(0.1 < more && more < some, "{more} vs {some}");
+        let bad = SyntheticConfig { noise: 1.5, ..Default::default() };
+        assert!(bad.validate().unwrap_err().to_string().contains("noise 1.5 must be in [0, 1]"));
     }
 }

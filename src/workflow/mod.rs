@@ -76,11 +76,39 @@ pub struct Workflow {
 }
 
 impl Workflow {
-    /// Reads and validates a workflow file; `store` replaces the file's store root.
-    pub fn load(path: &std::path::Path, store: Option<&str>) -> Result<Workflow> {
+    /// Reads and validates a workflow file; `store` replaces the file's store root and each
+    /// of `sets` (`STEP.KEY=VALUE`) sets a key of a step's config.
+    pub fn load(path: &std::path::Path, store: Option<&str>, sets: &[String]) -> Result<Workflow> {
         let source = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| Error::config(format!("workflow {source}: {e}")))?;
-        Self::parse(&source, &text, store)
+        Self::parse_with(&source, &text, store, sets)
+    }
+
+    /// [`Workflow::parse`], then `sets` (`STEP.KEY=VALUE`) applied to the steps' configs.
+    pub fn parse_with(source: &str, text: &str, store: Option<&str>, sets: &[String]) -> Result<Workflow> {
+        if sets.is_empty() {
+            return Self::parse(source, text, store);
+        }
+        let mut doc: serde_yaml::Value =
+            serde_yaml::from_str(text).map_err(|e| Error::config(format!("workflow {source}: {e}")))?;
+        for set in sets {
+            let bad = |msg: &str| Error::config(format!("--set {set}: {msg}"));
+            let (step, rest) = set.split_once('.').ok_or_else(|| bad("expected STEP.KEY=VALUE"))?;
+            let steps = doc.get_mut("steps").and_then(serde_yaml::Value::as_sequence_mut);
+            let target = steps
+                .and_then(|steps| steps.iter_mut().find(|s| s.get("name").and_then(|n| n.as_str()) == Some(step)))
+                .ok_or_else(|| bad(&format!("the workflow has no step named `{step}`")))?;
+            let config = target
+                .as_mapping_mut()
+                .ok_or_else(|| bad("the step is not a mapping"))?
+                .entry("config".into())
+                .or_insert(serde_yaml::Value::Null);
+            let mut raw = RawConfig { source: String::new(), value: config.clone() };
+            raw.apply_sets(&[rest.to_string()]).map_err(|e| bad(&e.to_string()))?;
+            *config = raw.value;
+        }
+        let text = serde_yaml::to_string(&doc).map_err(|e| Error::config(format!("workflow {source}: {e}")))?;
+        Self::parse(source, &text, store)
     }
 
     /// Validates a workflow document: known kinds, unique names, no dangling references,
@@ -214,6 +242,21 @@ mod tests {
     }
 
     const PREP: &str = "kind: prep\n    config: {synthetic: {train: 2, val: 0, test: 0, unlabeled: 0}}";
+
+    #[test]
+    fn sets_reach_the_named_step_and_are_checked() {
+        let text = format!("name: w\nstore: /tmp/w\nsteps:\n  - name: a\n    {PREP}\n  - name: b\n    kind: prep\n");
+        let sets = |s: &[&str]| s.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let wf =
+            Workflow::parse_with("w.yaml", &text, None, &sets(&["a.synthetic.seed=7", "b.synthetic.train=3"])).unwrap();
+        assert_eq!(wf.steps[0].config.value["synthetic"]["seed"], 7);
+        assert_eq!(wf.steps[0].config.value["synthetic"]["train"], 2, "other keys stay");
+        assert_eq!(wf.steps[1].config.value["synthetic"]["train"], 3, "a step without config gets one");
+        let err = |s: &[&str]| Workflow::parse_with("w.yaml", &text, None, &sets(s)).unwrap_err().to_string();
+        assert!(err(&["c.x=1"]).contains("--set c.x=1: the workflow has no step named `c`"));
+        assert!(err(&["a=1"]).contains("--set a=1: expected STEP.KEY=VALUE"));
+        assert!(err(&["a.synthetic.sede=1"]).contains("sede"), "{}", err(&["a.synthetic.sede=1"]));
+    }
 
     #[test]
     fn orders_steps_and_wires_outputs_to_inputs() {

@@ -27,7 +27,7 @@ pub fn parents() -> &'static Parents {
     PARENTS.get_or_init(|| {
         let dir = tempdir();
         let p = |name: &str| dir.path().join(name);
-        taft_run(&["prep", "-o", s(&p("prep")), "--set", "synthetic={seed: 3, train: 300, val: 60, test: 60, unlabeled: 250, learnable: true}"]).ok();
+        taft_run(&["prep", "-o", s(&p("prep")), "--set", "synthetic={seed: 3, train: 300, val: 60, test: 60, unlabeled: 250, learnable: true, noise: 0.0}"]).ok();
         taft_run(&[
             "init", "-i", s(&p("prep")), "-o", s(&p("init")), "--set",
             "scratch={vocab_size: 400, hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 4, intermediate_size: 64, max_length: 128}",
@@ -51,18 +51,13 @@ pub fn parents() -> &'static Parents {
 
 /// `taft finetune` of `method` from `parent` into `out`: small, fast settings, then `sets`.
 pub fn finetune(method: &str, parent: &Path, out: &Path, sets: &[&str]) -> std::process::Command {
+    finetune_on(&parents().prep, method, parent, out, sets)
+}
+
+/// [`finetune`] on the prep output `prep`.
+pub fn finetune_on(prep: &Path, method: &str, parent: &Path, out: &Path, sets: &[&str]) -> std::process::Command {
     let mut cmd = taft();
-    cmd.args([
-        "finetune",
-        "-i",
-        s(&parents().prep),
-        "-i",
-        s(parent),
-        "-o",
-        s(out),
-        "--set",
-        &format!("method={method}"),
-    ]);
+    cmd.args(["finetune", "-i", s(prep), "-i", s(parent), "-o", s(out), "--set", &format!("method={method}")]);
     let base = [
         "max_length=64",
         "dropout=0.1",
@@ -105,7 +100,8 @@ fn every_method_trains_from_its_parent_and_frozen_encoders_stay_bit_for_bit() {
         run(&mut finetune(method, parent, &out, extra)).ok();
         out
     };
-    let taft = run_method("taft", &p.adaptive, &[]);
+    // The frozen encoder's states kept (`encoder_cache`), taft's epochs are cheap: it gets more.
+    let taft = run_method("taft", &p.adaptive, &["encoder_cache=true", "train.epochs=20"]);
     let noadapt = run_method("noadapt", &p.direct, &[]);
     let tapt = run_method("tapt", &p.direct, &[]);
     let plain = run_method("finetune", &p.init, &[]);
@@ -371,4 +367,42 @@ fn length_grouping_cuts_the_padding_and_keeps_the_items() {
     let summary = |o: &Path| manifest(o).unwrap()["summary"].clone();
     assert_eq!(summary(&a)["steps"], summary(&b)["steps"]);
     assert!(padding(&summary(&b)) < padding(&summary(&a)), "{} vs {}", summary(&b), summary(&a));
+}
+
+#[test]
+fn without_signal_no_method_is_far_from_chance() {
+    let dir = tempdir();
+    let p = |name: &str| dir.path().join(name);
+    let (prep, init) = (p("prep"), p("init"));
+    taft_run(&[
+        "prep",
+        "-o",
+        s(&p("prep")),
+        "--set",
+        "synthetic={seed: 5, train: 300, val: 60, test: 100, unlabeled: 150}",
+    ])
+    .ok();
+    taft_run(&[
+        "init", "-i", s(&p("prep")), "-o", s(&p("init")), "--set",
+        "scratch={vocab_size: 400, hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 4, intermediate_size: 64, max_length: 128}",
+    ])
+    .ok();
+    for (method, parent, sets) in [
+        ("finetune", p("init"), vec![]),
+        ("tapt", p("direct"), vec!["variant=direct"]),
+        ("taft", p("adaptive"), vec!["adaptive={heads: 4, ffn: 64}"]),
+    ] {
+        if method != "finetune" {
+            let mut args = vec!["role", "-i", s(&prep), "-i", s(&init), "-o", s(&parent)];
+            for set in ["train.epochs=1", "train.batch_size=64"].iter().chain(&sets) {
+                args.extend(["--set", set]);
+            }
+            taft_run(&args).ok();
+        }
+        let out = p(method);
+        run(&mut finetune_on(&prep, method, &parent, &out, &["train.epochs=3"])).ok();
+        let status = &manifest(&out).unwrap()["summary"]["test"]["status"];
+        let kappa = status["kappa"].as_f64().unwrap();
+        assert!(kappa.abs() < 0.2, "{method}: no signal, yet kappa {kappa}: {status}");
+    }
 }
