@@ -108,6 +108,13 @@ pub enum SamplerKind {
     Shuffle,
 }
 
+/// `cross_validation:` of finetune.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CrossValidation {
+    pub folds: usize,
+}
+
 /// The weights of the task losses.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -147,6 +154,11 @@ pub struct FinetuneConfig {
     pub encoder_cache_fp16: bool,
     /// Host memory for cached states; past it they spill to the output's `_work/`.
     pub encoder_cache_memory_mib: u64,
+    /// Pool the labeled splits and train `folds` times, each on a seeded split (SPEC §5:
+    /// 67 / 33 into train and test, the train part 67 / 33 into train and validation); the
+    /// output reports each fold and the mean ± standard deviation.
+    #[serde(default)]
+    pub cross_validation: Option<CrossValidation>,
     /// The original's label quirks (SPEC §2, §5).
     pub quirks: TaskQuirks,
     pub train: TrainConfig,
@@ -226,6 +238,11 @@ impl Step for Finetune {
         }
         if config.max_length < 3 {
             return Err(Error::config("max_length must be at least 3 (the special tokens and one token)"));
+        }
+        if let Some(cv) = config.cross_validation {
+            if !(2..=100).contains(&cv.folds) {
+                return Err(Error::config(format!("cross_validation.folds {} must be in 2..=100", cv.folds)));
+            }
         }
         if config.encoder_cache && !config.method.frozen_encoder() {
             return Err(Error::config(format!(

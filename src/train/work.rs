@@ -16,6 +16,8 @@ use crate::store::Store;
 const STATE: &str = "_work/state.json";
 const BEST: &str = "_work/best.safetensors";
 const STEP_PREFIX: &str = "_work/step-";
+/// Records of finished parts of a step (folds), checked against the step's fingerprint.
+const PARTS: &str = "_work/parts/";
 
 /// Where a training run stands.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -82,6 +84,33 @@ impl WorkDir {
 
     pub fn fingerprint(&self) -> &str {
         &self.fingerprint
+    }
+
+    /// The work folder of one run among several of a step (a fold): checkpoints of its own
+    /// fingerprint, so that a resumed step resumes the run it was killed in.
+    pub fn part(&self, name: &str) -> Result<WorkDir> {
+        let fingerprint = format!("{}#{name}", self.fingerprint);
+        Ok(WorkDir::new(self.store.clone(), &fingerprint, self.handle.clone())?.start_over(self.fresh))
+    }
+
+    /// A finished part's record (`_work/parts/NAME.json`), when it was written by this step's
+    /// config (and the step does not start over).
+    pub fn finished(&self, name: &str) -> Result<Option<serde_json::Value>> {
+        if self.fresh {
+            return Ok(None);
+        }
+        let Some(bytes) = self.handle.block_on(self.store.get(&format!("{PARTS}{name}.json")))? else {
+            return Ok(None);
+        };
+        let record: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+        Ok((record["fingerprint"] == self.fingerprint.as_str()).then(|| record["value"].clone()))
+    }
+
+    /// Records a finished part, kept across the parts' own checkpoints until the commit.
+    pub fn finish(&self, name: &str, value: &serde_json::Value) -> Result<()> {
+        let record = serde_json::json!({"fingerprint": self.fingerprint, "value": value});
+        let bytes = Bytes::from(serde_json::to_vec(&record)?);
+        self.handle.block_on(self.store.put(&format!("{PARTS}{name}.json"), bytes))
     }
 
     /// Restores the latest checkpoint of a run with this fingerprint into `vs` and
@@ -155,7 +184,7 @@ impl WorkDir {
             for (name, _) in self.store.list().await? {
                 let stale = match keep {
                     Some(keep) => name.starts_with(STEP_PREFIX) && !name.starts_with(&format!("{keep}/")),
-                    None => name.starts_with("_work/"),
+                    None => name.starts_with("_work/") && !name.starts_with(PARTS),
                 };
                 if stale {
                     self.store.delete(&name).await?;

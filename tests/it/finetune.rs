@@ -406,3 +406,56 @@ fn without_signal_no_method_is_far_from_chance() {
         assert!(kappa.abs() < 0.2, "{method}: no signal, yet kappa {kappa}: {status}");
     }
 }
+
+#[test]
+fn cross_validation_reports_each_fold_and_resumes_in_the_fold_it_was_killed_in() {
+    let p = parents();
+    let dir = tempdir();
+    let (whole, killed) = (dir.path().join("whole"), dir.path().join("killed"));
+    let sets = ["cross_validation={folds: 3}", "encoder_cache=true", "train.epochs=2", "train.checkpoint_every=2"];
+    run(&mut finetune("taft", &p.adaptive, &whole, &sets)).ok();
+    let cv: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(whole.join("cross_validation.json")).unwrap()).unwrap();
+    let folds = cv["folds"].as_array().unwrap();
+    assert_eq!(folds.len(), 3);
+    // The 420 labeled conversations pooled: 139 test (33 %), 93 validation (33 % of the rest).
+    for fold in folds {
+        assert_eq!(fold["data"]["satis3"], serde_json::json!({"train": 188, "val": 93, "test": 139}), "{fold}");
+    }
+    let f1: Vec<f64> = folds.iter().map(|f| f["test"]["status"]["f1_macro"].as_f64().unwrap()).collect();
+    assert!(f1[0] != f1[1] || f1[1] != f1[2], "each fold has its own split: {f1:?}");
+    let mean = f1.iter().sum::<f64>() / 3.0;
+    let std = (f1.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / 3.0).sqrt();
+    let stats = &cv["test"]["status"]["f1_macro"];
+    assert!(
+        (stats["mean"].as_f64().unwrap() - mean).abs() < 1e-12 && (stats["std"].as_f64().unwrap() - std).abs() < 1e-12
+    );
+    assert_eq!(manifest(&whole).unwrap()["summary"]["cross_validation"], cv);
+
+    // Killed in the second fold: the rerun skips the first and resumes the second.
+    let mut child = finetune("taft", &p.adaptive, &killed, &sets)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let in_second_fold = || {
+        killed.join("_work/parts/fold-0.json").exists()
+            && std::fs::read_to_string(killed.join("_work/state.json")).is_ok_and(|s| s.contains("#fold-1"))
+    };
+    while !in_second_fold() {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be killed");
+        assert!(started.elapsed() < std::time::Duration::from_secs(120));
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(manifest(&killed).is_none());
+    let r = run(&mut finetune("taft", &p.adaptive, &killed, &sets)).ok();
+    assert!(r.stderr.contains("fold finished before: skipped"), "{}", r.stderr);
+    assert!(r.stderr.contains("resuming from the checkpoint"), "{}", r.stderr);
+    let again: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(killed.join("cross_validation.json")).unwrap()).unwrap();
+    assert_eq!(again, cv);
+    assert!(!killed.join("_work").exists());
+}

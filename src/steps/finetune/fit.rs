@@ -24,6 +24,8 @@ use crate::steps::Step;
 use crate::store::commit::Output;
 use crate::text::TextTokenizer;
 use crate::train::loss::{combine, weighted_loss};
+use crate::train::sampler::mix;
+use crate::train::work::WorkDir;
 use crate::train::{self, Fit, GroupRule, Metrics, Objective, TrainConfig};
 
 pub async fn run(config: &FinetuneConfig, out: &mut Output) -> Result<serde_json::Value> {
@@ -32,6 +34,10 @@ pub async fn run(config: &FinetuneConfig, out: &mut Output) -> Result<serde_json
         training::run_training(Finetune::NAME, &inputs, out, move |job| train_tasks(&config, job)).await?;
     let report = summary["test"].take();
     out.put("test_report.json", Bytes::from(serde_json::to_vec_pretty(&report)?)).await?;
+    if !summary["cross_validation"].is_null() {
+        let cv = serde_json::to_vec_pretty(&summary["cross_validation"])?;
+        out.put("cross_validation.json", Bytes::from(cv)).await?;
+    }
     summary["test"] = headlines(&report);
     Ok(summary)
 }
@@ -152,6 +158,97 @@ impl TaskData {
 }
 
 fn train_tasks(config: &FinetuneConfig, job: &TrainingJob) -> Result<(Fit, serde_json::Value)> {
+    match config.cross_validation {
+        None => train_once(config, job, &job.conversations, &job.work, true),
+        Some(cv) => cross_validate(config, job, cv.folds),
+    }
+}
+
+/// The scores averaged over folds.
+const FOLD_SCORES: [&str; 5] = ["accuracy", "f1_weighted", "f1_macro", "kappa", "mcc"];
+
+/// SPEC §5's cross-validation: the labeled conversations pooled, and per fold a seeded split
+/// (33 % test, then 33 % of the rest validation). Finished folds are recorded under `_work/`,
+/// so a killed run resumes in the fold it was in; the output's model is the last fold's.
+fn cross_validate(config: &FinetuneConfig, job: &TrainingJob, folds: usize) -> Result<(Fit, serde_json::Value)> {
+    let labeled: Vec<&Conversation> = job.conversations.iter().filter(|c| c.split.is_labeled()).collect();
+    let mut records = Vec::with_capacity(folds);
+    let mut last = None;
+    for fold in 0..folds {
+        let name = format!("fold-{fold}");
+        if fold + 1 < folds {
+            if let Some(record) = job.work.finished(&name)? {
+                tracing::info!(fold, "fold finished before: skipped");
+                records.push(record);
+                continue;
+            }
+        }
+        let conversations = fold_split(&labeled, mix(config.train.seed, fold as u64));
+        tracing::info!(fold, folds, "cross-validation fold");
+        let (fit, summary) = train_once(config, job, &conversations, &job.work.part(&name)?, fold + 1 == folds)?;
+        let record = serde_json::json!({
+            "fold": fold,
+            "data": summary["data"],
+            "best": fit.best,
+            "test": headlines(&summary["test"]),
+        });
+        job.work.finish(&name, &record)?;
+        records.push(record);
+        last = Some((fit, summary));
+    }
+    let (fit, mut summary) = last.expect("the last fold always runs");
+    let mut stats = serde_json::Map::new();
+    if let Some(heads) = records[0]["test"].as_object() {
+        for head in heads.keys() {
+            let mut scores = serde_json::Map::new();
+            for score in FOLD_SCORES {
+                let values: Vec<f64> = records.iter().filter_map(|r| r["test"][head][score].as_f64()).collect();
+                let mean = values.iter().sum::<f64>() / values.len().max(1) as f64;
+                let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / values.len().max(1) as f64;
+                scores.insert(score.to_string(), serde_json::json!({"mean": mean, "std": var.sqrt()}));
+            }
+            stats.insert(head.clone(), scores.into());
+        }
+    }
+    summary["cross_validation"] = serde_json::json!({"folds": records, "test": stats});
+    Ok((fit, summary))
+}
+
+/// The labeled conversations of a fold: a seeded shuffle, the first 33 % test, then 33 % of
+/// the rest validation, the remainder training.
+fn fold_split(labeled: &[&Conversation], seed: u64) -> Vec<Conversation> {
+    use rand::seq::SliceRandom;
+    use rand::SeedableRng;
+    let mut order: Vec<usize> = (0..labeled.len()).collect();
+    order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
+    let n_test = (labeled.len() as f64 * 0.33).round() as usize;
+    let n_val = ((labeled.len() - n_test) as f64 * 0.33).round() as usize;
+    order
+        .iter()
+        .enumerate()
+        .map(|(rank, &i)| {
+            let mut c = labeled[i].clone();
+            c.split = if rank < n_test {
+                Split::Test
+            } else if rank < n_test + n_val {
+                Split::Val
+            } else {
+                Split::Train
+            };
+            c
+        })
+        .collect()
+}
+
+/// One training run on `conversations` (their splits as given), checkpointing in `work`;
+/// writes the model directory when `write`.
+fn train_once(
+    config: &FinetuneConfig,
+    job: &TrainingJob,
+    conversations: &[Conversation],
+    work: &WorkDir,
+    write: bool,
+) -> Result<(Fit, serde_json::Value)> {
     let src = &job.src;
     let adaptive = check_parent(config.method, src)?;
     let device = config.train.device()?;
@@ -160,7 +257,7 @@ fn train_tasks(config: &FinetuneConfig, job: &TrainingJob) -> Result<(Fit, serde
     let tasks: Vec<TaskData> = config
         .tasks()
         .into_iter()
-        .map(|task| TaskData::new(task, config.weight(task), config, &tokenizer, &job.conversations))
+        .map(|task| TaskData::new(task, config.weight(task), config, &tokenizer, conversations))
         .collect::<Result<_>>()?;
     let data: serde_json::Map<String, serde_json::Value> = tasks
         .iter()
@@ -205,7 +302,7 @@ fn train_tasks(config: &FinetuneConfig, job: &TrainingJob) -> Result<(Fit, serde
         single_class: Cell::new(0),
         padding: Padding::default(),
     };
-    let fit = train::fit(&method_training(config.method, &config.train), &vs, &objective, &job.work)?;
+    let fit = train::fit(&method_training(config.method, &config.train), &vs, &objective, work)?;
     let test = tch::no_grad(|| objective.test())?;
 
     let classes: serde_json::Map<String, serde_json::Value> =
@@ -221,7 +318,9 @@ fn train_tasks(config: &FinetuneConfig, job: &TrainingJob) -> Result<(Fit, serde
         "quirks": config.quirks,
         "finetune": {"best": fit.best, "test": headlines(&test)},
     });
-    training::write_model_dir(job, &vs, &encoder_config, Arch::Base, fields)?;
+    if write {
+        training::write_model_dir(job, &vs, &encoder_config, Arch::Base, fields)?;
+    }
     let summary = serde_json::json!({
         "method": config.method.name(),
         "data": data,

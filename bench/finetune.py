@@ -1,0 +1,99 @@
+"""Benchmark of `taft finetune` (step 2: taft, noadapt, tapt) against a plain PyTorch +
+transformers loop doing the same work (bench/finetune_peer.py), side by side in one run.
+
+Data: the default synthetic dataset, learnable (`taft prep`). Models: made by `taft init`
+from scratch, so both sides start from the same encoder: the demo's tiny RoBERTa (hidden 64,
+2 layers) and one of distilcamembert's shape (6 layers, hidden 768, 12 heads, FFN 3072;
+random weights). taft's parents (`role`, adaptive and direct) are made with one step each.
+Both sides train STEPS optimizer steps of the status and 3-way satisfaction tasks (one
+imbalanced batch of each per step, max length 512, no evaluation, no checkpoints) with the
+same batch and threads; the peer pads every conversation to 512 as the original does, taft
+pads each batch to its longest. taft runs taft and noadapt twice: the original's way
+(`encoder_cache: false`) and with the frozen-encoder cache. Steps/s is each side's
+training-loop figure; wall time is the whole process (taft's includes building the cache
+and scoring the test split; the peer's does not score anything); peak RSS from wait4.
+Usage: .venv/bin/python bench/finetune.py [--rounds 3] [--models 0,1]
+"""
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from dapt import HERE, ROOT, TAFT, measure, taft, versions  # noqa: E402
+
+MODELS = [
+    # name, init scratch settings, adaptive (heads, ffn), batch, steps
+    ("tiny RoBERTa 2x64", "{vocab_size: 2000, hidden_size: 64, num_hidden_layers: 2, num_attention_heads: 4, intermediate_size: 128, max_length: 512}", (4, 256), 32, 30),
+    ("distilcamembert shape 6x768", "{vocab_size: 8000, hidden_size: 768, num_hidden_layers: 6, num_attention_heads: 12, intermediate_size: 3072, max_length: 512}", (12, 2048), 4, 6),
+]
+RUNS = [("taft", False), ("taft", True), ("noadapt", False), ("noadapt", True), ("tapt", False)]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--models", default="0,1")
+    args = ap.parse_args()
+    subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
+    work = tempfile.mkdtemp(prefix="taft-bench-finetune-")
+    table = []
+    try:
+        prep = os.path.join(work, "prep")
+        taft("prep", "-o", prep, "--set", "synthetic={seed: 42, learnable: true}")
+        for i in (int(x) for x in args.models.split(",")):
+            name, scratch, (heads, ffn), batch, steps = MODELS[i]
+            init = os.path.join(work, f"init{i}")
+            taft("init", "-i", prep, "-o", init, "--set", f"scratch={scratch}")
+            parents = {}
+            for variant in ("adaptive", "direct"):
+                parents[variant] = os.path.join(work, f"role{i}-{variant}")
+                taft("role", "-i", prep, "-i", init, "-o", parents[variant], "--set", f"variant={variant}",
+                     "--set", f"adaptive={{heads: {heads}, ffn: {ffn}}}", "--set", "train.max_steps=1",
+                     "--set", "train.batch_size=8", "--set", "train.eval_each_epoch=false",
+                     "--set", f"train.threads={args.threads}")
+            for method, cache in RUNS:
+                ours, peer = [], []
+                for r in range(args.rounds):
+                    out = os.path.join(work, f"{method}{i}-{cache}-{r}")
+                    parent = parents["adaptive" if method == "taft" else "direct"]
+                    cmd = [TAFT, "--log-format", "json", "finetune", "-i", prep, "-i", parent, "-o", out]
+                    for s in [f"method={method}", f"encoder_cache={str(cache).lower()}", f"train.batch_size={batch}",
+                              f"train.max_steps={steps}", "train.epochs=100", "train.best=null",
+                              "train.eval_each_epoch=false", "train.checkpoint_every=0", "train.device=cpu",
+                              f"train.threads={args.threads}"]:
+                        cmd += ["--set", s]
+                    summary = lambda _, out=out: json.load(open(os.path.join(out, "_MANIFEST.json")))["summary"]
+                    ours.append(measure(cmd, lambda o: summary(o)["steps_per_second"]))
+                    shutil.rmtree(out, ignore_errors=True)
+                    if not cache:
+                        peer.append(measure([sys.executable, os.path.join(HERE, "finetune_peer.py"), method, init, prep,
+                                             str(batch), str(steps), str(args.threads), "512", str(heads), str(ffn)],
+                                            lambda o: json.loads(o.strip().splitlines()[-1])["steps_per_second"]))
+                med = lambda runs, k: statistics.median(run[k] for run in runs)
+                row = (name, batch, steps, method, cache, med(ours, 0), med(ours, 1), max(r[2] for r in ours))
+                table.append(row + ((med(peer, 0), med(peer, 1), max(r[2] for r in peer)) if peer else (None, None, None)))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores; threads {args.threads}; "
+          f"{versions()}; median of {args.rounds} processes\n")
+    print("| model | batch x steps | method | encoder cache | taft steps/s | taft wall s | taft peak RSS MiB "
+          "| PyTorch steps/s | PyTorch wall s | PyTorch peak RSS MiB | steps/s ratio | wall ratio |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    peers = {}
+    for name, batch, steps, method, cache, s, w, m, sp, wp, mp in table:
+        if sp is not None:
+            peers[(name, method)] = (sp, wp, mp)
+        sp, wp, mp = peers[(name, method)]
+        print(f"| {name} | {batch} x {steps} | {method} | {'yes' if cache else 'no'} | {s:.2f} | {w:.1f} | {m:.0f} "
+              f"| {sp:.2f} | {wp:.1f} | {mp:.0f} | {s / sp:.2f}x | {wp / w:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""The Python peer of the step-2 benchmark: a plain PyTorch training loop (what the original's
+Lightning module runs) over transformers' encoder for one method of SPEC §5, on the same model
+directory, conversations, batch, learning rates and threads as `taft finetune`:
+
+- the status and 3-way satisfaction tasks, each drawn by an imbalanced sampler
+  (`WeightedRandomSampler`, weight 1 / count of the label), one batch of each per optimizer
+  step, each its own encoder pass, SPEC §4's weighted losses mixed 0.8 / 0.2;
+- conversations joined by the separator and padded to MAX_LENGTH (512), as the original;
+- taft: the encoder frozen but in training mode (its dropout active), an
+  `nn.TransformerEncoderLayer` adaptive layer at lr 1e-3; noadapt: the encoder frozen, no
+  adaptive layer; tapt: everything trains.
+
+  finetune_peer.py METHOD MODEL_DIR PREP_DIR BATCH STEPS THREADS MAX_LENGTH ADAPTIVE_HEADS ADAPTIVE_FFN
+
+Prints one JSON line: steps_per_second (the training loop), seconds.
+"""
+import json
+import os
+import sys
+import time
+
+import pyarrow.parquet as pq
+import torch
+import torch.nn.functional as F
+from torch.utils.data import WeightedRandomSampler
+from transformers import AutoModel, PreTrainedTokenizerFast
+
+method, model_dir, prep_dir = sys.argv[1:4]
+batch, steps, threads, max_length, heads, ffn = (int(x) for x in sys.argv[4:10])
+torch.set_num_threads(threads)
+torch.manual_seed(42)
+
+tokenizer = PreTrainedTokenizerFast(tokenizer_file=os.path.join(model_dir, "tokenizer.json"), bos_token="<s>",
+                                    eos_token="</s>", pad_token="<pad>", unk_token="<unk>", mask_token="<mask>",
+                                    cls_token="<s>", sep_token="</s>")
+rows = pq.read_table(os.path.join(prep_dir, "conversations.parquet"),
+                     columns=["split", "status", "satisfaction", "utterances"]).to_pylist()
+train = [r for r in rows if r["split"] == "train"]
+text = lambda r: f" {tokenizer.sep_token} ".join(u["text"] for u in r["utterances"])
+status = [(text(r), r["status"] - 1) for r in train if r["status"]]  # aborted conversations left out
+satis = [(text(r), (r["satisfaction"] > 3) - (r["satisfaction"] < 3) + 1) for r in train]
+
+
+class Model(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.encoder = AutoModel.from_pretrained(model_dir, add_pooling_layer=False)
+        h = self.encoder.config.hidden_size
+        self.adaptive = torch.nn.TransformerEncoderLayer(h, heads, ffn, 0.1, batch_first=True) if method == "taft" else None
+        self.pooler = torch.nn.Linear(h, h)
+        self.dropout = torch.nn.Dropout(0.5)
+        self.status = torch.nn.Linear(h, 4)
+        self.satisfaction = torch.nn.Linear(h, 3)
+
+    def forward(self, ids, mask, head):
+        h = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        if self.adaptive is not None:
+            h = self.adaptive(h, src_key_padding_mask=mask == 0)
+        return head(self.dropout(torch.tanh(self.pooler(h[:, 0]))))
+
+
+def sampler(items):
+    labels = torch.tensor([y for _, y in items])
+    counts = torch.bincount(labels).float()
+    return iter(list(WeightedRandomSampler(1.0 / counts[labels], len(items) * (steps // 10 + 2))))
+
+
+def weighted_loss(logits, labels, n):
+    counts = torch.bincount(labels, minlength=n).float()
+    weights = torch.where(counts > 0, 1 - counts / len(labels), torch.zeros_like(counts))
+    return F.binary_cross_entropy_with_logits(logits, F.one_hot(labels, n).float(), weight=weights)
+
+
+model = Model()
+model.train()
+if method in ("taft", "noadapt"):
+    for p in model.encoder.parameters():
+        p.requires_grad_(False)
+params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+no_decay = lambda n: n.endswith("bias") or "LayerNorm" in n or "norm" in n
+groups = [
+    {"params": [p for n, p in params if n.startswith("adaptive.")], "lr": 1e-3, "weight_decay": 1e-5},
+    {"params": [p for n, p in params if not n.startswith("adaptive.") and not no_decay(n)], "weight_decay": 0.01},
+    {"params": [p for n, p in params if not n.startswith("adaptive.") and no_decay(n)], "weight_decay": 0.0},
+]
+opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=5e-5)
+sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1 - s / steps))
+draws = [sampler(status), sampler(satis)]
+start = time.perf_counter()
+for step in range(steps):
+    losses = []
+    for (items, head, n, w), draw in zip([(status, model.status, 4, 0.8), (satis, model.satisfaction, 3, 0.2)], draws):
+        chunk = [items[next(draw)] for _ in range(batch)]
+        enc = tokenizer([t for t, _ in chunk], truncation=True, max_length=max_length, padding="max_length",
+                        return_tensors="pt")
+        labels = torch.tensor([y for _, y in chunk])
+        losses.append(w * weighted_loss(model(enc["input_ids"], enc["attention_mask"], head), labels, n))
+    loss = sum(losses)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    sched.step()
+seconds = time.perf_counter() - start
+print(json.dumps({"steps_per_second": steps / seconds, "seconds": seconds}))
