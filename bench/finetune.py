@@ -56,7 +56,7 @@ def main():
                 parents[variant] = os.path.join(work, f"role{i}-{variant}")
                 taft("role", "-i", prep, "-i", init, "-o", parents[variant], "--set", f"variant={variant}",
                      "--set", f"adaptive={{heads: {heads}, ffn: {ffn}}}", "--set", "train.max_steps=1",
-                     "--set", "train.batch_size=8", "--set", "train.eval_each_epoch=false",
+                     "--set", "train.batch_size=8", "--set", "train.eval_each_epoch=false", "--set", "train.best=null",
                      "--set", f"train.threads={args.threads}")
             for method, cache in RUNS:
                 ours, peer = [], []

@@ -39,6 +39,11 @@ impl Imbalanced {
         }
         Imbalanced { weights: labels.iter().map(|&y| 1.0 / counts[y as usize] as f64).collect() }
     }
+
+    /// The weight of each item's draw.
+    pub fn weights(&self) -> &[f64] {
+        &self.weights
+    }
 }
 
 impl Sampler for Imbalanced {
@@ -150,12 +155,17 @@ impl Sampler for Categories {
 pub struct MaxSizeCycle {
     first: Box<dyn Sampler + Send + Sync>,
     second: Box<dyn Sampler + Send + Sync>,
+    /// Items of each task (what the samplers' indexes range over).
+    items: (usize, usize),
     batch: usize,
 }
 
+/// A task's sampler and the number of items its indexes range over.
+pub type TaskSampler = (Box<dyn Sampler + Send + Sync>, usize);
+
 impl MaxSizeCycle {
-    pub fn new(first: Box<dyn Sampler + Send + Sync>, second: Box<dyn Sampler + Send + Sync>, batch: usize) -> Self {
-        MaxSizeCycle { first, second, batch: batch.max(1) }
+    pub fn new(first: TaskSampler, second: TaskSampler, batch: usize) -> Self {
+        MaxSizeCycle { first: first.0, second: second.0, items: (first.1, second.1), batch: batch.max(1) }
     }
 
     /// Optimizer steps (pairs of batches) per epoch.
@@ -165,14 +175,14 @@ impl MaxSizeCycle {
 
     /// The items of the first and second sampler a packed position holds.
     pub fn unpack(&self, index: usize) -> (Option<usize>, Option<usize>) {
-        Self::unpack_for(index, self.first.len(), self.second.len())
+        Self::unpack_for(index, self.items.0, self.items.1)
     }
 
-    /// [`MaxSizeCycle::unpack`] knowing only how many items each sampler draws per epoch.
-    pub fn unpack_for(index: usize, first_len: usize, second_len: usize) -> (Option<usize>, Option<usize>) {
-        let stride = second_len + 1;
+    /// [`MaxSizeCycle::unpack`] knowing only how many items each task has.
+    pub fn unpack_for(index: usize, first_items: usize, second_items: usize) -> (Option<usize>, Option<usize>) {
+        let stride = second_items + 1;
         let (a, b) = (index / stride, index % stride);
-        ((a < first_len).then_some(a), (b < second_len).then_some(b))
+        ((a < first_items).then_some(a), (b < second_items).then_some(b))
     }
 
     /// Batch `step` of a sampler whose every run (cycle) draws anew.
@@ -205,8 +215,8 @@ impl Sampler for MaxSizeCycle {
     }
 
     fn order(&self, seed: u64, epoch: u64) -> Vec<usize> {
-        let stride = self.second.len() + 1;
-        let (none_a, none_b) = (self.first.len(), self.second.len());
+        let stride = self.items.1 + 1;
+        let (none_a, none_b) = self.items;
         let (mut cycles_a, mut cycles_b) = (Vec::new(), Vec::new());
         let mut out = Vec::with_capacity(self.len());
         for step in 0..self.steps() {
@@ -365,8 +375,8 @@ mod tests {
 
     #[test]
     fn max_size_cycle_walks_the_longer_and_restarts_the_shorter() {
-        let first = Box::new(Shuffle(10));
-        let second = Box::new(Shuffle(25));
+        let first: TaskSampler = (Box::new(Shuffle(10)), 10);
+        let second: TaskSampler = (Box::new(Shuffle(25)), 25);
         let s = MaxSizeCycle::new(first, second, 4);
         assert_eq!(s.steps(), 7, "ceil(25 / 4) batches of the longer");
         let order = s.order(5, 0);
@@ -388,6 +398,15 @@ mod tests {
         }
         assert_ne!(cycle(0), cycle(1), "a restart draws anew");
         assert_eq!(order, s.order(5, 0));
+
+        // A sampler drawing fewer times than its task has items: the items come back whole.
+        let few = Episodic { indices: (0..10).collect(), weights: vec![1.0; 10], num_samples: 3 };
+        let s = MaxSizeCycle::new((Box::new(few), 10), (Box::new(Shuffle(8)), 8), 4);
+        assert_eq!(s.steps(), 2);
+        let firsts: Vec<usize> = s.order(5, 0).iter().filter_map(|&i| s.unpack(i).0).collect();
+        // Two batches of three draws (one per cycle), indexes over all 10 items.
+        assert!(firsts.len() == 6 && firsts.iter().all(|i| *i < 10), "{firsts:?}");
+        assert!(firsts.iter().any(|i| *i >= 3), "item indexes past the draw count survive: {firsts:?}");
     }
 
     #[test]

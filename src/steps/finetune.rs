@@ -40,6 +40,8 @@ max_length: 512
 dropout: 0.5
 loss_weights: {status: 0.8, satisfaction: 0.2}
 sampler: imbalanced
+episodic: {weights: inverse_frequency, num_samples: null}
+categories: {way: 2, shots: 4, queries: 4, tasks_per_batch: 2, episodes: null}
 encoder_cache: false
 encoder_cache_fp16: true
 encoder_cache_memory_mib: 4096
@@ -106,6 +108,51 @@ pub enum SamplerKind {
     Imbalanced,
     /// Every item once per epoch.
     Shuffle,
+    /// `episodic.num_samples` draws with replacement, by `episodic.weights` (SPEC §7).
+    Episodic,
+    /// N-way K-shot episodes (SPEC §7): see `categories`.
+    Categories,
+}
+
+/// The weights of the episodic sampler's draws.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EpisodeWeights {
+    /// 1 / count of the item's label: every class equally likely.
+    InverseFrequency,
+    /// Every item equally likely.
+    Uniform,
+}
+
+/// `episodic:` of finetune.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EpisodicConfig {
+    pub weights: EpisodeWeights,
+    /// Draws per epoch (null: as many as the task has items).
+    #[serde(default)]
+    pub num_samples: Option<usize>,
+}
+
+/// `categories:` of finetune: each batch is `tasks_per_batch` tasks of `way` classes ×
+/// (`shots` + `queries`) items, laid out item-major.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CategoriesConfig {
+    pub way: usize,
+    pub shots: usize,
+    pub queries: usize,
+    pub tasks_per_batch: usize,
+    /// Batches per epoch (null: as many as cover the task's items once).
+    #[serde(default)]
+    pub episodes: Option<usize>,
+}
+
+impl CategoriesConfig {
+    /// Items per batch.
+    pub fn batch_len(&self) -> usize {
+        self.tasks_per_batch * self.way * (self.shots + self.queries)
+    }
 }
 
 /// `cross_validation:` of finetune.
@@ -146,6 +193,8 @@ pub struct FinetuneConfig {
     pub dropout: f64,
     pub loss_weights: LossWeights,
     pub sampler: SamplerKind,
+    pub episodic: EpisodicConfig,
+    pub categories: CategoriesConfig,
     /// taft and noadapt: run the frozen encoder once per conversation, in inference mode,
     /// and train what lies above it on the kept states (`false`: the original's way, the
     /// frozen encoder runs every step in training mode, its dropout active).
@@ -238,6 +287,27 @@ impl Step for Finetune {
         }
         if config.max_length < 3 {
             return Err(Error::config("max_length must be at least 3 (the special tokens and one token)"));
+        }
+        if config.sampler == SamplerKind::Categories {
+            let c = config.categories;
+            if c.way < 2 || c.shots + c.queries == 0 || c.tasks_per_batch == 0 {
+                return Err(Error::config("categories: way >= 2, shots + queries >= 1 and tasks_per_batch >= 1"));
+            }
+            if c.batch_len() != config.train.batch_size {
+                return Err(Error::config(format!(
+                    "categories: tasks_per_batch × way × (shots + queries) = {} must equal train.batch_size ({})",
+                    c.batch_len(),
+                    config.train.batch_size
+                )));
+            }
+            if config.train.group_by_length {
+                return Err(Error::config(
+                    "train.group_by_length would reorder the categories sampler's episodes; leave it off",
+                ));
+            }
+        }
+        if config.sampler == SamplerKind::Episodic && config.episodic.num_samples == Some(0) {
+            return Err(Error::config("episodic.num_samples must be at least 1"));
         }
         if let Some(cv) = config.cross_validation {
             if !(2..=100).contains(&cv.folds) {

@@ -181,6 +181,37 @@ fn the_batch_count_follows_max_size_cycle() {
     assert!(status < satisfaction, "aborted conversations leave the status task: {data}");
     // One optimizer step is a batch of each task; an epoch ends with the longer one.
     assert_eq!(m["summary"]["steps"].as_u64().unwrap(), satisfaction.div_ceil(32).max(status.div_ceil(32)));
+
+    // The other samplers set the epoch's length: 40 episodic draws per task in batches of
+    // 16, or 5 episodes of 2-way 4-shot 4-query tasks (batches of 16).
+    for (sets, steps) in [
+        (vec!["sampler=episodic", "episodic.num_samples=40"], 3),
+        (vec!["sampler=categories", "categories={way: 2, shots: 4, queries: 4, tasks_per_batch: 1, episodes: 5}"], 5),
+    ] {
+        let out = dir.path().join(sets[0].replace('=', "-"));
+        let mut all = vec!["train.epochs=1", "train.batch_size=16", "encoder_cache=true"];
+        all.extend(&sets);
+        run(&mut finetune("taft", &p.adaptive, &out, &all)).ok();
+        assert_eq!(manifest(&out).unwrap()["summary"]["steps"], steps, "{sets:?}");
+    }
+    // Episodes need `way` classes with enough items: pc has two.
+    let r = run(&mut finetune(
+        "taft",
+        &p.adaptive,
+        &dir.path().join("three-way"),
+        &[
+            "status=pc",
+            "sampler=categories",
+            "categories={way: 3, shots: 2, queries: 2, tasks_per_batch: 1}",
+            "train.batch_size=12",
+        ],
+    ));
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("categories (task `pc`): 3-way episodes of 4 items per class need 3 classes"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]
@@ -216,6 +247,14 @@ fn bad_finetune_configs_are_refused_naming_the_key() {
         ("taft", "dropout=1.5", "dropout 1.5 must be in [0, 1)"),
         ("taft", "max_length=1000", "max_length 1000 exceeds the 128 positions"),
         ("taft", "loss_weights.status=-1", "loss_weights: non-negative numbers"),
+        ("taft", "cross_validation={folds: 1}", "cross_validation.folds 1 must be in 2..=100"),
+        (
+            "taft",
+            "sampler=categories",
+            "categories: tasks_per_batch × way × (shots + queries) = 32 must equal train.batch_size (16)",
+        ),
+        ("taft", "sampler=episodes", "unknown variant `episodes`"),
+        ("taft", "cross_validation={k: 3}", "key `cross_validation.k`: unknown field `k`, expected `folds`"),
     ] {
         let r = run(&mut finetune(method, &p.adaptive, &out, &[set]));
         assert_eq!(r.code, 2, "{method} {set}: {}", r.stderr);

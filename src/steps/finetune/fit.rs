@@ -9,8 +9,8 @@ use bytes::Bytes;
 use tch::{nn, Device, Tensor};
 
 use super::cache::{CacheSettings, EncoderCache};
-use super::{Finetune, FinetuneConfig, Method, SamplerKind};
-use crate::data::samplers::{Imbalanced, MaxSizeCycle, Sampler, Shuffle};
+use super::{EpisodeWeights, Finetune, FinetuneConfig, Method, SamplerKind};
+use crate::data::samplers::{Categories, Episodic, Imbalanced, MaxSizeCycle, Sampler, Shuffle};
 use crate::data::tasks::Task;
 use crate::data::{Conversation, Split};
 use crate::error::{Error, Result};
@@ -139,12 +139,32 @@ impl TaskData {
         })
     }
 
-    fn sampler(&self, kind: SamplerKind, train: &TrainConfig) -> Box<dyn Sampler + Send + Sync> {
-        let drawn: Box<dyn Sampler + Send + Sync> = match kind {
-            SamplerKind::Imbalanced => Box::new(Imbalanced::new(&self.train.labels)),
+    fn sampler(&self, config: &FinetuneConfig) -> Result<Box<dyn Sampler + Send + Sync>> {
+        let labels = &self.train.labels;
+        let drawn: Box<dyn Sampler + Send + Sync> = match config.sampler {
+            SamplerKind::Imbalanced => Box::new(Imbalanced::new(labels)),
             SamplerKind::Shuffle => Box::new(Shuffle(self.train.len())),
+            SamplerKind::Episodic => {
+                let weights = match config.episodic.weights {
+                    EpisodeWeights::InverseFrequency => Imbalanced::new(labels).weights().to_vec(),
+                    EpisodeWeights::Uniform => vec![1.0; labels.len()],
+                };
+                Box::new(Episodic {
+                    indices: (0..labels.len()).collect(),
+                    weights,
+                    num_samples: config.episodic.num_samples.unwrap_or(labels.len()),
+                })
+            }
+            SamplerKind::Categories => {
+                let c = config.categories;
+                let episodes = c.episodes.unwrap_or(labels.len().div_ceil(c.batch_len()).max(1));
+                let sampler = Categories::new(labels, c.way, c.shots, c.queries, c.tasks_per_batch, episodes)
+                    .map_err(|e| Error::config(format!("categories (task `{}`): {e}", self.task.name())))?;
+                Box::new(sampler)
+            }
         };
-        self.train.grouped(train.group_by_length, drawn, train.batch_size)
+        let train = &config.train;
+        Ok(self.train.grouped(train.group_by_length, drawn, train.batch_size))
     }
 
     /// The most frequent training label.
@@ -302,6 +322,7 @@ fn train_once(
         single_class: Cell::new(0),
         padding: Padding::default(),
     };
+    objective.combined()?; // a sampler the data cannot feed is a config error, before training
     let fit = train::fit(&method_training(config.method, &config.train), &vs, &objective, work)?;
     let test = tch::no_grad(|| objective.test())?;
 
@@ -396,13 +417,17 @@ impl Tasks<'_> {
     }
 
     /// The combined sampler: one task's, or both walked with max-size cycle.
-    fn combined(&self) -> Box<dyn Sampler + '_> {
-        let (kind, train) = (self.config.sampler, &self.config.train);
-        match self.tasks {
-            [one] => one.sampler(kind, train),
-            [a, b] => Box::new(MaxSizeCycle::new(a.sampler(kind, train), b.sampler(kind, train), train.batch_size)),
+    fn combined(&self) -> Result<Box<dyn Sampler + '_>> {
+        let config = self.config;
+        Ok(match self.tasks {
+            [one] => one.sampler(config)?,
+            [a, b] => Box::new(MaxSizeCycle::new(
+                (a.sampler(config)?, a.train.len()),
+                (b.sampler(config)?, b.train.len()),
+                config.train.batch_size,
+            )),
             _ => unreachable!("one or two tasks"),
-        }
+        })
     }
 
     /// Each task's report on the test split, with the majority-class baseline.
@@ -436,7 +461,7 @@ impl Tasks<'_> {
 
 impl Objective for Tasks<'_> {
     fn sampler(&self) -> Box<dyn Sampler + '_> {
-        self.combined()
+        self.combined().expect("the samplers are checked before training")
     }
 
     fn loss(&self, batch: &[usize], _seed: u64) -> Result<Tensor> {
