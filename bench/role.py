@@ -7,7 +7,11 @@ paper's), AdamW lr 1e-3 with a linear schedule, SPEC §4's weighted loss, the sa
 layer, 2 threads; STEPS optimizer steps, no evaluation, no checkpoints. Steps/s is each
 side's training-loop figure (taft tokenizes once before the loop; the peer per batch, as a
 data loader would); wall time is the whole process; peak RSS from wait4.
-Usage: .venv/bin/python bench/role.py [--rounds 3] [--steps 30] [--threads 2]
+With `--whole`: the whole run instead, evaluation included — taft with length grouping
+(`train.group_by_length`) and its length-sorted evaluation, one epoch then validation and
+test; the peer as the original runs it (every batch padded to 50 tokens, evaluation in file
+order). The figure to compare is then the wall time.
+Usage: .venv/bin/python bench/role.py [--rounds 3] [--steps 30] [--threads 2] [--whole]
 """
 import argparse
 import os
@@ -26,20 +30,31 @@ def main():
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--whole", action="store_true")
+    ap.add_argument("--models", default="0,1", help="indexes into MODELS")
     args = ap.parse_args()
-    taft_sets = lambda i: [f"train.batch_size={args.batch}", f"train.max_steps={args.steps}", "train.epochs=100",
-                           "train.best=null", f"train.threads={args.threads}",
-                           f"adaptive={{heads: {ADAPTIVE[i][0]}, ffn: {ADAPTIVE[i][1]}}}"]
+    chosen = [int(i) for i in args.models.split(",")]
+    MODELS[:] = [MODELS[i] for i in chosen]
+    heads_ffn = [ADAPTIVE[i] for i in chosen]
+    adaptive = lambda i: f"adaptive={{heads: {heads_ffn[i][0]}, ffn: {heads_ffn[i][1]}}}"
+    if args.whole:
+        taft_sets = lambda i: [f"train.batch_size={args.batch}", "train.epochs=1", "train.eval_each_epoch=true",
+                               "train.group_by_length=true", f"train.threads={args.threads}", adaptive(i)]
+    else:
+        taft_sets = lambda i: [f"train.batch_size={args.batch}", f"train.max_steps={args.steps}", "train.epochs=100",
+                               "train.best=null", f"train.threads={args.threads}", adaptive(i)]
     peer_cmd = lambda i, model, prep: [sys.executable, os.path.join(HERE, "role_peer.py"), model, prep, str(args.batch),
-                                       str(args.steps), str(args.threads), str(ADAPTIVE[i][0]), str(ADAPTIVE[i][1])]
+                                       str(args.steps), str(args.threads), str(heads_ffn[i][0]), str(heads_ffn[i][1])] + \
+        (["whole"] if args.whole else [])
     rows = compare("role", args.rounds, taft_sets, peer_cmd)
     print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores; threads {args.threads}; "
-          f"batch {args.batch} x 50 tokens; {args.steps} steps; {versions()}; median of {args.rounds} processes\n")
+          f"batch {args.batch} x 50 tokens; {'one epoch + evaluation' if args.whole else f'{args.steps} steps'}; "
+          f"{versions()}; median of {args.rounds} processes\n")
     print("| model | taft steps/s | taft wall s | taft peak RSS MiB | PyTorch loop steps/s | PyTorch wall s "
-          "| PyTorch peak RSS MiB | steps/s ratio |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| PyTorch peak RSS MiB | steps/s ratio | wall ratio |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for (name, _, _, _), (s, w, m, sp, wp, mp) in zip(MODELS, rows):
-        print(f"| {name} | {s:.2f} | {w:.1f} | {m:.0f} | {sp:.2f} | {wp:.1f} | {mp:.0f} | {s / sp:.2f}x |")
+        print(f"| {name} | {s:.2f} | {w:.1f} | {m:.0f} | {sp:.2f} | {wp:.1f} | {mp:.0f} | {s / sp:.2f}x | {wp / w:.2f}x |")
 
 
 if __name__ == "__main__":

@@ -5,9 +5,12 @@ binary cross-entropy, on the same model directory, utterances (customer and oper
 utterances of the unlabeled split, 50 tokens), batch, learning rate and threads as
 `taft role`.
 
-  role_peer.py MODEL_DIR PREP_DIR BATCH STEPS THREADS ADAPTIVE_HEADS ADAPTIVE_FFN
+  role_peer.py MODEL_DIR PREP_DIR BATCH STEPS THREADS ADAPTIVE_HEADS ADAPTIVE_FFN [whole]
 
-Prints one JSON line: steps_per_second (the training loop), seconds.
+With `whole` (STEPS is then ignored): the original's whole run instead — one epoch over 75 %
+of the utterances, every batch padded to 50 tokens as the original pads, then the loss and
+accuracy on the other 25 % (validation) and on the test split's utterances, in file order.
+Prints one JSON line: steps_per_second (the training loop), seconds (training and evaluation).
 """
 import json
 import os
@@ -28,7 +31,15 @@ tokenizer = PreTrainedTokenizerFast(tokenizer_file=os.path.join(model_dir, "toke
                                     eos_token="</s>", pad_token="<pad>", unk_token="<unk>", mask_token="<mask>",
                                     cls_token="<s>", sep_token="</s>")
 rows = pq.read_table(os.path.join(prep_dir, "conversations.parquet"), columns=["split", "utterances"]).to_pylist()
-items = [(u["text"], u["speaker"] - 2) for r in rows if r["split"] == "unlabeled" for u in r["utterances"] if u["speaker"] >= 2]
+whole = len(sys.argv) > 8 and sys.argv[8] == "whole"
+role = lambda split: [(u["text"], u["speaker"] - 2) for r in rows if r["split"] == split for u in r["utterances"]
+                      if u["speaker"] >= 2]
+items = role("unlabeled")
+if whole:
+    cut = int(len(items) * 0.75)
+    items, val, test = items[:cut], items[cut:], role("test")
+    steps = (len(items) + batch - 1) // batch
+padding = "max_length" if whole else True
 
 
 class Model(torch.nn.Module):
@@ -56,8 +67,9 @@ sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1 - s / steps)
 order = torch.randperm(len(items)).tolist()
 start = time.perf_counter()
 for step in range(steps):
-    chunk = [items[order[(step * batch + i) % len(items)]] for i in range(batch)]
-    enc = tokenizer([t for t, _ in chunk], truncation=True, max_length=50, padding=True, return_tensors="pt")
+    chunk = [items[order[(step * batch + i) % len(items)]] for i in range(batch)] if not whole else \
+        [items[j] for j in order[step * batch:(step + 1) * batch]]
+    enc = tokenizer([t for t, _ in chunk], truncation=True, max_length=50, padding=padding, return_tensors="pt")
     labels = torch.tensor([y for _, y in chunk])
     counts = torch.bincount(labels, minlength=2).float()
     weights = torch.where(counts > 0, 1 - counts / len(labels), torch.zeros_like(counts))
@@ -67,5 +79,19 @@ for step in range(steps):
     loss.backward()
     opt.step()
     sched.step()
+train_seconds = time.perf_counter() - start
+if whole:
+    model.eval()
+    with torch.no_grad():
+        for split in (val, test):
+            correct = 0
+            for i in range(0, len(split), batch):
+                chunk = split[i:i + batch]
+                enc = tokenizer([t for t, _ in chunk], truncation=True, max_length=50, padding=padding,
+                                return_tensors="pt")
+                logits = model(enc["input_ids"], enc["attention_mask"])
+                labels = torch.tensor([y for _, y in chunk])
+                F.cross_entropy(logits, labels)
+                correct += (logits.argmax(-1) == labels).sum().item()
 seconds = time.perf_counter() - start
-print(json.dumps({"steps_per_second": steps / seconds, "seconds": seconds}))
+print(json.dumps({"steps_per_second": steps / train_seconds, "seconds": seconds}))
