@@ -67,55 +67,142 @@ fn normalize(name: &str) -> String {
 /// checkpoint that is neither used nor a head, and any shape mismatch is an error.
 pub fn load_weights(vs: &nn::VarStore, dir: impl Into<ModelDir>, fresh: &[&str]) -> Result<()> {
     let dir = dir.into();
-    let mut tensors = Vec::new();
+    let mut loader = Loader::new(vs);
     for file in [WEIGHTS, HEADS] {
         let path = dir.file(file);
         if file == HEADS && !path.exists() {
             continue;
         }
-        let read = Tensor::read_safetensors(&path).map_err(|e| Error::input(format!("{}: {e}", dir.name(file))))?;
-        tensors.extend(read);
+        // One tensor in memory at a time: the peak is the model plus its largest tensor.
+        read_each(&path, &dir.name(file), |name, tensor| loader.take(&name, tensor))?;
     }
-    load_tensors(vs, tensors, fresh, &dir.name(WEIGHTS))
+    loader.finish(fresh, &dir.name(WEIGHTS))
 }
 
 /// [`load_weights`] for tensors already read.
 pub fn load_tensors(vs: &nn::VarStore, tensors: Vec<(String, Tensor)>, fresh: &[&str], source: &str) -> Result<()> {
-    let mut by_name: BTreeMap<String, Tensor> = BTreeMap::new();
+    let mut loader = Loader::new(vs);
     for (name, tensor) in tensors {
-        let name = normalize(&name);
-        if !BUFFERS.contains(&name.as_str()) {
-            by_name.insert(name, tensor);
-        }
+        loader.take(&name, tensor)?;
     }
-    let mut missing = Vec::new();
-    let mut wrong_shape = Vec::new();
-    let mut variables: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
-    variables.sort_by(|a, b| a.0.cmp(&b.0));
-    tch::no_grad(|| {
-        for (name, mut var) in variables {
-            match by_name.remove(&name) {
-                Some(t) if t.size() == var.size() => {
-                    var.copy_(&t.to_kind(var.kind()).to_device(var.device()));
-                }
-                Some(t) => wrong_shape.push(format!("{name} (checkpoint {:?}, model {:?})", t.size(), var.size())),
-                None if fresh.iter().any(|p| name.starts_with(p)) => {}
-                None => missing.push(name),
+    loader.finish(fresh, source)
+}
+
+/// Copies checkpoint tensors into the variables of a store, one at a time, and keeps account
+/// of what matched.
+struct Loader {
+    variables: BTreeMap<String, Tensor>,
+    unexpected: Vec<String>,
+    wrong_shape: Vec<String>,
+}
+
+impl Loader {
+    fn new(vs: &nn::VarStore) -> Loader {
+        Loader { variables: vs.variables().into_iter().collect(), unexpected: Vec::new(), wrong_shape: Vec::new() }
+    }
+
+    fn take(&mut self, name: &str, tensor: Tensor) -> Result<()> {
+        let name = normalize(name);
+        if BUFFERS.contains(&name.as_str()) {
+            return Ok(());
+        }
+        match self.variables.remove(&name) {
+            Some(mut var) if tensor.size() == var.size() => {
+                tch::no_grad(|| var.copy_(&tensor.to_kind(var.kind()).to_device(var.device())));
+            }
+            Some(var) => {
+                self.wrong_shape.push(format!("{name} (checkpoint {:?}, model {:?})", tensor.size(), var.size()))
+            }
+            None if HEAD_PREFIXES.iter().any(|p| name.starts_with(p)) => {}
+            None => self.unexpected.push(name),
+        }
+        Ok(())
+    }
+
+    fn finish(self, fresh: &[&str], source: &str) -> Result<()> {
+        let missing: Vec<String> =
+            self.variables.into_keys().filter(|name| !fresh.iter().any(|p| name.starts_with(p))).collect();
+        let (mut unexpected, wrong_shape) = (self.unexpected, self.wrong_shape);
+        unexpected.sort();
+        if missing.is_empty() && unexpected.is_empty() && wrong_shape.is_empty() {
+            return Ok(());
+        }
+        let mut msg = format!("{source}: checkpoint does not match the model");
+        for (what, list) in [("missing", &missing), ("unexpected", &unexpected), ("wrong shape", &wrong_shape)] {
+            if !list.is_empty() {
+                msg.push_str(&format!("; {what}: {}", list.join(", ")));
             }
         }
-    });
-    let unexpected: Vec<String> =
-        by_name.into_keys().filter(|name| !HEAD_PREFIXES.iter().any(|p| name.starts_with(p))).collect();
-    if missing.is_empty() && unexpected.is_empty() && wrong_shape.is_empty() {
-        return Ok(());
+        Err(Error::input(msg))
     }
-    let mut msg = format!("{source}: checkpoint does not match the model");
-    for (what, list) in [("missing", &missing), ("unexpected", &unexpected), ("wrong shape", &wrong_shape)] {
-        if !list.is_empty() {
-            msg.push_str(&format!("; {what}: {}", list.join(", ")));
+}
+
+/// The largest safetensors header read.
+const MAX_HEADER: u64 = 100 << 20;
+
+/// Reads the tensors of a safetensors file (`name` in messages) one by one, in file order,
+/// handing each to `each`: the file is never held whole.
+pub fn read_each(path: &Path, name: &str, mut each: impl FnMut(String, Tensor) -> Result<()>) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let bad = |msg: String| Error::input(format!("{name}: not a safetensors file: {msg}"));
+    let file = std::fs::File::open(path).map_err(|e| Error::input(format!("{name}: {e}")))?;
+    let file_len = file.metadata()?.len();
+    let mut len = [0u8; 8];
+    file.read_exact_at(&mut len, 0).map_err(|e| bad(e.to_string()))?;
+    let header_len = u64::from_le_bytes(len);
+    if header_len > MAX_HEADER || 8 + header_len > file_len {
+        return Err(bad(format!("a header of {header_len} bytes")));
+    }
+    let mut header = vec![0u8; header_len as usize];
+    file.read_exact_at(&mut header, 8).map_err(|e| bad(e.to_string()))?;
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&header).map_err(|e| bad(e.to_string()))?;
+    let data_start = 8 + header_len;
+    let mut entries: Vec<(String, tch::Kind, Vec<i64>, u64, u64)> = Vec::with_capacity(header.len());
+    for (tensor, info) in header {
+        if tensor == "__metadata__" {
+            continue;
         }
+        let kind = match info["dtype"].as_str() {
+            Some("F64") => tch::Kind::Double,
+            Some("F32") => tch::Kind::Float,
+            Some("F16") => tch::Kind::Half,
+            Some("BF16") => tch::Kind::BFloat16,
+            Some("I64") => tch::Kind::Int64,
+            Some("I32") => tch::Kind::Int,
+            Some("I16") => tch::Kind::Int16,
+            Some("I8") => tch::Kind::Int8,
+            Some("U8") => tch::Kind::Uint8,
+            Some("BOOL") => tch::Kind::Bool,
+            other => return Err(bad(format!("tensor `{tensor}`: dtype {other:?}"))),
+        };
+        let shape: Option<Vec<i64>> =
+            info["shape"].as_array().and_then(|d| d.iter().map(|x| x.as_i64().filter(|&x| x >= 0)).collect());
+        let offsets: Option<[u64; 2]> = info["data_offsets"].as_array().and_then(|o| match o.as_slice() {
+            [a, b] => Some([a.as_u64()?, b.as_u64()?]),
+            _ => None,
+        });
+        let (Some(shape), Some([begin, end])) = (shape, offsets) else {
+            return Err(bad(format!("tensor `{tensor}`: no shape or data_offsets")));
+        };
+        let numel = shape.iter().try_fold(1u64, |n, &d| n.checked_mul(d as u64));
+        let bytes = numel.and_then(|n| n.checked_mul(kind.elt_size_in_bytes() as u64));
+        if begin > end || data_start + end > file_len || bytes != Some(end - begin) {
+            return Err(bad(format!(
+                "tensor `{tensor}`: data_offsets [{begin}, {end}] do not fit its shape or the file"
+            )));
+        }
+        entries.push((tensor, kind, shape, begin, end));
     }
-    Err(Error::input(msg))
+    entries.sort_by_key(|e| e.3);
+    for (tensor, kind, shape, begin, end) in entries {
+        let mut bytes = vec![0u8; (end - begin) as usize];
+        file.read_exact_at(&mut bytes, data_start + begin).map_err(|e| bad(e.to_string()))?;
+        let t = Tensor::f_from_data_size(&bytes, &shape, kind).map_err(|e| bad(format!("tensor `{tensor}`: {e}")))?;
+        drop(bytes);
+        each(tensor, t)?;
+    }
+    Ok(())
 }
 
 /// Which Hugging Face class a saved model directory declares.
@@ -223,4 +310,42 @@ pub fn init_like_transformers(vs: &nn::VarStore, prefix: &str, pad_id: i64) {
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tensors_read_one_by_one_equal_the_written_ones_and_bad_files_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.safetensors");
+        let written = [
+            ("a.weight", Tensor::randn([3, 5], (tch::Kind::Float, Device::Cpu))),
+            ("b.ids", Tensor::arange(7, (tch::Kind::Int64, Device::Cpu))),
+            ("c.half", Tensor::randn([2, 2, 2], (tch::Kind::Float, Device::Cpu)).to_kind(tch::Kind::Half)),
+            ("d.scalar", Tensor::from(2.5f64)),
+        ];
+        Tensor::write_safetensors(&written, &path).unwrap();
+        let mut read = Vec::new();
+        read_each(&path, "t.safetensors", |name, t| {
+            read.push((name, t));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(read.len(), written.len());
+        for (name, t) in &written {
+            let got = &read.iter().find(|(n, _)| n == name).unwrap().1;
+            assert_eq!(got.kind(), t.kind(), "{name}");
+            assert!(got.equal(t), "{name}");
+        }
+        // Truncated: the data no longer fits the header's offsets.
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() - 4]).unwrap();
+        let err = read_each(&path, "t.safetensors", |_, _| Ok(())).unwrap_err().to_string();
+        assert!(err.contains("t.safetensors: not a safetensors file") && err.contains("data_offsets"), "{err}");
+        std::fs::write(&path, b"\xff\xff\xff\xff\xff\xff\xff\x7f").unwrap();
+        let err = read_each(&path, "t.safetensors", |_, _| Ok(())).unwrap_err().to_string();
+        assert!(err.contains("not a safetensors file: a header of"), "{err}");
+    }
 }
