@@ -69,6 +69,33 @@ where
     Ok((fit, summary))
 }
 
+/// [`run_training`] for a step that scores its model on the test split: the summary's
+/// `test` is written whole to `test_report.json` and replaced by `headline(report)`; the
+/// summary's `extra_files` entries (name → JSON) are written beside it.
+pub async fn run_scored<F>(
+    step: &'static str,
+    inputs: &[String],
+    out: &mut Output,
+    train: F,
+    headline: fn(&serde_json::Value) -> serde_json::Value,
+    extra_files: &[&str],
+) -> Result<serde_json::Value>
+where
+    F: FnOnce(&TrainingJob) -> Result<(Fit, serde_json::Value)> + Send + 'static,
+{
+    let (_, mut summary) = run_training(step, inputs, out, train).await?;
+    let report = summary["test"].take();
+    out.put("test_report.json", bytes::Bytes::from(serde_json::to_vec_pretty(&report)?)).await?;
+    for name in extra_files {
+        if !summary[*name].is_null() {
+            let json = serde_json::to_vec_pretty(&summary[*name])?;
+            out.put(&format!("{name}.json"), bytes::Bytes::from(json)).await?;
+        }
+    }
+    summary["test"] = headline(&report);
+    Ok(summary)
+}
+
 /// Writes a trained model directory to `job.dst`: the weights as `arch`, the input's
 /// tokenizer, and its `taft.json` with this step appended to the lineage and `fields` set.
 pub fn write_model_dir(

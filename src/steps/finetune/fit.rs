@@ -5,7 +5,6 @@
 
 use std::cell::Cell;
 
-use bytes::Bytes;
 use tch::{nn, Device, Tensor};
 
 use super::cache::{CacheSettings, EncoderCache};
@@ -30,16 +29,8 @@ use crate::train::{self, Fit, GroupRule, Metrics, Objective, TrainConfig};
 
 pub async fn run(config: &FinetuneConfig, out: &mut Output) -> Result<serde_json::Value> {
     let (inputs, config) = (config.inputs.clone(), config.clone());
-    let (_, mut summary) =
-        training::run_training(Finetune::NAME, &inputs, out, move |job| train_tasks(&config, job)).await?;
-    let report = summary["test"].take();
-    out.put("test_report.json", Bytes::from(serde_json::to_vec_pretty(&report)?)).await?;
-    if !summary["cross_validation"].is_null() {
-        let cv = serde_json::to_vec_pretty(&summary["cross_validation"])?;
-        out.put("cross_validation.json", Bytes::from(cv)).await?;
-    }
-    summary["test"] = headlines(&report);
-    Ok(summary)
+    let train = move |job: &TrainingJob| train_tasks(&config, job);
+    training::run_scored(Finetune::NAME, &inputs, out, train, headlines, &["cross_validation"]).await
 }
 
 /// The step the method's parent must come from, and the role variant when it is `role`.

@@ -2,7 +2,6 @@
 
 use std::cell::Cell;
 
-use bytes::Bytes;
 use tch::{nn, Device, Tensor};
 
 use super::{Role, RoleConfig, SplitMode, Variant, ROLES};
@@ -19,12 +18,8 @@ use crate::train::{self, Fit, Metrics, Objective, Sampler, Shuffle};
 
 pub async fn run(config: &RoleConfig, out: &mut Output) -> Result<serde_json::Value> {
     let (inputs, config) = (config.inputs.clone(), config.clone());
-    let (_, mut summary) =
-        training::run_training(Role::NAME, &inputs, out, move |job| train_role(&config, job)).await?;
-    let report = summary["test"].take();
-    out.put("test_report.json", Bytes::from(serde_json::to_vec_pretty(&report)?)).await?;
-    summary["test"] = headline(&report);
-    Ok(summary)
+    let train = move |job: &TrainingJob| train_role(&config, job);
+    training::run_scored(Role::NAME, &inputs, out, train, headline, &[]).await
 }
 
 /// (text, role label) of every customer or operator utterance of `conversations`.
