@@ -1,5 +1,6 @@
 //! Links libtorch by rpath (no LD_LIBRARY_PATH needed), checks its version, and records where
-//! the ONNX Runtime library of the project's `.venv` is.
+//! the ONNX Runtime library of the project's `.venv` is, and (for export) compiles the ONNX
+//! schema of the PyPI `onnx` package into Rust types.
 
 use std::path::PathBuf;
 
@@ -35,6 +36,8 @@ fn main() {
         println!("cargo:rustc-link-arg=-ltorch");
         println!("cargo:rustc-link-arg=-Wl,--as-needed");
     }
+    #[cfg(feature = "train")]
+    onnx_types();
     if std::env::var_os("CARGO_FEATURE_SERVE").is_some() {
         let ort = std::env::var("ORT_DYLIB_PATH").map(PathBuf::from).unwrap_or_else(|_| {
             PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap()).join(".venv/libonnxruntime.so")
@@ -44,4 +47,21 @@ fn main() {
             println!("cargo:rustc-env=TAFT_ORT_DYLIB={}", resolved.display());
         }
     }
+}
+
+/// Compiles `onnx.proto` (`ONNX_PROTO`, else the `.venv` link scripts/bootstrap makes) into
+/// prost types with protox: no `protoc` needed.
+#[cfg(feature = "train")]
+fn onnx_types() {
+    println!("cargo:rerun-if-env-changed=ONNX_PROTO");
+    let proto = std::env::var("ONNX_PROTO")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap()).join(".venv/onnx.proto"));
+    println!("cargo:rerun-if-changed={}", proto.display());
+    let proto = proto.canonicalize().unwrap_or_else(|e| {
+        panic!("{}: {e} (run scripts/bootstrap, which installs the pinned `onnx` package)", proto.display())
+    });
+    let dir = proto.parent().expect("a file has a folder");
+    let files = protox::compile([&proto], [dir]).unwrap_or_else(|e| panic!("{}: {e}", proto.display()));
+    prost_build::Config::new().compile_fds(files).unwrap_or_else(|e| panic!("{}: {e}", proto.display()));
 }

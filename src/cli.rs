@@ -36,6 +36,9 @@ pub enum Command {
     Run(RunArgs),
     /// Write the synthetic dataset as JSON lines (`.gz` compresses), e.g. for benchmarks.
     Synth(SynthArgs),
+    /// Serve an export output over HTTP on ONNX Runtime (POST /v1/predict, /health, /ready, /metrics).
+    #[cfg(feature = "serve")]
+    Serve(ServeArgs),
     /// Show the compute back ends this build carries (libtorch, ONNX Runtime).
     Info,
 }
@@ -99,6 +102,30 @@ pub struct StepArgs {
     /// Run even if the output is up to date (and start over from any `_work/` checkpoint).
     #[arg(long)]
     pub force: bool,
+    /// Only shard i (0-based) of n: `--shard 0/4` (steps that fan out: predict); the same as
+    /// `--set shard=i/n`.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The export output to serve (a path or store URL).
+    #[arg(long, short, value_name = "URL")]
+    pub input: String,
+    /// Address to bind (default 127.0.0.1).
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Port to bind (default 8080; 0 picks a free one).
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Server settings (YAML: model, max_batch_size, max_wait_ms, queue_items, max_body_bytes,
+    /// max_items, max_text_chars, threads).
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Override a setting: `--set max_batch_size=64`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub sets: Vec<String>,
 }
 
 #[derive(Debug, Args)]

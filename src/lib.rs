@@ -5,7 +5,10 @@ pub mod config;
 pub mod data;
 pub mod error;
 pub mod eval;
+#[cfg(feature = "serve")]
+pub mod infer;
 pub mod model;
+pub mod onnx;
 pub mod progress;
 pub mod runtime;
 pub mod steps;

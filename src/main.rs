@@ -74,6 +74,8 @@ fn run(command: Command, json: bool) -> anyhow::Result<()> {
         Command::Step(cli::StepCommand { kind, args }) => runtime.block_on(step(kind, args)),
         Command::Run(args) => runtime.block_on(workflow(args, json)),
         Command::Synth(args) => runtime.block_on(synth(args)),
+        #[cfg(feature = "serve")]
+        Command::Serve(args) => runtime.block_on(serve(args)),
         Command::Info => {
             println!("{}", serde_json::to_string_pretty(&taft::runtime::describe())?);
             Ok(())
@@ -87,6 +89,9 @@ async fn step(kind: StepKind, args: cli::StepArgs) -> anyhow::Result<()> {
         None => RawConfig::empty("(command line)"),
     };
     raw.apply_sets(&args.sets)?;
+    if let Some(shard) = &args.shard {
+        raw.apply_sets(&[format!("shard={shard}")])?;
+    }
     let overrides = Overrides { inputs: args.inputs, out: args.out, force: args.force };
     let report = steps::run(kind, &raw, &overrides).await.with_context(|| format!("taft {}", kind.name()))?;
     print_report(&report);
@@ -134,5 +139,24 @@ async fn synth(args: cli::SynthArgs) -> anyhow::Result<()> {
     config.validate()?;
     let n = taft::data::synthetic::write_jsonl(&config, &args.out).await?;
     println!("synth: wrote {n} conversations to {}", args.out);
+    Ok(())
+}
+
+#[cfg(feature = "serve")]
+async fn serve(args: cli::ServeArgs) -> anyhow::Result<()> {
+    let mut raw = match &args.config {
+        Some(path) => RawConfig::from_file(path)?,
+        None => RawConfig::empty("(command line)"),
+    };
+    raw.apply_sets(&args.sets)?;
+    if let Some(host) = &args.host {
+        raw.set("host", serde_yaml::Value::String(host.clone())).map_err(taft::Error::config)?;
+    }
+    if let Some(port) = args.port {
+        raw.set("port", serde_yaml::Value::Number(port.into())).map_err(taft::Error::config)?;
+    }
+    let raw = raw.with_defaults(taft::infer::server::DEFAULTS)?;
+    let config: taft::infer::server::ServeConfig = raw.resolve()?;
+    taft::infer::server::serve(&args.input, config).await.context("taft serve")?;
     Ok(())
 }

@@ -42,18 +42,24 @@ pub fn ort_dylib() -> Option<std::path::PathBuf> {
         .or_else(|| option_env!("TAFT_ORT_DYLIB").map(std::path::PathBuf::from))
 }
 
+/// Loads ONNX Runtime once per process and makes its environment; returns the environment.
+#[cfg(feature = "serve")]
+pub fn ort_environment() -> crate::Result<&'static ort::environment::Environment> {
+    use std::sync::OnceLock;
+    static ENV: OnceLock<std::result::Result<ort::environment::Environment, String>> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let path = ort_dylib().ok_or("no ONNX Runtime library: set ORT_DYLIB_PATH")?;
+        let builder = ort::init_from(&path).map_err(|e| format!("ONNX Runtime {}: {e}", path.display()))?;
+        builder.with_name("taft").build().map_err(|e| format!("ONNX Runtime {}: {e}", path.display()))
+    })
+    .as_ref()
+    .map_err(|e| crate::Error::Other(e.clone()))
+}
+
 /// Loads ONNX Runtime once per process; returns its build description.
 #[cfg(feature = "serve")]
 pub fn init_ort() -> crate::Result<&'static str> {
-    use std::sync::OnceLock;
-    static INFO: OnceLock<std::result::Result<&'static str, String>> = OnceLock::new();
-    INFO.get_or_init(|| {
-        let path = ort_dylib().ok_or("no ONNX Runtime library: set ORT_DYLIB_PATH")?;
-        ort::init_from(&path).map_err(|e| format!("ONNX Runtime {}: {e}", path.display()))?;
-        Ok(ort::info())
-    })
-    .clone()
-    .map_err(crate::Error::Other)
+    ort_environment().map(|_| ort::info())
 }
 
 #[cfg(feature = "serve")]

@@ -207,18 +207,22 @@ impl<W: AsyncWrite + Unpin + Send + 'static> Drop for ConversationWriter<W> {
 
 /// Reads a whole `conversations.parquet` back into records.
 pub fn read_conversations(bytes: Bytes, url: &str) -> Result<Vec<Conversation>> {
-    // A file that does not decode is a bad input, whatever the decoder says.
-    let perr = |source: parquet::errors::ParquetError| {
-        Error::input(format!("{url}: not a readable Parquet file of conversations: {source}"))
-    };
-    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(perr)?.build().map_err(perr)?;
     let mut out = Vec::new();
-    for batch in reader {
-        let batch =
-            batch.map_err(|e| Error::input(format!("{url}: not a readable Parquet file of conversations: {e}")))?;
-        out.extend(from_batch(&batch, url)?);
+    for batch in conversation_batches(bytes, url)? {
+        out.extend(batch?);
     }
     Ok(out)
+}
+
+/// The records of a `conversations.parquet`, one record batch at a time.
+pub fn conversation_batches(bytes: Bytes, url: &str) -> Result<impl Iterator<Item = Result<Vec<Conversation>>>> {
+    // A file that does not decode is a bad input, whatever the decoder says.
+    let bad = |e: &dyn std::fmt::Display, url: &str| {
+        Error::input(format!("{url}: not a readable Parquet file of conversations: {e}"))
+    };
+    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes).and_then(|b| b.build()).map_err(|e| bad(&e, url))?;
+    let url = url.to_string();
+    Ok(reader.map(move |batch| from_batch(&batch.map_err(|e| bad(&e, &url))?, &url)))
 }
 
 fn column<'a, T: 'static>(batch: &'a RecordBatch, name: &str, url: &str) -> Result<&'a T> {

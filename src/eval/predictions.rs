@@ -18,14 +18,33 @@ pub struct TaskPredictions<'a> {
     /// The column prefix: the task's head (`status`, `satisfaction`, `role`).
     pub head: &'a str,
     pub classes: &'a [String],
-    /// The true label of each item, when it has one.
-    pub labels: &'a [Option<i64>],
+    /// The true label of each item, when it has one (`None`: no label column).
+    pub labels: Option<&'a [Option<i64>]>,
     /// Class probabilities of each item.
     pub probs: &'a [Vec<f32>],
 }
 
 /// Writes the rows as a Parquet file (zstd).
 pub fn write(ids: &[ConvId], utterances: Option<&[i32]>, tasks: &[TaskPredictions]) -> Result<Bytes> {
+    let batch = batch(ids, utterances, tasks)?;
+    let perr = |source| Error::Parquet { url: "predictions.parquet".into(), source };
+    let mut out = Vec::new();
+    let mut writer = ArrowWriter::try_new(&mut out, batch.schema(), Some(properties())).map_err(perr)?;
+    writer.write(&batch).map_err(perr)?;
+    writer.close().map_err(perr)?;
+    Ok(Bytes::from(out))
+}
+
+/// How prediction files are written: zstd, with this program's name.
+pub fn properties() -> parquet::file::properties::WriterProperties {
+    parquet::file::properties::WriterProperties::builder()
+        .set_compression(parquet::basic::Compression::ZSTD(parquet::basic::ZstdLevel::try_new(3).expect("valid level")))
+        .set_created_by(crate::store::manifest::program())
+        .build()
+}
+
+/// The rows as one record batch.
+pub fn batch(ids: &[ConvId], utterances: Option<&[i32]>, tasks: &[TaskPredictions]) -> Result<RecordBatch> {
     let mut fields = Vec::new();
     let mut columns: Vec<ArrayRef> = Vec::new();
     if ids.iter().all(|id| matches!(id, ConvId::Int(_))) {
@@ -55,19 +74,21 @@ pub fn write(ids: &[ConvId], utterances: Option<&[i32]>, tasks: &[TaskPrediction
         columns.push(Arc::new(b.finish()));
     }
     for t in tasks {
-        if t.labels.len() != ids.len() || t.probs.len() != ids.len() {
+        if t.labels.is_some_and(|l| l.len() != ids.len()) || t.probs.len() != ids.len() {
             return Err(Error::Other(format!(
-                "predictions of `{}`: {} labels, {} rows",
+                "predictions of `{}`: {} probabilities, {} rows",
                 t.head,
-                t.labels.len(),
+                t.probs.len(),
                 ids.len()
             )));
         }
         let (mut label, mut pred, mut class) = (Int32Builder::new(), Int32Builder::new(), StringBuilder::new());
         let mut probs =
             ListBuilder::new(Float32Builder::new()).with_field(Arc::new(Field::new("item", DataType::Float32, false)));
-        for (y, p) in t.labels.iter().zip(t.probs) {
+        for y in t.labels.into_iter().flatten() {
             label.append_option(y.map(|y| y as i32));
+        }
+        for p in t.probs {
             let best = (0..p.len()).max_by(|&a, &b| p[a].total_cmp(&p[b]).then(b.cmp(&a))).unwrap_or(0);
             pred.append_value(best as i32);
             class.append_value(t.classes.get(best).map_or("", String::as_str));
@@ -75,24 +96,16 @@ pub fn write(ids: &[ConvId], utterances: Option<&[i32]>, tasks: &[TaskPrediction
             probs.append(true);
         }
         let item = Arc::new(Field::new("item", DataType::Float32, false));
-        fields.push(Field::new(format!("{}_label", t.head), DataType::Int32, true));
+        if t.labels.is_some() {
+            fields.push(Field::new(format!("{}_label", t.head), DataType::Int32, true));
+            columns.push(Arc::new(label.finish()));
+        }
         fields.push(Field::new(format!("{}_pred", t.head), DataType::Int32, false));
         fields.push(Field::new(format!("{}_class", t.head), DataType::Utf8, false));
         fields.push(Field::new(format!("{}_probs", t.head), DataType::List(item), false));
-        columns.push(Arc::new(label.finish()));
         columns.push(Arc::new(pred.finish()));
         columns.push(Arc::new(class.finish()));
         columns.push(Arc::new(probs.finish()));
     }
-    let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?;
-    let props = parquet::file::properties::WriterProperties::builder()
-        .set_compression(parquet::basic::Compression::ZSTD(parquet::basic::ZstdLevel::try_new(3).expect("valid level")))
-        .set_created_by(crate::store::manifest::program())
-        .build();
-    let perr = |source| Error::Parquet { url: "predictions.parquet".into(), source };
-    let mut out = Vec::new();
-    let mut writer = ArrowWriter::try_new(&mut out, batch.schema(), Some(props)).map_err(perr)?;
-    writer.write(&batch).map_err(perr)?;
-    writer.close().map_err(perr)?;
-    Ok(Bytes::from(out))
+    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?)
 }

@@ -84,6 +84,40 @@ impl ModelDir {
     }
 }
 
+/// The classifier heads a `taft.json` names (`heads`: class names by task), status first,
+/// then satisfaction, then the rest (the order the model was built in).
+pub fn heads(taft: &serde_json::Value, source: &str) -> Result<Vec<(String, Vec<String>)>> {
+    let bad = |what: &str| {
+        Error::input(format!("{source}: {what}: not a model with classifiers (a finetune or role output)"))
+    };
+    let heads = taft["heads"].as_object().ok_or_else(|| bad("no `heads`"))?;
+    let mut out = Vec::new();
+    for (name, classes) in heads {
+        let classes: Vec<String> = classes
+            .as_array()
+            .filter(|a| !a.is_empty())
+            .ok_or_else(|| bad(&format!("heads.{name}")))?
+            .iter()
+            .map(|c| c.as_str().map(str::to_string).ok_or_else(|| bad(&format!("heads.{name}"))))
+            .collect::<Result<_>>()?;
+        out.push((name.clone(), classes));
+    }
+    out.sort_by_key(|(name, _)| match name.as_str() {
+        "status" => 0,
+        "satisfaction" => 1,
+        _ => 2,
+    });
+    if out.is_empty() {
+        return Err(bad("`heads` is empty"));
+    }
+    Ok(out)
+}
+
+/// Whether a model's items are utterances (the speaker-role head) rather than conversations.
+pub fn utterance_level(heads: &[(String, Vec<String>)]) -> bool {
+    heads.iter().any(|(name, _)| name == "role")
+}
+
 impl ModelDir {
     /// The encoder config, its family and the tokenizer, checked against each other: every
     /// token id must have an embedding and the padding ids must agree.

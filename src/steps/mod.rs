@@ -19,9 +19,11 @@ macro_rules! step_io {
 pub mod compare;
 pub mod dapt;
 pub mod evaluate;
+pub mod export;
 pub mod finetune;
 pub mod init;
 pub mod io;
+pub mod predict;
 pub mod prep;
 pub mod role;
 #[cfg(feature = "train")]
@@ -102,6 +104,8 @@ registry! {
     Finetune => finetune::Finetune, runs: cfg!(feature = "train");
     Evaluate => evaluate::Evaluate, runs: cfg!(feature = "train");
     Compare => compare::Compare, runs: true;
+    Export => export::Export, runs: cfg!(all(feature = "train", feature = "serve"));
+    Predict => predict::Predict, runs: cfg!(feature = "serve");
 }
 
 impl StepKind {

@@ -166,7 +166,7 @@ fn score(
         .map(|(h, head)| TaskPredictions {
             head: &head.name,
             classes: &head.classes,
-            labels: &scored.labels[h],
+            labels: Some(&scored.labels[h]),
             probs: &probs[h],
         })
         .collect();
@@ -194,41 +194,23 @@ fn score(
 /// The model's tasks, from its `taft.json`: `heads` (class names by head) and `tasks` (the
 /// label rule of each conversation head).
 fn heads(taft: &serde_json::Value, dir: &ModelDir) -> Result<Vec<Head>> {
-    let bad = |what: &str| {
-        Error::input(format!(
-            "{}: {what}: not a model with classifiers (a finetune or role output)",
-            dir.name("taft.json")
-        ))
-    };
-    let heads = taft["heads"].as_object().ok_or_else(|| bad("no `heads`"))?;
+    let source = dir.name("taft.json");
     let mut out = Vec::new();
-    for (name, classes) in heads {
-        let classes: Vec<String> = classes
-            .as_array()
-            .ok_or_else(|| bad(&format!("heads.{name}")))?
-            .iter()
-            .map(|c| c.as_str().map(str::to_string).ok_or_else(|| bad(&format!("heads.{name}"))))
-            .collect::<Result<_>>()?;
+    for (name, classes) in crate::model::dir::heads(taft, &source)? {
+        let bad = |what: String| {
+            Error::input(format!("{source}: {what}: not a model with classifiers (a finetune or role output)"))
+        };
         let task = match name.as_str() {
             "role" => None,
             _ => Some(
-                serde_json::from_value::<Task>(taft["tasks"][name].clone())
-                    .map_err(|_| bad(&format!("tasks.{name}")))?,
+                serde_json::from_value::<Task>(taft["tasks"][&name].clone())
+                    .map_err(|_| bad(format!("tasks.{name}")))?,
             ),
         };
         if task.is_some_and(|t| t.classes().len() != classes.len()) {
-            return Err(bad(&format!("heads.{name} does not match tasks.{name}")));
+            return Err(bad(format!("heads.{name} does not match tasks.{name}")));
         }
-        out.push(Head { name: name.clone(), classes, task });
-    }
-    // Status first, as the model was built.
-    out.sort_by_key(|h| match h.name.as_str() {
-        "status" => 0,
-        "satisfaction" => 1,
-        _ => 2,
-    });
-    if out.is_empty() {
-        return Err(bad("`heads` is empty"));
+        out.push(Head { name, classes, task });
     }
     Ok(out)
 }

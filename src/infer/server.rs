@@ -1,0 +1,548 @@
+//! `taft serve`: an HTTP server (tokio + axum) over an export output on ONNX Runtime.
+//!
+//! - `POST /v1/predict` takes `{"conversations": [{"texts": [...], "authors": [...]}]}` or
+//!   `{"texts": [...]}` and answers, per item and task, the label, its class name and the
+//!   class probabilities.
+//! - `GET /health` (the process is alive), `GET /ready` (the model is loaded and the server
+//!   is not draining), `GET /metrics` (Prometheus text).
+//! - Requests are batched across connections: the batcher takes queued items until
+//!   `max_batch_size` or `max_wait_ms`, runs them at once and answers each request its part.
+//!   The queue holds at most `queue_items` items; beyond that a request gets 503.
+//! - Limits: body size (413), items per request (413), text length (422); malformed JSON is
+//!   400 and a wrong type 422, each with a JSON body naming the limit or the field.
+//! - SIGTERM (or Ctrl-C) drains: the listener closes, requests in flight finish.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use prometheus::{Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::sync::{mpsc, oneshot};
+
+use super::items::{self, Item};
+use super::{Exported, Variant};
+use crate::data::ConvId;
+use crate::error::{Error, Result};
+
+/// The server's settings (`taft serve --config FILE --set key=value`).
+pub const DEFAULTS: &str = "
+host: 127.0.0.1
+port: 8080
+model: fp32
+max_batch_size: 32
+max_wait_ms: 5
+queue_items: 2048
+max_body_bytes: 1048576
+max_items: 256
+max_text_chars: 20000
+";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeConfig {
+    pub host: String,
+    pub port: u16,
+    /// `fp32` (model.onnx) or `int8` (model.int8.onnx).
+    pub model: Variant,
+    /// Items run together at most.
+    pub max_batch_size: usize,
+    /// How long the batcher waits for more items once it has one.
+    pub max_wait_ms: u64,
+    /// Items waiting at most; a request that would exceed it gets 503.
+    pub queue_items: usize,
+    /// Largest request body (bytes): 413 beyond.
+    pub max_body_bytes: usize,
+    /// Conversations or texts per request at most: 413 beyond.
+    pub max_items: usize,
+    /// Characters per text at most: 422 beyond.
+    pub max_text_chars: usize,
+    /// ONNX Runtime's threads (default: one per core).
+    #[serde(default)]
+    pub threads: Option<usize>,
+}
+
+impl ServeConfig {
+    pub fn validate(&self) -> Result<()> {
+        let checks = [
+            ("max_batch_size", self.max_batch_size, 1, 4096),
+            ("max_wait_ms", self.max_wait_ms as usize, 0, 10_000),
+            ("queue_items", self.queue_items, 1, 1 << 24),
+            ("max_body_bytes", self.max_body_bytes, 2, 1 << 30),
+            ("max_items", self.max_items, 1, 1 << 20),
+            ("max_text_chars", self.max_text_chars, 1, 1 << 24),
+        ];
+        for (name, v, lo, hi) in checks {
+            if !(lo..=hi).contains(&v) {
+                return Err(Error::config(format!("{name} {v} is out of range {lo}..={hi}")));
+            }
+        }
+        if self.max_items > self.queue_items {
+            return Err(Error::config(format!(
+                "max_items {} exceeds queue_items {}: such a request could never be queued",
+                self.max_items, self.queue_items
+            )));
+        }
+        if self.threads.is_some_and(|t| !(1..=1024).contains(&t)) {
+            return Err(Error::config("threads must be in 1..=1024"));
+        }
+        Ok(())
+    }
+}
+
+/// Runs the server until SIGTERM or Ctrl-C; prints `serve: listening on http://ADDR` once
+/// bound. The model loads in the background (`/ready` says when); a model that fails to
+/// load stops the server with its error.
+pub async fn serve(model_url: &str, config: ServeConfig) -> Result<()> {
+    config.validate()?;
+    let listener = tokio::net::TcpListener::bind((config.host.as_str(), config.port))
+        .await
+        .map_err(|e| Error::config(format!("cannot listen on {}:{}: {e}", config.host, config.port)))?;
+    let addr = listener.local_addr()?;
+    let (tx, rx) = mpsc::channel::<Job>(config.queue_items);
+    let state = Arc::new(AppState {
+        model: OnceLock::new(),
+        queue: tx,
+        queued: AtomicUsize::new(0),
+        draining: AtomicBool::new(false),
+        metrics: Metrics::new()?,
+        config: config.clone(),
+    });
+    tokio::spawn(batcher(Arc::clone(&state), rx));
+    let app = router(Arc::clone(&state));
+    println!("serve: listening on http://{addr}");
+    use std::io::Write;
+    std::io::stdout().flush()?;
+    tracing::info!(%addr, model = model_url, "listening");
+
+    let load = {
+        let state = Arc::clone(&state);
+        let url = model_url.to_string();
+        async move {
+            let started = Instant::now();
+            let model = Exported::open(&url, state.config.model, state.config.threads).await?;
+            tracing::info!(model = %url, heads = ?model.head_names(), seconds = started.elapsed().as_secs_f64(), "model loaded");
+            let _ = state.model.set(Arc::new(model));
+            state.metrics.ready.set(1);
+            std::future::pending::<Result<()>>().await
+        }
+    };
+    let shutdown = {
+        let state = Arc::clone(&state);
+        async move {
+            terminated().await;
+            state.draining.store(true, Ordering::SeqCst);
+            state.metrics.ready.set(0);
+            tracing::info!("draining: finishing requests in flight");
+        }
+    };
+    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown);
+    tokio::select! {
+        r = server => r.map_err(|e| Error::Other(format!("server: {e}")))?,
+        r = load => r?,
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn terminated() {
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return std::future::pending().await,
+        };
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = tokio::signal::ctrl_c() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/predict", post(predict))
+        .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .layer(middleware::from_fn_with_state(Arc::clone(&state), track))
+        .with_state(state)
+}
+
+struct AppState {
+    model: OnceLock<Arc<Exported>>,
+    queue: mpsc::Sender<Job>,
+    /// Items waiting for the batcher.
+    queued: AtomicUsize,
+    draining: AtomicBool,
+    metrics: Metrics,
+    config: ServeConfig,
+}
+
+/// One request's items waiting for the batcher.
+struct Job {
+    texts: Vec<String>,
+    reply: oneshot::Sender<std::result::Result<Vec<Vec<Vec<f32>>>, String>>,
+}
+
+struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    latency: HistogramVec,
+    batch: Histogram,
+    queue: IntGauge,
+    ready: IntGauge,
+}
+
+impl Metrics {
+    fn new() -> Result<Metrics> {
+        let fail = |e: prometheus::Error| Error::Other(format!("metrics: {e}"));
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new("taft_http_requests_total", "HTTP requests by path and status code"),
+            &["path", "status"],
+        )
+        .map_err(fail)?;
+        let latency = HistogramVec::new(
+            HistogramOpts::new("taft_http_request_duration_seconds", "HTTP request latency by path")
+                .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            &["path"],
+        )
+        .map_err(fail)?;
+        let batch = Histogram::with_opts(
+            HistogramOpts::new("taft_batch_items", "Items per model run (dynamic batching)")
+                .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0]),
+        )
+        .map_err(fail)?;
+        let queue = IntGauge::new("taft_queue_items", "Items waiting for the model").map_err(fail)?;
+        let ready = IntGauge::new("taft_model_ready", "1 when the model is loaded and the server takes requests")
+            .map_err(fail)?;
+        registry.register(Box::new(requests.clone())).map_err(fail)?;
+        registry.register(Box::new(latency.clone())).map_err(fail)?;
+        registry.register(Box::new(batch.clone())).map_err(fail)?;
+        registry.register(Box::new(queue.clone())).map_err(fail)?;
+        registry.register(Box::new(ready.clone())).map_err(fail)?;
+        Ok(Metrics { registry, requests, latency, batch, queue, ready })
+    }
+}
+
+/// Counts, times and logs every request (never its body).
+async fn track(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = match req.uri().path() {
+        p @ ("/v1/predict" | "/health" | "/ready" | "/metrics") => p.to_string(),
+        _ => "other".to_string(),
+    };
+    let response = next.run(req).await;
+    let seconds = started.elapsed().as_secs_f64();
+    let status = response.status().as_u16();
+    state.metrics.requests.with_label_values(&[path.as_str(), &status.to_string()]).inc();
+    state.metrics.latency.with_label_values(&[path.as_str()]).observe(seconds);
+    if path != "/metrics" && path != "/health" {
+        tracing::info!(method = %method, path = %path, status, ms = seconds * 1000.0, "request");
+    }
+    response
+}
+
+async fn ready(State(state): State<Arc<AppState>>) -> Response {
+    if state.draining.load(Ordering::SeqCst) {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "draining", None);
+    }
+    match state.model.get() {
+        Some(m) => Json(json!({"status": "ready", "model": m.url, "variant": m.variant})).into_response(),
+        None => error(StatusCode::SERVICE_UNAVAILABLE, "the model is loading", None),
+    }
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let mut buf = Vec::new();
+    if let Err(e) = prometheus::TextEncoder::new().encode(&state.metrics.registry.gather(), &mut buf) {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, &format!("metrics: {e}"), None);
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], buf).into_response()
+}
+
+/// A JSON error body: `{"error": message, "limit": name?}`.
+fn error(status: StatusCode, message: &str, limit: Option<(&str, usize)>) -> Response {
+    let mut body = json!({"error": message});
+    if let Some((name, value)) = limit {
+        body["limit"] = json!({"name": name, "value": value});
+    }
+    (status, Json(body)).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PredictRequest {
+    #[serde(default)]
+    conversations: Option<Vec<ConversationIn>>,
+    #[serde(default)]
+    texts: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConversationIn {
+    texts: Vec<String>,
+    #[serde(default)]
+    authors: Option<Vec<u8>>,
+    #[serde(default)]
+    id: Option<serde_json::Value>,
+}
+
+/// Where each request item's predictions come from: item indexes into the job's texts.
+enum Shape {
+    /// One prediction per item (texts, or conversations of a conversation-level model).
+    Flat,
+    /// Per conversation, the utterances scored (a speaker-role model): (utterance, index).
+    Utterances(Vec<Vec<(i32, usize)>>),
+}
+
+async fn predict(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    if state.draining.load(Ordering::SeqCst) {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "draining", None);
+    }
+    let Some(model) = state.model.get().cloned() else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "the model is loading", None);
+    };
+    let limits = &state.config;
+    let bytes = match axum::body::to_bytes(req.into_body(), limits.max_body_bytes).await {
+        Ok(b) => b,
+        Err(_) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("the request body exceeds max_body_bytes ({} bytes)", limits.max_body_bytes),
+                Some(("max_body_bytes", limits.max_body_bytes)),
+            )
+        }
+    };
+    let de = &mut serde_json::Deserializer::from_slice(&bytes);
+    let body: PredictRequest = match serde_path_to_error::deserialize(de) {
+        Ok(b) => b,
+        Err(e) => {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            return if inner.is_syntax() || inner.is_eof() {
+                error(StatusCode::BAD_REQUEST, &format!("malformed JSON: {inner}"), None)
+            } else if path == "." {
+                error(StatusCode::UNPROCESSABLE_ENTITY, &format!("body: {inner}"), None)
+            } else {
+                error(StatusCode::UNPROCESSABLE_ENTITY, &format!("field `{path}`: {inner}"), None)
+            };
+        }
+    };
+    let (items, shape, ids) = match request_items(body, &model, limits) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let texts: Vec<String> = items.into_iter().map(|i| i.text).collect();
+    let n = texts.len();
+    // Reserve room in the bounded queue, or refuse.
+    let reserved = state
+        .queued
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |q| (q + n <= limits.queue_items).then_some(q + n));
+    if reserved.is_err() {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("the queue is full (queue_items {}): retry later", limits.queue_items),
+            Some(("queue_items", limits.queue_items)),
+        );
+    }
+    state.metrics.queue.set(state.queued.load(Ordering::SeqCst) as i64);
+    let (reply, answer) = oneshot::channel();
+    if state.queue.send(Job { texts, reply }).await.is_err() {
+        state.queued.fetch_sub(n, Ordering::SeqCst);
+        return error(StatusCode::SERVICE_UNAVAILABLE, "the model runner stopped", None);
+    }
+    let probs = match answer.await {
+        Ok(Ok(p)) => p,
+        Ok(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e, None),
+        Err(_) => return error(StatusCode::INTERNAL_SERVER_ERROR, "the model runner stopped", None),
+    };
+    let one = |i: usize| {
+        let mut tasks = serde_json::Map::new();
+        for (h, (name, classes)) in model.heads.iter().enumerate() {
+            let p = &probs[h][i];
+            let best = super::argmax(p);
+            tasks.insert(name.clone(), json!({"label": best, "class": classes[best], "probabilities": p}));
+        }
+        serde_json::Value::Object(tasks)
+    };
+    let mut predictions: Vec<serde_json::Value> = match shape {
+        Shape::Flat => (0..n).map(one).collect(),
+        Shape::Utterances(conversations) => conversations
+            .iter()
+            .map(|utts| {
+                json!({"utterances": utts.iter().map(|&(u, i)| {
+                    let mut p = one(i);
+                    p["utterance"] = json!(u);
+                    p
+                }).collect::<Vec<_>>()})
+            })
+            .collect(),
+    };
+    for (p, id) in predictions.iter_mut().zip(ids) {
+        if let Some(id) = id {
+            p["id"] = id;
+        }
+    }
+    let classes: serde_json::Map<String, serde_json::Value> =
+        model.heads.iter().map(|(n, c)| (n.clone(), json!(c))).collect();
+    Json(json!({"classes": classes, "predictions": predictions})).into_response()
+}
+
+/// A request's items, how its answer is shaped, and the conversation ids it gave.
+type RequestItems = (Vec<Item>, Shape, Vec<Option<serde_json::Value>>);
+
+/// The items of a request, checked against the limits; the error is the response to send.
+#[allow(clippy::result_large_err)]
+fn request_items(
+    body: PredictRequest,
+    model: &Exported,
+    limits: &ServeConfig,
+) -> std::result::Result<RequestItems, Response> {
+    let unprocessable = |msg: String| error(StatusCode::UNPROCESSABLE_ENTITY, &msg, None);
+    let too_long = |field: String| {
+        error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &format!("field `{field}`: longer than max_text_chars ({} characters)", limits.max_text_chars),
+            Some(("max_text_chars", limits.max_text_chars)),
+        )
+    };
+    let too_many = |n: usize| {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("{n} items exceed max_items ({}) per request", limits.max_items),
+            Some(("max_items", limits.max_items)),
+        )
+    };
+    let check_text = |t: &str, field: String| -> std::result::Result<(), Response> {
+        if t.trim().is_empty() {
+            return Err(unprocessable(format!("field `{field}`: empty text")));
+        }
+        if t.chars().count() > limits.max_text_chars {
+            return Err(too_long(field));
+        }
+        Ok(())
+    };
+    match (body.conversations, body.texts) {
+        (Some(_), Some(_)) | (None, None) => {
+            Err(unprocessable("give either `conversations` or `texts`, not both or neither".into()))
+        }
+        (None, Some(texts)) => {
+            if texts.is_empty() {
+                return Err(unprocessable("field `texts`: empty list".into()));
+            }
+            if texts.len() > limits.max_items {
+                return Err(too_many(texts.len()));
+            }
+            let mut items = Vec::with_capacity(texts.len());
+            for (i, t) in texts.into_iter().enumerate() {
+                check_text(&t, format!("texts[{i}]"))?;
+                items.push(Item { id: ConvId::Int(i as i64), utterance: None, text: t });
+            }
+            Ok((items, Shape::Flat, Vec::new()))
+        }
+        (Some(conversations), None) => {
+            if conversations.is_empty() {
+                return Err(unprocessable("field `conversations`: empty list".into()));
+            }
+            if conversations.len() > limits.max_items {
+                return Err(too_many(conversations.len()));
+            }
+            let mut items = Vec::new();
+            let mut groups = Vec::new();
+            let mut ids = Vec::new();
+            for (c, conv) in conversations.into_iter().enumerate() {
+                if conv.texts.is_empty() {
+                    return Err(unprocessable(format!("field `conversations[{c}].texts`: empty list")));
+                }
+                for (i, t) in conv.texts.iter().enumerate() {
+                    check_text(t, format!("conversations[{c}].texts[{i}]"))?;
+                }
+                if let Some(a) = &conv.authors {
+                    if a.len() != conv.texts.len() {
+                        return Err(unprocessable(format!(
+                            "field `conversations[{c}].authors`: {} authors for {} texts",
+                            a.len(),
+                            conv.texts.len()
+                        )));
+                    }
+                }
+                ids.push(conv.id);
+                let id = ConvId::Int(c as i64);
+                let start = items.len();
+                items.extend(items::of_conversation(
+                    &id,
+                    &conv.texts,
+                    conv.authors.as_deref(),
+                    model.utterance_level,
+                    &model.tokenizer,
+                ));
+                groups.push((start..items.len()).map(|k| (items[k].utterance.unwrap_or(0), k)).collect::<Vec<_>>());
+            }
+            if items.len() > limits.queue_items {
+                return Err(too_many(items.len()));
+            }
+            let shape = if model.utterance_level { Shape::Utterances(groups) } else { Shape::Flat };
+            Ok((items, shape, ids))
+        }
+    }
+}
+
+/// Takes queued requests until `max_batch_size` items or `max_wait_ms`, runs them together
+/// and answers each request its part.
+async fn batcher(state: Arc<AppState>, mut rx: mpsc::Receiver<Job>) {
+    let max_batch = state.config.max_batch_size;
+    let wait = Duration::from_millis(state.config.max_wait_ms);
+    while let Some(first) = rx.recv().await {
+        let mut n = first.texts.len();
+        let mut jobs = vec![first];
+        let deadline = tokio::time::Instant::now() + wait;
+        while n < max_batch {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(job)) => {
+                    n += job.texts.len();
+                    jobs.push(job);
+                }
+                _ => break,
+            }
+        }
+        let left = state.queued.fetch_sub(n, Ordering::SeqCst) - n;
+        state.metrics.queue.set(left as i64);
+        state.metrics.batch.observe(n as f64);
+        let Some(model) = state.model.get().cloned() else {
+            for job in jobs {
+                let _ = job.reply.send(Err("the model is not loaded".into()));
+            }
+            continue;
+        };
+        let texts: Vec<String> = jobs.iter().flat_map(|j| j.texts.iter().cloned()).collect();
+        let result = tokio::task::spawn_blocking(move || model.probabilities(&texts, max_batch))
+            .await
+            .map_err(|e| format!("model runner: {e}"))
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        let mut offset = 0;
+        for job in jobs {
+            let k = job.texts.len();
+            let part = match &result {
+                Ok(p) => Ok(p.iter().map(|head| head[offset..offset + k].to_vec()).collect()),
+                Err(e) => Err(e.clone()),
+            };
+            offset += k;
+            let _ = job.reply.send(part);
+        }
+    }
+}

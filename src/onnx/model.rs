@@ -1,0 +1,322 @@
+//! The classification model of every method as an ONNX graph: the BERT or RoBERTa/CamemBERT
+//! encoder, the adaptive layer when the model has one (with or without its padding mask), the
+//! pooler and one classifier per task, each with its logits and probabilities. The graph
+//! follows `model::bert`, `model::adaptive` and `model::heads` operation for operation, and
+//! reads the parameters by the same names.
+//!
+//! With `int8`, every linear layer's weight is quantized as ONNX Runtime's dynamic quantizer
+//! does with `per_channel=True` (symmetric int8, one scale per output column, zero point 0)
+//! and its MatMul becomes DynamicQuantizeLinear (the activations, uint8, per tensor) →
+//! MatMulInteger → rescale by the activation scale times the column's weight scale. The
+//! pooler and the classifiers stay fp32 (as the quantizer's `nodes_to_exclude` would keep them).
+
+use std::collections::{BTreeMap, HashMap};
+
+use super::graph::{Attr, Dim, Elem, Graph};
+use super::proto::ModelProto;
+use super::{logits_name, probs_name, ATTENTION_MASK, INPUT_IDS};
+use crate::error::{Error, Result};
+use crate::model::config::{AdaptiveConfig, EncoderConfig, Family};
+
+/// A parameter: its shape and its values, row-major.
+#[derive(Debug, Clone)]
+pub struct Param {
+    pub dims: Vec<i64>,
+    pub data: Vec<f32>,
+}
+
+/// What the graph is made of.
+pub struct Spec<'a> {
+    pub config: &'a EncoderConfig,
+    pub family: Family,
+    pub adaptive: Option<&'a AdaptiveConfig>,
+    /// The heads in output order: (task, number of classes).
+    pub heads: &'a [(String, usize)],
+    pub int8: bool,
+}
+
+/// Masked positions get this added to their attention scores (a zero weight after softmax).
+const MASKED: f32 = -1e9;
+/// TensorProto data types for Cast.
+const FLOAT: i64 = 1;
+const INT64: i64 = 7;
+
+/// Builds the model's graph from its parameters (named as `model::heads::Classifier` names them).
+pub fn classifier(spec: &Spec, params: &BTreeMap<String, Param>, metadata: &[(&str, String)]) -> Result<ModelProto> {
+    let mut b = Builder { g: Graph::default(), params, int8: spec.int8, quantized: HashMap::new() };
+    let batch_seq = [Dim::Named("batch"), Dim::Named("sequence")];
+    let ids = b.g.input(INPUT_IDS, Elem::I64, &batch_seq);
+    let mask = b.g.input(ATTENTION_MASK, Elem::I64, &batch_seq);
+    let cfg = spec.config;
+    let eps = cfg.layer_norm_eps as f32;
+
+    // Embeddings: word + position + token type 0, then LayerNorm.
+    let words = b.init("embeddings.word_embeddings.weight")?;
+    let x = b.g.node("Gather", &[&words, &ids], &[], "embeddings/words");
+    let positions = match spec.family {
+        Family::Bert => {
+            let shape = b.g.node("Shape", &[&ids], &[], "embeddings/positions");
+            let one = b.g.const_i64(&[], &[1]);
+            let seq = b.g.node("Gather", &[&shape, &one], &[("axis", Attr::Int(0))], "embeddings/positions");
+            let zero = b.g.const_i64(&[], &[0]);
+            b.g.node("Range", &[&zero, &seq, &one], &[], "embeddings/positions")
+        }
+        // RoBERTa: padding keeps position pad_id; real tokens count from pad_id + 1.
+        Family::Roberta => {
+            let pad = b.g.const_i64(&[], &[cfg.pad_id()]);
+            let is_pad = b.g.node("Equal", &[&ids, &pad], &[], "embeddings/positions");
+            let real = b.g.node("Not", &[&is_pad], &[], "embeddings/positions");
+            let real = b.g.node("Cast", &[&real], &[("to", Attr::Int(INT64))], "embeddings/positions");
+            let axis = b.g.const_i64(&[], &[1]);
+            let count = b.g.node("CumSum", &[&real, &axis], &[], "embeddings/positions");
+            let count = b.g.node("Mul", &[&count, &real], &[], "embeddings/positions");
+            b.g.node("Add", &[&count, &pad], &[], "embeddings/positions")
+        }
+    };
+    let table = b.init("embeddings.position_embeddings.weight")?;
+    let pos = b.g.node("Gather", &[&table, &positions], &[], "embeddings/positions");
+    let x = b.g.node("Add", &[&x, &pos], &[], "embeddings");
+    let types = b.p("embeddings.token_type_embeddings.weight")?;
+    let h = cfg.hidden_size as usize;
+    if types.data.len() < h {
+        return Err(Error::input("embeddings.token_type_embeddings.weight is empty".to_string()));
+    }
+    let type0 = b.g.f32("embeddings.token_type_embeddings.row0", &[h as i64], &types.data[..h]);
+    let x = b.g.node("Add", &[&x, &type0], &[], "embeddings");
+    let mut x = b.layer_norm(&x, "embeddings.LayerNorm", eps)?;
+
+    // The additive attention mask [batch, 1, 1, seq]: 0 for tokens, MASKED for padding.
+    let m = b.g.node("Cast", &[&mask], &[("to", Attr::Int(FLOAT))], "mask");
+    let one = b.g.scalar_f32(1.0);
+    let m = b.g.node("Sub", &[&one, &m], &[], "mask");
+    let big = b.g.scalar_f32(MASKED);
+    let m = b.g.node("Mul", &[&m, &big], &[], "mask");
+    let axes = b.g.const_i64(&[2], &[1, 2]);
+    let bias = b.g.node("Unsqueeze", &[&m, &axes], &[], "mask");
+
+    let heads = cfg.num_attention_heads;
+    for l in 0..cfg.num_hidden_layers {
+        let p = format!("encoder.layer.{l}");
+        let qkv = [
+            b.linear_of(&x, &format!("{p}.attention.self.query"))?,
+            b.linear_of(&x, &format!("{p}.attention.self.key"))?,
+            b.linear_of(&x, &format!("{p}.attention.self.value"))?,
+        ];
+        let context = b.attention(&qkv, heads, cfg.hidden_size, Some(&bias), &p)?;
+        let a = b.linear_of(&context, &format!("{p}.attention.output.dense"))?;
+        let a = b.g.node("Add", &[&a, &x], &[], &p);
+        let a = b.layer_norm(&a, &format!("{p}.attention.output.LayerNorm"), eps)?;
+        let i = b.linear_of(&a, &format!("{p}.intermediate.dense"))?;
+        let i = b.activate(&i, &cfg.hidden_act, &p);
+        let o = b.linear_of(&i, &format!("{p}.output.dense"))?;
+        let o = b.g.node("Add", &[&o, &a], &[], &p);
+        x = b.layer_norm(&o, &format!("{p}.output.LayerNorm"), eps)?;
+    }
+
+    if let Some(a) = spec.adaptive {
+        x = b.adaptive(&x, a, cfg.hidden_size, &bias)?;
+    }
+
+    // Pooler: tanh(dense(h[:, 0])), then one classifier per task. These run on one row per
+    // item (no compute to save) and decide the argmax directly: they stay fp32.
+    b.int8 = false;
+    let first = b.g.const_i64(&[], &[0]);
+    let cls = b.g.node("Gather", &[&x, &first], &[("axis", Attr::Int(1))], "pooler");
+    let pooled = b.linear_of(&cls, "pooler.dense")?;
+    let pooled = b.g.node("Tanh", &[&pooled], &[], "pooler");
+    for (task, classes) in spec.heads {
+        let logits = b.linear_of(&pooled, &format!("classifiers.{task}"))?;
+        let probs = b.g.node("Softmax", &[&logits], &[("axis", Attr::Int(-1))], &format!("classifiers.{task}"));
+        let dims = [Dim::Named("batch"), Dim::Fixed(*classes as i64)];
+        b.g.output(&logits, &logits_name(task), Elem::F32, &dims);
+        b.g.output(&probs, &probs_name(task), Elem::F32, &dims);
+    }
+    Ok(b.g.into_model("taft_classifier", metadata))
+}
+
+struct Builder<'a> {
+    g: Graph,
+    params: &'a BTreeMap<String, Param>,
+    int8: bool,
+    /// DynamicQuantizeLinear outputs by input (q, k and v share theirs).
+    quantized: HashMap<String, [String; 3]>,
+}
+
+impl<'a> Builder<'a> {
+    fn p(&self, name: &str) -> Result<&'a Param> {
+        self.params.get(name).ok_or_else(|| Error::input(format!("the model has no parameter `{name}`")))
+    }
+
+    /// A parameter as an initializer of the same name.
+    fn init(&mut self, name: &str) -> Result<String> {
+        let p = self.p(name)?;
+        Ok(self.g.f32(name, &p.dims, &p.data))
+    }
+
+    fn layer_norm(&mut self, x: &str, prefix: &str, eps: f32) -> Result<String> {
+        let w = self.init(&format!("{prefix}.weight"))?;
+        let b = self.init(&format!("{prefix}.bias"))?;
+        Ok(self.g.node(
+            "LayerNormalization",
+            &[x, &w, &b],
+            &[("axis", Attr::Int(-1)), ("epsilon", Attr::Float(eps))],
+            prefix,
+        ))
+    }
+
+    /// `x · Wᵀ + b` for the torch Linear `prefix` (weight [out, in], bias [out]).
+    fn linear_of(&mut self, x: &str, prefix: &str) -> Result<String> {
+        let w = self.p(&format!("{prefix}.weight"))?;
+        let b = self.p(&format!("{prefix}.bias"))?;
+        if w.dims.len() != 2 || b.data.len() as i64 != w.dims[0] {
+            return Err(Error::input(format!(
+                "{prefix}: weight {:?} and bias {:?} are not a linear layer",
+                w.dims, b.dims
+            )));
+        }
+        Ok(self.linear(x, prefix, &w.data, &b.data, w.dims[0] as usize, w.dims[1] as usize))
+    }
+
+    /// `x · Wᵀ + b` with `w` [out, in] row-major.
+    fn linear(&mut self, x: &str, name: &str, w: &[f32], b: &[f32], out: usize, inp: usize) -> String {
+        let mut t = vec![0f32; w.len()];
+        for o in 0..out {
+            for i in 0..inp {
+                t[i * out + o] = w[o * inp + i];
+            }
+        }
+        let dims = [inp as i64, out as i64];
+        let y = if self.int8 {
+            // Symmetric int8 per output column: scale = max |w| / 127, zero point 0.
+            let mut scales = vec![0f32; out];
+            for i in 0..inp {
+                for o in 0..out {
+                    scales[o] = scales[o].max(t[i * out + o].abs());
+                }
+            }
+            for s in &mut scales {
+                *s = if *s > 0.0 { *s / 127.0 } else { 1.0 };
+            }
+            let q: Vec<i8> = t
+                .iter()
+                .enumerate()
+                .map(|(k, v)| (v / scales[k % out]).round_ties_even().clamp(-127.0, 127.0) as i8)
+                .collect();
+            let wq = self.g.i8(&format!("{name}.weight_quantized"), &dims, &q);
+            let wzp = self.g.i8(&format!("{name}.weight_zero_point"), &[out as i64], &vec![0; out]);
+            let ws = self.g.f32(&format!("{name}.weight_scale"), &[out as i64], &scales);
+            let [xq, xs, xzp] = match self.quantized.get(x) {
+                Some(q) => q.clone(),
+                None => {
+                    let outs = self.g.node_n("DynamicQuantizeLinear", &[x], &[], name, 3);
+                    let q = [outs[0].clone(), outs[1].clone(), outs[2].clone()];
+                    self.quantized.insert(x.to_string(), q.clone());
+                    q
+                }
+            };
+            let yi = self.g.node("MatMulInteger", &[&xq, &wq, &xzp, &wzp], &[], name);
+            let yf = self.g.node("Cast", &[&yi], &[("to", Attr::Int(FLOAT))], name);
+            let s = self.g.node("Mul", &[&xs, &ws], &[], name);
+            self.g.node("Mul", &[&yf, &s], &[], name)
+        } else {
+            let wt = self.g.f32(&format!("{name}.weight_t"), &dims, &t);
+            self.g.node("MatMul", &[x, &wt], &[], name)
+        };
+        let bias = self.g.f32(&format!("{name}.bias"), &[out as i64], b);
+        self.g.node("Add", &[&y, &bias], &[], name)
+    }
+
+    /// Scaled dot-product attention over projected q, k, v [batch, seq, hidden] → the
+    /// context [batch, seq, hidden] (before the output projection).
+    fn attention(
+        &mut self,
+        qkv: &[String; 3],
+        heads: i64,
+        hidden: i64,
+        bias: Option<&str>,
+        hint: &str,
+    ) -> Result<String> {
+        if heads <= 0 || hidden % heads != 0 {
+            return Err(Error::input(format!("{hint}: {heads} heads do not divide {hidden}")));
+        }
+        let dh = hidden / heads;
+        let split = self.g.const_i64(&[4], &[0, 0, heads, dh]);
+        let q = self.g.node("Reshape", &[&qkv[0], &split], &[], hint);
+        let q = self.g.node("Transpose", &[&q], &[("perm", Attr::Ints(vec![0, 2, 1, 3]))], hint);
+        let k = self.g.node("Reshape", &[&qkv[1], &split], &[], hint);
+        let k = self.g.node("Transpose", &[&k], &[("perm", Attr::Ints(vec![0, 2, 3, 1]))], hint);
+        let v = self.g.node("Reshape", &[&qkv[2], &split], &[], hint);
+        let v = self.g.node("Transpose", &[&v], &[("perm", Attr::Ints(vec![0, 2, 1, 3]))], hint);
+        let s = self.g.node("MatMul", &[&q, &k], &[], hint);
+        let scale = self.g.scalar_f32(1.0 / (dh as f32).sqrt());
+        let mut s = self.g.node("Mul", &[&s, &scale], &[], hint);
+        if let Some(bias) = bias {
+            s = self.g.node("Add", &[&s, bias], &[], hint);
+        }
+        let p = self.g.node("Softmax", &[&s], &[("axis", Attr::Int(-1))], hint);
+        let c = self.g.node("MatMul", &[&p, &v], &[], hint);
+        let c = self.g.node("Transpose", &[&c], &[("perm", Attr::Ints(vec![0, 2, 1, 3]))], hint);
+        let merge = self.g.const_i64(&[3], &[0, 0, hidden]);
+        Ok(self.g.node("Reshape", &[&c, &merge], &[], hint))
+    }
+
+    /// Hugging Face's activation by name (exact GELU unless the config says otherwise).
+    fn activate(&mut self, x: &str, name: &str, hint: &str) -> String {
+        let half = self.g.scalar_f32(0.5);
+        let one = self.g.scalar_f32(1.0);
+        match name {
+            "relu" => self.g.node("Relu", &[x], &[], hint),
+            "gelu_new" | "gelu_pytorch_tanh" => {
+                // 0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³)))
+                let c = self.g.scalar_f32(0.044715);
+                let k = self.g.scalar_f32((2.0 / std::f32::consts::PI).sqrt());
+                let x2 = self.g.node("Mul", &[x, x], &[], hint);
+                let x3 = self.g.node("Mul", &[&x2, x], &[], hint);
+                let t = self.g.node("Mul", &[&x3, &c], &[], hint);
+                let t = self.g.node("Add", &[x, &t], &[], hint);
+                let t = self.g.node("Mul", &[&t, &k], &[], hint);
+                let t = self.g.node("Tanh", &[&t], &[], hint);
+                let t = self.g.node("Add", &[&t, &one], &[], hint);
+                let t = self.g.node("Mul", &[x, &t], &[], hint);
+                self.g.node("Mul", &[&t, &half], &[], hint)
+            }
+            _ => {
+                // 0.5 x (1 + erf(x / √2))
+                let sqrt2 = self.g.scalar_f32(std::f32::consts::SQRT_2);
+                let t = self.g.node("Div", &[x, &sqrt2], &[], hint);
+                let t = self.g.node("Erf", &[&t], &[], hint);
+                let t = self.g.node("Add", &[&t, &one], &[], hint);
+                let t = self.g.node("Mul", &[x, &t], &[], hint);
+                self.g.node("Mul", &[&t, &half], &[], hint)
+            }
+        }
+    }
+
+    /// The adaptive layer (`nn.TransformerEncoderLayer`, post-norm, ReLU): the padding mask
+    /// only when it was trained with one.
+    fn adaptive(&mut self, x: &str, cfg: &AdaptiveConfig, d: i64, bias: &str) -> Result<String> {
+        let w = self.p("adaptive.self_attn.in_proj_weight")?;
+        let b = self.p("adaptive.self_attn.in_proj_bias")?;
+        let du = d as usize;
+        if w.data.len() != 3 * du * du || b.data.len() != 3 * du {
+            return Err(Error::input(format!("adaptive.self_attn.in_proj_weight {:?} is not [3·{d}, {d}]", w.dims)));
+        }
+        let names = ["adaptive.self_attn.q", "adaptive.self_attn.k", "adaptive.self_attn.v"];
+        let mut qkv: [String; 3] = Default::default();
+        for (i, name) in names.iter().enumerate() {
+            qkv[i] =
+                self.linear(x, name, &w.data[i * du * du..(i + 1) * du * du], &b.data[i * du..(i + 1) * du], du, du);
+        }
+        let mask = cfg.mask_padding.then_some(bias);
+        let context = self.attention(&qkv, cfg.heads, d, mask, "adaptive")?;
+        let a = self.linear_of(&context, "adaptive.self_attn.out_proj")?;
+        let x1 = self.g.node("Add", &[x, &a], &[], "adaptive");
+        let eps = cfg.layer_norm_eps as f32;
+        let x1 = self.layer_norm(&x1, "adaptive.norm1", eps)?;
+        let f = self.linear_of(&x1, "adaptive.linear1")?;
+        let f = self.g.node("Relu", &[&f], &[], "adaptive");
+        let f = self.linear_of(&f, "adaptive.linear2")?;
+        let x2 = self.g.node("Add", &[&x1, &f], &[], "adaptive");
+        self.layer_norm(&x2, "adaptive.norm2", eps)
+    }
+}

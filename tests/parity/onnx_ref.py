@@ -1,0 +1,84 @@
+"""Reference for `taft export`: the exported file passes the ONNX checker (full check), loads
+in Python onnxruntime, and gives class probabilities for texts tokenized by the Python
+`tokenizers` library from the export's tokenizer.json.
+
+usage: onnx_ref.py EXPORT_DIR TEXTS_JSON OUT_JSON [--model model.onnx]
+TEXTS_JSON is a JSON list of texts (conversation items as taft builds them); OUT_JSON gets
+{"outputs": [...graph output names...], "probs": {task: [[p...] per text]}, "opset": N}.
+"""
+
+import argparse
+import json
+import os
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("export")
+    ap.add_argument("texts")
+    ap.add_argument("out")
+    ap.add_argument("--model", default="model.onnx")
+    args = ap.parse_args()
+
+    path = os.path.join(args.export, args.model)
+    model = onnx.load(path)
+    onnx.checker.check_model(model, full_check=True)
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+    taft = json.load(open(os.path.join(args.export, "taft.json")))
+    max_length = taft["max_length"]
+    tok = Tokenizer.from_file(os.path.join(args.export, "tokenizer.json"))
+    tok.enable_truncation(max_length)
+    vocab = tok.get_vocab()
+    pad_token = "<pad>" if "<pad>" in vocab else "[PAD]"
+    tok.enable_padding(pad_id=vocab[pad_token], pad_token=pad_token)
+    texts = json.load(open(args.texts))
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    inputs = [i.name for i in sess.get_inputs()]
+    assert inputs == ["input_ids", "attention_mask"], inputs
+    for i in sess.get_inputs():
+        assert i.type == "tensor(int64)", i
+    outputs = [o.name for o in sess.get_outputs()]
+    tasks = [name[len("probs_"):] for name in outputs if name.startswith("probs_")]
+
+    probs = {t: [] for t in tasks}
+    # One text at a time and in batches of 8 (padding): both must agree.
+    for start in range(0, len(texts), 8):
+        batch = texts[start:start + 8]
+        enc = tok.encode_batch(batch)
+        ids = np.array([e.ids for e in enc], dtype=np.int64)
+        mask = np.array([e.attention_mask for e in enc], dtype=np.int64)
+        got = dict(zip(outputs, sess.run(None, {"input_ids": ids, "attention_mask": mask})))
+        for t in tasks:
+            probs[t].extend(got["probs_" + t].tolist())
+            # probs are the softmax of the logits
+            logits = got["logits_" + t]
+            soft = np.exp(logits - logits.max(-1, keepdims=True))
+            soft /= soft.sum(-1, keepdims=True)
+            assert np.abs(soft - got["probs_" + t]).max() < 1e-5
+        for k, text in enumerate(batch):
+            e = tok.encode(text)
+            single = dict(zip(outputs, sess.run(None, {
+                "input_ids": np.array([e.ids], dtype=np.int64),
+                "attention_mask": np.array([e.attention_mask], dtype=np.int64),
+            })))
+            for t in tasks:
+                diff = np.abs(single["probs_" + t][0] - got["probs_" + t][k]).max()
+                probs.setdefault("_pad_diff", [0.0])
+                probs["_pad_diff"][0] = max(probs["_pad_diff"][0], float(diff))
+
+    pad_diff = probs.pop("_pad_diff", [0.0])[0]
+    json.dump({"outputs": outputs, "probs": probs, "opset": opset, "ir_version": model.ir_version,
+               "padding_max_diff": pad_diff}, open(args.out, "w"))
+
+
+if __name__ == "__main__":
+    main()
