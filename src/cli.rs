@@ -70,7 +70,7 @@ impl FromArgMatches for StepCommand {
 impl Subcommand for StepCommand {
     fn augment_subcommands(mut cmd: clap::Command) -> clap::Command {
         for kind in StepKind::ALL.iter().filter(|k| k.runs_here()) {
-            cmd = cmd.subcommand(StepArgs::augment_args(clap::Command::new(kind.name()).about(kind.about())));
+            cmd = cmd.subcommand(StepArgs::augment_args(clap::Command::new(kind.name())).about(kind.about()));
         }
         cmd
     }

@@ -258,9 +258,11 @@ mod stream {
             match manifest.map(|m| m.step) {
                 Some(step) if step == "export" => models.push(url.clone()),
                 Some(step) if step == "prep" => data.push((url.clone(), true)),
-                Some(step) => return Err(Error::input(format!(
+                Some(step) => {
+                    return Err(Error::input(format!(
                     "{url}: made by `taft {step}`: predict takes an export output and a prep output or JSON-lines file"
-                ))),
+                )))
+                }
                 None => data.push((url.clone(), false)),
             }
         }

@@ -8,6 +8,8 @@ mod contract;
 mod dapt;
 #[cfg(feature = "train")]
 mod evaluate;
+#[cfg(all(feature = "train", feature = "serve"))]
+mod export;
 #[cfg(feature = "train")]
 mod finetune;
 #[cfg(feature = "train")]
@@ -20,6 +22,8 @@ mod prep;
 #[cfg(feature = "train")]
 mod role;
 mod s3;
+#[cfg(all(feature = "train", feature = "serve"))]
+mod serve;
 #[cfg(feature = "train")]
 mod train;
 mod workflow;

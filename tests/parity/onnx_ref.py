@@ -4,7 +4,9 @@ in Python onnxruntime, and gives class probabilities for texts tokenized by the 
 
 usage: onnx_ref.py EXPORT_DIR TEXTS_JSON OUT_JSON [--model model.onnx]
 TEXTS_JSON is a JSON list of texts (conversation items as taft builds them); OUT_JSON gets
-{"outputs": [...graph output names...], "probs": {task: [[p...] per text]}, "opset": N}.
+{"outputs": [...graph output names...], "probs": {task: [[p...] per text]} (batches of 8,
+padded), "probs_single": {...} (one text at a time), "padding_max_diff": largest difference
+between the two, "opset": N}.
 """
 
 import argparse
@@ -50,6 +52,8 @@ def main():
     tasks = [name[len("probs_"):] for name in outputs if name.startswith("probs_")]
 
     probs = {t: [] for t in tasks}
+    single_probs = {t: [] for t in tasks}
+    pad_diff = 0.0
     # One text at a time and in batches of 8 (padding): both must agree.
     for start in range(0, len(texts), 8):
         batch = texts[start:start + 8]
@@ -71,13 +75,12 @@ def main():
                 "attention_mask": np.array([e.attention_mask], dtype=np.int64),
             })))
             for t in tasks:
+                single_probs[t].append(single["probs_" + t][0].tolist())
                 diff = np.abs(single["probs_" + t][0] - got["probs_" + t][k]).max()
-                probs.setdefault("_pad_diff", [0.0])
-                probs["_pad_diff"][0] = max(probs["_pad_diff"][0], float(diff))
+                pad_diff = max(pad_diff, float(diff))
 
-    pad_diff = probs.pop("_pad_diff", [0.0])[0]
-    json.dump({"outputs": outputs, "probs": probs, "opset": opset, "ir_version": model.ir_version,
-               "padding_max_diff": pad_diff}, open(args.out, "w"))
+    json.dump({"outputs": outputs, "probs": probs, "probs_single": single_probs, "opset": opset,
+               "ir_version": model.ir_version, "padding_max_diff": pad_diff}, open(args.out, "w"))
 
 
 if __name__ == "__main__":

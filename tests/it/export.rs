@@ -1,0 +1,405 @@
+//! `taft export` and `taft predict`: the exported ONNX file passes `onnx.checker` (full check)
+//! and gives Python onnxruntime's outputs; it matches the trained model (tch) within 1e-4 for
+//! both encoder families, with the adaptive layer (masked and unmasked) and without, for role
+//! and finetune outputs; predict's labels equal evaluate's; shards partition the input; int8
+//! agrees with fp32; a failed validation commits nothing; bad inputs are refused by name.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use arrow_array::{Array, Float32Array, Int32Array, Int64Array, ListArray, StringArray};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+use crate::common::*;
+use crate::finetune::{finetune, parents};
+
+/// tch vs ONNX Runtime (the step's own check, recorded in its summary).
+const TOL: f64 = 1e-4;
+/// Rust ort vs Python ort on the same file and the same tokens.
+const ORT_TOL: f64 = 1e-5;
+
+pub struct Models {
+    _dir: tempfile::TempDir,
+    /// RoBERTa family: a tapt finetune output (status; no adaptive layer) and its export with int8.
+    pub tapt: PathBuf,
+    pub tapt_export: PathBuf,
+    /// RoBERTa family: the role output with the adaptive layer (padding masked).
+    pub role_export: PathBuf,
+    /// BERT family: a role output with an unmasked adaptive layer and a taft finetune from it.
+    pub bert_role: PathBuf,
+    pub bert_taft: PathBuf,
+}
+
+pub fn export(inputs: &[&Path], out: &Path, sets: &[&str]) -> Run {
+    let mut cmd = taft();
+    cmd.arg("export");
+    for i in inputs {
+        cmd.args(["-i", s(i)]);
+    }
+    cmd.args(["-o", s(out), "--set", "threads=1"]);
+    for set in sets {
+        cmd.args(["--set", set]);
+    }
+    run(&mut cmd)
+}
+
+/// The models and exports the tests share, made once.
+pub fn models() -> &'static Models {
+    static MODELS: OnceLock<Models> = OnceLock::new();
+    MODELS.get_or_init(|| {
+        let dir = tempdir();
+        let p = |name: &str| dir.path().join(name);
+        let prep = &parents().prep;
+        // Status only: the satisfaction head of so small a model stays near chance, where int8
+        // flips near-ties (the BERT taft model below has both heads).
+        run(&mut finetune("tapt", &parents().direct, &p("tapt"), &["train.epochs=3", "satisfaction=none"])).ok();
+        export(&[&p("tapt"), prep], &p("tapt-export"), &["quantize=int8"]).ok();
+        export(&[&parents().adaptive], &p("role-export"), &[]).ok();
+        taft_run(&[
+            "init", "-i", s(prep), "-o", s(&p("bert-init")), "--set",
+            "scratch={family: bert, vocab_size: 400, hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 4, intermediate_size: 64, max_length: 128}",
+        ])
+        .ok();
+        taft_run(&[
+            "role", "-i", s(prep), "-i", s(&p("bert-init")), "-o", s(&p("bert-role")),
+            "--set", "train.epochs=1", "--set", "train.batch_size=64", "--set", "train.threads=1",
+            "--set", "adaptive={heads: 4, ffn: 64, mask_padding: false}",
+        ])
+        .ok();
+        let mut cmd = taft();
+        cmd.args(["finetune", "-i", s(prep), "-i", s(&p("bert-role")), "-o", s(&p("bert-taft"))]);
+        for set in ["method=taft", "max_length=64", "train.epochs=2", "train.batch_size=16", "train.threads=1", "encoder_cache=true"] {
+            cmd.args(["--set", set]);
+        }
+        run(&mut cmd).ok();
+        Models {
+            tapt: p("tapt"),
+            tapt_export: p("tapt-export"),
+            role_export: p("role-export"),
+            bert_role: p("bert-role"),
+            bert_taft: p("bert-taft"),
+            _dir: dir,
+        }
+    })
+}
+
+/// One row of a predictions file: the item key (id, utterance) and per head (pred, probs).
+pub type Rows = BTreeMap<(String, i32), BTreeMap<String, (i32, Vec<f32>)>>;
+
+/// Reads a predictions.parquet (evaluate's or predict's).
+pub fn predictions(path: &Path) -> Rows {
+    let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file).unwrap().build().unwrap();
+    let mut rows = Rows::new();
+    for batch in reader {
+        let batch = batch.unwrap();
+        let col = batch.column_by_name("id").unwrap();
+        let ids: Vec<String> = if let Some(a) = col.as_any().downcast_ref::<Int64Array>() {
+            a.values().iter().map(|i| i.to_string()).collect()
+        } else {
+            let a = col.as_any().downcast_ref::<StringArray>().unwrap();
+            (0..a.len()).map(|i| a.value(i).to_string()).collect()
+        };
+        let utt: Vec<i32> = match batch.column_by_name("utterance") {
+            Some(c) => c.as_any().downcast_ref::<Int32Array>().unwrap().values().to_vec(),
+            None => vec![-1; ids.len()],
+        };
+        let schema = batch.schema();
+        let heads: Vec<String> =
+            schema.fields().iter().filter_map(|f| f.name().strip_suffix("_pred").map(str::to_string)).collect();
+        for (r, id) in ids.iter().enumerate() {
+            let entry = rows.entry((id.clone(), utt[r])).or_default();
+            assert!(entry.is_empty(), "{}: item {id}/{} twice", path.display(), utt[r]);
+            for h in &heads {
+                let pred = batch.column_by_name(&format!("{h}_pred")).unwrap();
+                let pred = pred.as_any().downcast_ref::<Int32Array>().unwrap().value(r);
+                let probs = batch.column_by_name(&format!("{h}_probs")).unwrap();
+                let list = probs.as_any().downcast_ref::<ListArray>().unwrap().value(r);
+                let p = list.as_any().downcast_ref::<Float32Array>().unwrap().values().to_vec();
+                entry.insert(h.clone(), (pred, p));
+            }
+        }
+    }
+    rows
+}
+
+pub fn summary(dir: &Path) -> serde_json::Value {
+    manifest(dir).unwrap_or_else(|| panic!("{}: no manifest", dir.display()))["summary"].clone()
+}
+
+pub fn max_diff(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| f64::from((x - y).abs())).fold(0.0, f64::max)
+}
+
+/// Texts of the test split's conversations (as JSON lines for predict, and as the list the
+/// Python reference tokenizes: a one-text conversation's item is its text).
+fn texts(n: usize) -> Vec<String> {
+    let dir = tempdir();
+    let out = dir.path().join("t.jsonl");
+    let sets = ["seed=11", "train=0", "val=0", "test=40", "unlabeled=0", "learnable=true"];
+    let mut args = vec!["synth", "-o", s(&out)];
+    sets.iter().for_each(|x| args.extend(["--set", x]));
+    taft_run(&args).ok();
+    let text = std::fs::read_to_string(dir.path().join("t.jsonl")).unwrap();
+    let mut out: Vec<String> = Vec::new();
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        for t in v["texts"].as_array().unwrap() {
+            out.push(t.as_str().unwrap().to_string());
+        }
+    }
+    // Short and long items: single utterances and whole conversations' worth of words.
+    let long: Vec<String> = out.chunks(6).map(|c| c.join(" ")).collect();
+    out.truncate(n / 2);
+    out.extend(long.into_iter().take(n - out.len()));
+    out
+}
+
+/// Checks one export: the step's recorded parity, then onnx.checker and Python onnxruntime
+/// against `taft predict` on the same texts.
+fn check_export(export_dir: &Path, work: &Path, model_file: &str) {
+    let s_ = summary(export_dir);
+    let diffs = s_["validation"]["max_abs_diff"].as_object().unwrap();
+    assert!(!diffs.is_empty());
+    for (name, d) in diffs {
+        assert!(d.as_f64().unwrap() <= TOL, "{}: {name} differs by {d}", export_dir.display());
+    }
+    let cases = s_["validation"]["cases"].as_array().unwrap();
+    let max_length = s_["max_length"].as_u64().unwrap();
+    assert!(cases.iter().any(|c| c["batch"] == 8 && c["padding_tokens"].as_u64().unwrap() > 0));
+    assert!(cases.iter().any(|c| c["batch"] == 1 && c["sequence"].as_u64() == Some(max_length)));
+
+    let texts = texts(24);
+    let texts_json = work.join("texts.json");
+    std::fs::write(&texts_json, serde_json::to_vec(&texts).unwrap()).unwrap();
+    let lines: Vec<String> = texts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| serde_json::json!({"id": format!("t{i}"), "texts": [t]}).to_string())
+        .collect();
+    let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+    let jsonl = write_lines(work, "texts.jsonl", &lines);
+    let reference = work.join("ref.json");
+    let py = run(python().arg(root().join("tests/parity/onnx_ref.py")).args([
+        s(export_dir),
+        s(&texts_json),
+        s(&reference),
+        "--model",
+        model_file,
+    ]));
+    assert_eq!(py.code, 0, "onnx_ref.py: {}", py.stderr);
+    let reference: serde_json::Value = serde_json::from_slice(&std::fs::read(&reference).unwrap()).unwrap();
+    assert_eq!(reference["opset"], 17);
+    // Padding changes nothing unless the adaptive layer attends to it (the original's quirk),
+    // or the activations are quantized per batch (int8: their scale depends on the batch).
+    if s_["adaptive"]["mask_padding"] != false && model_file == "model.onnx" {
+        assert!(reference["padding_max_diff"].as_f64().unwrap() < 1e-4, "{}", reference["padding_max_diff"]);
+    }
+    let out = work.join(format!("predict-{model_file}"));
+    let variant = if model_file.contains("int8") { "model=int8" } else { "model=fp32" };
+    // One item per call: the same tokens as the Python side's single runs, whatever the padding.
+    let args =
+        ["predict", "-i", s(export_dir), "-i", s(&jsonl), "-o", s(&out), "--set", variant, "--set", "batch_size=1"];
+    taft_run(&args).ok();
+    let rows = predictions(&out.join("predictions.parquet"));
+    assert_eq!(rows.len(), texts.len());
+    for (head, probs) in reference["probs_single"].as_object().unwrap() {
+        for (i, p) in probs.as_array().unwrap().iter().enumerate() {
+            let p: Vec<f32> = p.as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+            let id = format!("t{i}");
+            let (_, ours) = &rows.iter().find(|((k, _), _)| *k == id).expect("predicted").1[head];
+            assert!(max_diff(&p, ours) <= ORT_TOL, "{head} item {i}: python {p:?} vs taft {ours:?}");
+        }
+    }
+}
+
+#[test]
+fn exports_match_the_trained_model_and_python_onnxruntime_for_both_families() {
+    let m = models();
+    let dir = tempdir();
+    // RoBERTa: finetune without the adaptive layer; role with the masked adaptive layer.
+    check_export(&m.tapt_export, dir.path(), "model.onnx");
+    let role = summary(&m.role_export);
+    assert_eq!((role["family"].as_str(), role["adaptive"]["mask_padding"].as_bool()), (Some("roberta"), Some(true)));
+    check_export(&m.role_export, dir.path(), "model.onnx");
+    // BERT: role and finetune with the unmasked adaptive layer (the original's quirk).
+    for (i, model) in [&m.bert_role, &m.bert_taft].into_iter().enumerate() {
+        let out = dir.path().join(format!("bert-{i}"));
+        export(&[model], &out, &[]).ok();
+        let sm = summary(&out);
+        assert_eq!((sm["family"].as_str(), sm["adaptive"]["mask_padding"].as_bool()), (Some("bert"), Some(false)));
+        check_export(&out, dir.path(), "model.onnx");
+    }
+    // The files beside the model.
+    let taft_json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(m.tapt_export.join("taft.json")).unwrap()).unwrap();
+    assert_eq!(taft_json["export"]["outputs"].as_array().unwrap().len(), 2);
+    assert_eq!(taft_json["method"], "tapt");
+    assert!(m.tapt_export.join("tokenizer.json").exists());
+}
+
+#[test]
+fn predict_labels_equal_evaluate_labels() {
+    let m = models();
+    let dir = tempdir();
+    for (model, export_dir) in [(&m.tapt, &m.tapt_export), (&parents().adaptive, &m.role_export)] {
+        let eval = dir.path().join("eval");
+        let _ = std::fs::remove_dir_all(&eval);
+        taft_run(&[
+            "evaluate",
+            "-i",
+            s(model),
+            "-i",
+            s(&parents().prep),
+            "-o",
+            s(&eval),
+            "--set",
+            "device=cpu",
+            "--set",
+            "threads=1",
+        ])
+        .ok();
+        let pred = dir.path().join("pred");
+        let _ = std::fs::remove_dir_all(&pred);
+        taft_run(&[
+            "predict",
+            "-i",
+            s(export_dir),
+            "-i",
+            s(&parents().prep),
+            "-o",
+            s(&pred),
+            "--set",
+            "split=test",
+            "--set",
+            "batch_size=7",
+        ])
+        .ok();
+        let a = predictions(&eval.join("predictions.parquet"));
+        let b = predictions(&pred.join("predictions.parquet"));
+        assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>(), "{}", model.display());
+        assert!(a.len() > 50);
+        for (key, heads) in &a {
+            for (head, (label, probs)) in heads {
+                let (label2, probs2) = &b[key][head];
+                assert_eq!(label, label2, "{key:?} {head}");
+                assert!(max_diff(probs, probs2) <= TOL, "{key:?} {head}: {probs:?} vs {probs2:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn shards_are_disjoint_and_cover_the_input() {
+    let m = models();
+    let dir = tempdir();
+    let whole = dir.path().join("whole");
+    taft_run(&["predict", "-i", s(&m.tapt_export), "-i", s(&parents().prep), "-o", s(&whole)]).ok();
+    let whole = predictions(&whole.join("predictions.parquet"));
+    let mut union = Rows::new();
+    for i in 0..3 {
+        let out = dir.path().join(format!("shard-{i}"));
+        let shard = format!("{i}/3");
+        let r =
+            taft_run(&["predict", "-i", s(&m.tapt_export), "-i", s(&parents().prep), "-o", s(&out), "--shard", &shard])
+                .ok();
+        assert!(r.stdout.contains(&format!("\"shard\":\"{shard}\"")), "{}", r.stdout);
+        let rows = predictions(&out.join("predictions.parquet"));
+        assert!(rows.len() > whole.len() / 5, "shard {i}: {} of {}", rows.len(), whole.len());
+        for (k, v) in rows {
+            assert!(union.insert(k.clone(), v).is_none(), "{k:?} in two shards");
+        }
+    }
+    assert_eq!(union.len(), whole.len());
+    for (k, heads) in &whole {
+        for (head, (label, probs)) in heads {
+            assert_eq!(union[k][head].0, *label);
+            assert!(max_diff(&union[k][head].1, probs) <= ORT_TOL);
+        }
+    }
+    let bad = taft_run(&[
+        "predict",
+        "-i",
+        s(&m.tapt_export),
+        "-i",
+        s(&parents().prep),
+        "-o",
+        s(&dir.path().join("x")),
+        "--shard",
+        "3/3",
+    ]);
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+    assert!(bad.stderr.contains("shard `3/3`"), "{}", bad.stderr);
+}
+
+#[test]
+fn int8_agrees_with_fp32() {
+    let m = models();
+    let sm = summary(&m.tapt_export);
+    let int8 = &sm["int8"];
+    assert!(int8["items"].as_u64().unwrap() >= 50, "{int8}");
+    for (head, h) in int8["heads"].as_object().unwrap() {
+        assert!(h["agreement"].as_f64().unwrap() >= 0.99, "{head}: {h}");
+        assert!(h["max_prob_diff"].as_f64().unwrap() < 0.2, "{head}: {h}");
+    }
+    let fp32_bytes = std::fs::metadata(m.tapt_export.join("model.onnx")).unwrap().len();
+    let int8_bytes = std::fs::metadata(m.tapt_export.join("model.int8.onnx")).unwrap().len();
+    assert!(int8_bytes < fp32_bytes, "{int8_bytes} vs {fp32_bytes}");
+    // The int8 file passes the checker and gives Python onnxruntime's outputs too.
+    let dir = tempdir();
+    check_export(&m.tapt_export, dir.path(), "model.int8.onnx");
+}
+
+#[test]
+fn a_failed_validation_commits_nothing_and_bad_inputs_are_refused() {
+    let m = models();
+    let dir = tempdir();
+    // A tolerance no float computation meets: exit 1, the output names the differing output.
+    let out = dir.path().join("strict");
+    let r = export(&[&m.tapt], &out, &["tolerance=1e-15"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("output `logits_") && r.stderr.contains("nothing was committed"), "{}", r.stderr);
+    assert!(manifest(&out).is_none() && !out.join("model.onnx").exists());
+    // int8 agreement that cannot be met.
+    let r = export(
+        &[&m.tapt, &parents().prep],
+        &dir.path().join("i8"),
+        &["quantize=int8", "min_agreement=1.0", "tolerance=1e-3"],
+    );
+    if r.code != 0 {
+        assert_eq!(r.code, 1, "{}", r.stderr);
+        assert!(r.stderr.contains("int8 model agrees"), "{}", r.stderr);
+    }
+    // Not a trained model; int8 without data; a stray key.
+    let r = export(&[&parents().prep], &dir.path().join("a"), &[]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("finetune or role output"), "{}", r.stderr);
+    let r = export(&[&m.tapt], &dir.path().join("b"), &["quantize=int8"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("prep output"), "{}", r.stderr);
+    let r = export(&[&m.tapt], &dir.path().join("c"), &["quantise=int8"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("quantise"), "{}", r.stderr);
+    // predict: malformed JSON lines name the file, line and field; the wrong model is refused.
+    let bad = write_lines(dir.path(), "bad.jsonl", &[r#"{"texts": ["bonjour"]}"#, r#"{"texts": ["a", 7]}"#]);
+    let r = taft_run(&["predict", "-i", s(&m.tapt_export), "-i", s(&bad), "-o", s(&dir.path().join("p"))]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("bad.jsonl:2") && r.stderr.contains("texts[1]"), "{}", r.stderr);
+    assert!(manifest(&dir.path().join("p")).is_none());
+    let r = taft_run(&["predict", "-i", s(&m.tapt), "-i", s(&bad), "-o", s(&dir.path().join("q"))]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("made by `taft finetune`"), "{}", r.stderr);
+    let r = taft_run(&[
+        "predict",
+        "-i",
+        s(&m.tapt_export),
+        "-i",
+        s(&dir.path().join("missing.jsonl")),
+        "-o",
+        s(&dir.path().join("r")),
+    ]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("missing.jsonl"), "{}", r.stderr);
+}
