@@ -40,6 +40,8 @@ fn demo_workflow_runs_the_same_twice_then_is_up_to_date() {
         ("evaluate-taft-status", "confusion_status.png"),
         ("compare", "comparison.tsv"),
         ("compare", "comparison.png"),
+        ("export", "model.onnx"),
+        ("predict", "predictions.parquet"),
     ] {
         let (a, b) =
             (std::fs::read(store.join(step).join(file)).unwrap(), std::fs::read(again.join(step).join(file)).unwrap());
@@ -247,8 +249,8 @@ fn the_paper_workflow_is_the_demo_graph_and_takes_its_inputs_from_the_command_li
     assert_eq!(without_init_inputs(graph("workflows/taft.yaml")), without_init_inputs(graph("workflows/demo.yaml")));
     assert_eq!(
         graph("workflows/taft.yaml").len(),
-        24,
-        "prep, init, 3 step-1 models, 9 step-2 models, 9 evaluations, compare"
+        26,
+        "prep, init, 3 step-1 models, 9 step-2 models, 9 evaluations, compare, export, predict"
     );
     let dir = tempdir();
     let r = taft_run(&[
@@ -266,7 +268,7 @@ fn the_paper_workflow_is_the_demo_graph_and_takes_its_inputs_from_the_command_li
     assert!(r.stdout.contains("prep: taft prep --out"), "{}", r.stdout);
     assert!(r.stdout.contains(r#"--set inputs=["data/sample.jsonl"]"#), "{}", r.stdout);
     assert!(r.stdout.contains(r#"--set pretrained="models/distilcamembert""#), "{}", r.stdout);
-    assert_eq!(r.stdout.lines().count(), 24);
+    assert_eq!(r.stdout.lines().count(), 26);
     // Without the user's data and model, prep and init stop naming the files, and nothing
     // after them runs.
     let r = taft_run(&["run", "workflows/taft.yaml", "--store", s(dir.path())]);

@@ -27,7 +27,7 @@ use crate::text::{Encoded, TextTokenizer};
 const SHORT: usize = 8;
 
 pub async fn run(config: &ExportConfig, out: &mut Output) -> Result<serde_json::Value> {
-    let (model_url, prep_url) = sort_inputs(&config.inputs).await?;
+    let (model_url, prep_url, source) = sort_inputs(&config.inputs).await?;
     let tmp = tempfile::tempdir()?;
     fetch_model_dir(&model_url, tmp.path()).await?;
     let dir = ModelDir::new(tmp.path(), &model_url);
@@ -37,7 +37,7 @@ pub async fn run(config: &ExportConfig, out: &mut Output) -> Result<serde_json::
     };
     let config2 = config.clone();
     let out_url = out.store().url().to_string();
-    let (files, summary) = tokio::task::spawn_blocking(move || export(&config2, &dir, conversations, &out_url))
+    let (files, summary) = tokio::task::spawn_blocking(move || export(&config2, &dir, conversations, &out_url, source))
         .await
         .map_err(|e| Error::Other(format!("export: {e}")))??;
     for (name, bytes) in files {
@@ -46,14 +46,19 @@ pub async fn run(config: &ExportConfig, out: &mut Output) -> Result<serde_json::
     Ok(summary)
 }
 
-/// The model (a finetune or role output) and, when given, the prep output.
-async fn sort_inputs(inputs: &[String]) -> Result<(String, Option<String>)> {
+/// The model (a finetune or role output), when given the prep output, and what made the
+/// model (its step and fingerprint: where it came from without naming a location).
+async fn sort_inputs(inputs: &[String]) -> Result<(String, Option<String>, serde_json::Value)> {
     let (mut models, mut preps) = (Vec::new(), Vec::new());
+    let mut source = serde_json::Value::Null;
     for url in inputs {
         let manifest = Manifest::require(&Store::open(url)?).await?;
         match manifest.step.as_str() {
             "prep" => preps.push(url.clone()),
-            "finetune" | "role" => models.push(url.clone()),
+            "finetune" | "role" => {
+                source = serde_json::json!({"step": manifest.step, "fingerprint": manifest.fingerprint});
+                models.push(url.clone())
+            }
             other => {
                 return Err(Error::input(format!(
                     "{url}: made by `taft {other}`: export takes a finetune or role output (and a prep output for int8)"
@@ -62,8 +67,8 @@ async fn sort_inputs(inputs: &[String]) -> Result<(String, Option<String>)> {
         }
     }
     match (models.as_slice(), preps.as_slice()) {
-        ([m], []) => Ok((m.clone(), None)),
-        ([m], [p]) => Ok((m.clone(), Some(p.clone()))),
+        ([m], []) => Ok((m.clone(), None, source)),
+        ([m], [p]) => Ok((m.clone(), Some(p.clone()), source)),
         _ => Err(Error::input(format!(
             "export takes one finetune or role output (and, for int8, one prep output); got {} model(s) and {} prep output(s)",
             models.len(),
@@ -77,6 +82,7 @@ fn export(
     dir: &ModelDir,
     conversations: Option<Vec<Conversation>>,
     out_url: &str,
+    source: serde_json::Value,
 ) -> Result<(Vec<(String, Bytes)>, serde_json::Value)> {
     let (encoder_config, family, tokenizer) = dir.read_model()?;
     let mut taft = dir.taft_json()?;
@@ -124,7 +130,7 @@ fn export(
         "opset": crate::onnx::graph::OPSET,
         "inputs": [crate::onnx::INPUT_IDS, crate::onnx::ATTENTION_MASK],
         "outputs": outputs,
-        "model": dir.url,
+        "source": source,
     });
     let metadata = [("taft", serde_json::to_string(&taft)?)];
     let spec = Spec { config: &encoder_config, family, adaptive: adaptive.as_ref(), heads: &head_sizes, int8: false };
