@@ -132,7 +132,13 @@ fn export(
         "outputs": outputs,
         "source": source,
     });
-    let metadata = [("taft", serde_json::to_string(&taft)?)];
+    // What a reader of the file alone needs; the lineage (fingerprints, which depend on where
+    // the steps wrote) stays in taft.json, so one model gives one file wherever it was made.
+    let metadata = [
+        ("taft.method", taft["method"].as_str().unwrap_or_default().to_string()),
+        ("taft.heads", serde_json::to_string(&taft["heads"])?),
+        ("taft.max_length", max_length.to_string()),
+    ];
     let spec = Spec { config: &encoder_config, family, adaptive: adaptive.as_ref(), heads: &head_sizes, int8: false };
     let fp32 = crate::onnx::encode(&crate::onnx::model::classifier(&spec, &params, &metadata)?);
 
