@@ -36,7 +36,7 @@ SERVE_BIN = os.path.join(ROOT, "target", "taft-serve-release")
 MODELS = [
     # name, init scratch settings, throughput requests per client, latency requests per client
     ("tiny RoBERTa 2x64", "{vocab_size: 2000, hidden_size: 64, num_hidden_layers: 2, num_attention_heads: 4, intermediate_size: 128, max_length: 512}", 40, 200),
-    ("distilcamembert shape 6x768", "{vocab_size: 8000, hidden_size: 768, num_hidden_layers: 6, num_attention_heads: 12, intermediate_size: 3072, max_length: 512}", 3, 25),
+    ("distilcamembert shape 6x768", "{vocab_size: 8000, hidden_size: 768, num_hidden_layers: 6, num_attention_heads: 12, intermediate_size: 3072, max_length: 512}", 2, 10),
 ]
 
 

@@ -14,7 +14,7 @@ use ort::value::TensorRef;
 use crate::error::{Error, Result};
 use crate::model::dir::{TAFT_JSON, TOKENIZER};
 use crate::store::manifest::Committed;
-use crate::text::{Encoded, TextTokenizer};
+use crate::text::{BatchEncoder, Encoded, TextTokenizer};
 
 pub use crate::onnx::{Variant, MODEL, MODEL_INT8};
 
@@ -60,6 +60,8 @@ pub fn run(session: &mut Session, enc: &Encoded, heads: &[String]) -> Result<Vec
 pub struct Exported {
     pub url: String,
     pub tokenizer: TextTokenizer,
+    /// The tokenizer set up for batches of `max_length`.
+    encoder: BatchEncoder,
     /// (task, class names) in output order.
     pub heads: Vec<(String, Vec<String>)>,
     pub max_length: usize,
@@ -119,6 +121,7 @@ impl Exported {
         let session = session(model, threads, &format!("{url}/{}", variant.file()))?;
         Ok(Exported {
             url: url.to_string(),
+            encoder: tokenizer.batches(max_length)?,
             tokenizer,
             utterance_level: crate::model::dir::utterance_level(&heads),
             heads,
@@ -144,7 +147,7 @@ impl Exported {
         let mut probs: Vec<Vec<Vec<f32>>> = self.heads.iter().map(|_| vec![Vec::new(); texts.len()]).collect();
         for rows in order.chunks(batch_size.max(1)) {
             let batch: Vec<&str> = rows.iter().map(|&i| texts[i].as_ref()).collect();
-            let enc = self.tokenizer.encode_batch(&batch, self.max_length)?;
+            let enc = self.encoder.encode(&batch)?;
             let out = {
                 let mut session = self.session.lock().map_err(|_| Error::Other("ONNX session poisoned".into()))?;
                 run(&mut session, &enc, &names)?

@@ -502,8 +502,12 @@ fn request_items(
     }
 }
 
-/// Takes queued requests until `max_batch_size` items or `max_wait_ms`, runs them together
-/// and answers each request its part.
+/// How many runs of `max_batch_size` the batcher takes at most from what is already queued.
+const DRAIN_BATCHES: usize = 8;
+
+/// Takes queued requests until `max_batch_size` items or `max_wait_ms` (then whatever else is
+/// already queued, up to [`DRAIN_BATCHES`] runs), runs them in runs of `max_batch_size`
+/// sorted by length, and answers each request its part.
 async fn batcher(state: Arc<AppState>, mut rx: mpsc::Receiver<Job>) {
     let max_batch = state.config.max_batch_size;
     let wait = Duration::from_millis(state.config.max_wait_ms);
@@ -518,6 +522,17 @@ async fn batcher(state: Arc<AppState>, mut rx: mpsc::Receiver<Job>) {
                     jobs.push(job);
                 }
                 _ => break,
+            }
+        }
+        // Under load, take what else is already waiting (without waiting for more): runs of
+        // `max_batch_size` cut from more items, sorted by length, carry less padding.
+        while n < max_batch * DRAIN_BATCHES {
+            match rx.try_recv() {
+                Ok(job) => {
+                    n += job.texts.len();
+                    jobs.push(job);
+                }
+                Err(_) => break,
             }
         }
         let left = state.queued.fetch_sub(n, Ordering::SeqCst) - n;

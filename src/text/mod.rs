@@ -232,6 +232,12 @@ impl TextTokenizer {
     /// Encodes texts with special tokens, truncated to `max_len` tokens and padded to the
     /// longest row.
     pub fn encode_batch<S: AsRef<str>>(&self, texts: &[S], max_len: usize) -> Result<Encoded> {
+        self.batches(max_len)?.encode(texts)
+    }
+
+    /// A tokenizer set up once for [`BatchEncoder::encode`] at `max_len` (for callers that
+    /// encode many batches).
+    pub fn batches(&self, max_len: usize) -> Result<BatchEncoder> {
         let mut t = self.inner.clone();
         t.with_truncation(Some(TruncationParams { max_length: max_len, ..Default::default() }))
             .map_err(|e| Error::Other(format!("truncation: {e}")))?;
@@ -243,8 +249,20 @@ impl TextTokenizer {
             pad_type_id: 0,
             pad_token: self.special.pad.clone(),
         }));
+        Ok(BatchEncoder(t))
+    }
+}
+
+/// A tokenizer with truncation and padding to the longest row set.
+#[derive(Clone)]
+pub struct BatchEncoder(Tokenizer);
+
+impl BatchEncoder {
+    /// Encodes texts with special tokens, truncated and padded to the longest row.
+    pub fn encode<S: AsRef<str>>(&self, texts: &[S]) -> Result<Encoded> {
         let inputs: Vec<&str> = texts.iter().map(AsRef::as_ref).collect();
-        let encodings = t.encode_batch(inputs, true).map_err(|e| Error::Other(format!("tokenization: {e}")))?;
+        let encodings =
+            self.0.encode_batch(inputs, true).map_err(|e| Error::Other(format!("tokenization: {e}")))?;
         let seq = encodings.first().map_or(0, |e| e.len());
         let mut out = Encoded {
             input_ids: Vec::with_capacity(seq * texts.len()),
