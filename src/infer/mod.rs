@@ -136,18 +136,26 @@ impl Exported {
         self.heads.iter().map(|(n, _)| n.clone()).collect()
     }
 
-    /// Class probabilities of each text, per head: `[head][item][class]`. Texts are run in
-    /// batches of `batch_size` of similar lengths (little padding); the results come back
-    /// in the texts' order.
-    pub fn probabilities<S: AsRef<str>>(&self, texts: &[S], batch_size: usize) -> Result<Vec<Vec<Vec<f32>>>> {
-        let lengths: Vec<usize> = texts.iter().map(|t| t.as_ref().len()).collect();
+    /// Class probabilities of each text, per head: `[head][item][class]`, in the texts' order.
+    pub fn probabilities<S: AsRef<str>>(&self, texts: &[S], batch_size: usize) -> Result<Probs> {
+        self.probabilities_with(texts, batch_size, |_, _| {})
+    }
+
+    /// [`Exported::probabilities`], calling `done(items, probs)` after each run with the
+    /// items it scored. Texts run shortest first, in runs of at most `batch_size` whose
+    /// padding stays within [`MAX_PADDING`] of their tokens.
+    pub fn probabilities_with<S, F>(&self, texts: &[S], batch_size: usize, mut done: F) -> Result<Probs>
+    where
+        S: AsRef<str>,
+        F: FnMut(&[usize], &Probs),
+    {
+        let ids = self.encoder.ids(texts)?;
         let mut order: Vec<usize> = (0..texts.len()).collect();
-        order.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));
+        order.sort_by_key(|&i| ids[i].len());
         let names = self.head_names();
-        let mut probs: Vec<Vec<Vec<f32>>> = self.heads.iter().map(|_| vec![Vec::new(); texts.len()]).collect();
-        for rows in order.chunks(batch_size.max(1)) {
-            let batch: Vec<&str> = rows.iter().map(|&i| texts[i].as_ref()).collect();
-            let enc = self.encoder.encode(&batch)?;
+        let mut probs: Probs = self.heads.iter().map(|_| vec![Vec::new(); texts.len()]).collect();
+        for rows in runs(&order, &ids, batch_size.max(1)) {
+            let enc = self.encoder.pad(&rows.iter().map(|&i| ids[i].as_slice()).collect::<Vec<_>>());
             let out = {
                 let mut session = self.session.lock().map_err(|_| Error::Other("ONNX session poisoned".into()))?;
                 run(&mut session, &enc, &names)?
@@ -158,12 +166,68 @@ impl Exported {
                     probs[h][row] = p[k * width..(k + 1) * width].to_vec();
                 }
             }
+            done(rows, &probs);
         }
         Ok(probs)
     }
 }
 
+/// Class probabilities by head, item and class.
+pub type Probs = Vec<Vec<Vec<f32>>>;
+
+/// The share of a run's tokens that may be padding: a run is cut shorter rather than pad more
+/// (on a CPU-bound encoder padding is work; short runs cost little).
+pub const MAX_PADDING: f64 = 0.15;
+
+/// Cuts `order` (items by ascending length) into runs of at most `batch` items whose padding
+/// stays within [`MAX_PADDING`].
+fn runs<'a>(order: &'a [usize], ids: &[Vec<i64>], batch: usize) -> Vec<&'a [usize]> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < order.len() {
+        let mut end = start + 1;
+        let mut tokens = ids[order[start]].len();
+        while end < order.len() && end - start < batch {
+            let longest = ids[order[end]].len();
+            let padded = (end - start + 1) * longest;
+            if (padded - (tokens + longest)) as f64 > MAX_PADDING * padded as f64 {
+                break;
+            }
+            tokens += longest;
+            end += 1;
+        }
+        out.push(&order[start..end]);
+        start = end;
+    }
+    out
+}
+
 /// The index of the largest probability (the first on ties).
 pub fn argmax(p: &[f32]) -> usize {
     (0..p.len()).max_by(|&a, &b| p[a].total_cmp(&p[b]).then(b.cmp(&a))).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_cover_every_item_once_within_the_batch_and_padding_caps() {
+        let lengths = [3usize, 4, 4, 5, 9, 10, 10, 10, 10, 10, 40, 41];
+        let ids: Vec<Vec<i64>> = lengths.iter().map(|&n| vec![0; n]).collect();
+        let order: Vec<usize> = (0..ids.len()).collect();
+        let cut = runs(&order, &ids, 4);
+        assert_eq!(cut.concat(), order, "every item once, in order");
+        for r in &cut {
+            assert!(r.len() <= 4);
+            let longest = r.iter().map(|&i| lengths[i]).max().unwrap();
+            let tokens: usize = r.iter().map(|&i| lengths[i]).sum();
+            assert!((r.len() * longest - tokens) as f64 <= MAX_PADDING * (r.len() * longest) as f64, "{r:?}");
+        }
+        // 3, 4, 4 run together but not with 5 (20 % padding); 5 and 9 do not share a run;
+        // 9 and three 10s fill a run of 4; 40 and 41 run together.
+        assert_eq!(&cut[..3], &[&[0, 1, 2][..], &[3], &[4, 5, 6, 7]]);
+        assert!(cut.iter().any(|r| r == &[10, 11]));
+        assert_eq!(runs(&order, &ids, 1).len(), ids.len());
+    }
 }

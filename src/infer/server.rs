@@ -193,7 +193,7 @@ struct AppState {
 /// One request's items waiting for the batcher.
 struct Job {
     texts: Vec<String>,
-    reply: oneshot::Sender<std::result::Result<Vec<Vec<Vec<f32>>>, String>>,
+    reply: Reply,
 }
 
 struct Metrics {
@@ -506,8 +506,9 @@ fn request_items(
 const DRAIN_BATCHES: usize = 8;
 
 /// Takes queued requests until `max_batch_size` items or `max_wait_ms` (then whatever else is
-/// already queued, up to [`DRAIN_BATCHES`] runs), runs them in runs of `max_batch_size`
-/// sorted by length, and answers each request its part.
+/// already queued, up to [`DRAIN_BATCHES`] runs), runs them shortest first in runs of at most
+/// `max_batch_size` with little padding, and answers each request as soon as its items are
+/// scored.
 async fn batcher(state: Arc<AppState>, mut rx: mpsc::Receiver<Job>) {
     let max_batch = state.config.max_batch_size;
     let wait = Duration::from_millis(state.config.max_wait_ms);
@@ -545,19 +546,44 @@ async fn batcher(state: Arc<AppState>, mut rx: mpsc::Receiver<Job>) {
             continue;
         };
         let texts: Vec<String> = jobs.iter().flat_map(|j| j.texts.iter().cloned()).collect();
-        let result = tokio::task::spawn_blocking(move || model.probabilities(&texts, max_batch))
-            .await
-            .map_err(|e| format!("model runner: {e}"))
-            .and_then(|r| r.map_err(|e| e.to_string()));
-        let mut offset = 0;
-        for job in jobs {
-            let k = job.texts.len();
-            let part = match &result {
-                Ok(p) => Ok(p.iter().map(|head| head[offset..offset + k].to_vec()).collect()),
-                Err(e) => Err(e.clone()),
-            };
-            offset += k;
-            let _ = job.reply.send(part);
+        // Each request is answered as soon as its items are scored (short ones run first).
+        let mut owner = Vec::with_capacity(texts.len());
+        let mut pending: Vec<(usize, usize, Option<Reply>)> = Vec::with_capacity(jobs.len());
+        for (j, job) in jobs.into_iter().enumerate() {
+            owner.extend(std::iter::repeat_n(j, job.texts.len()));
+            pending.push((owner.len() - job.texts.len(), job.texts.len(), Some(job.reply)));
+        }
+        let mut left: Vec<usize> = pending.iter().map(|p| p.1).collect();
+        let outcome = tokio::task::spawn_blocking(move || {
+            let result = model.probabilities_with(&texts, max_batch, |rows, probs| {
+                for &i in rows {
+                    let j = owner[i];
+                    left[j] -= 1;
+                    if left[j] == 0 {
+                        let (start, k, reply) = &mut pending[j];
+                        let part = probs.iter().map(|head| head[*start..*start + *k].to_vec()).collect();
+                        if let Some(reply) = reply.take() {
+                            let _ = reply.send(Ok(part));
+                        }
+                    }
+                }
+            });
+            (result.err().map(|e| e.to_string()), pending)
+        })
+        .await;
+        // A failed run: every request not yet answered gets the error.
+        match outcome {
+            Ok((None, _)) => {}
+            Ok((Some(e), pending)) => {
+                for (_, _, reply) in pending {
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Err(e.clone()));
+                    }
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "model runner failed"),
         }
     }
 }
+
+type Reply = oneshot::Sender<std::result::Result<Vec<Vec<Vec<f32>>>, String>>;

@@ -11,7 +11,7 @@ use tokenizers::normalizers::{BertNormalizer, NFKC};
 use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
 use tokenizers::pre_tokenizers::metaspace::{Metaspace, PrependScheme};
 use tokenizers::processors::template::TemplateProcessing;
-use tokenizers::{AddedToken, PaddingDirection, PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
+use tokenizers::{AddedToken, Tokenizer, TruncationParams};
 
 use crate::error::{Error, Result};
 
@@ -241,40 +241,50 @@ impl TextTokenizer {
         let mut t = self.inner.clone();
         t.with_truncation(Some(TruncationParams { max_length: max_len, ..Default::default() }))
             .map_err(|e| Error::Other(format!("truncation: {e}")))?;
-        t.with_padding(Some(PaddingParams {
-            strategy: PaddingStrategy::BatchLongest,
-            direction: PaddingDirection::Right,
-            pad_to_multiple_of: None,
-            pad_id: self.pad_id,
-            pad_type_id: 0,
-            pad_token: self.special.pad.clone(),
-        }));
-        Ok(BatchEncoder(t))
+        t.with_padding(None);
+        Ok(BatchEncoder { tokenizer: t, pad: i64::from(self.pad_id) })
     }
 }
 
-/// A tokenizer with truncation and padding to the longest row set.
+/// A tokenizer with truncation set: token ids of texts, and batches of them padded to their
+/// longest row.
 #[derive(Clone)]
-pub struct BatchEncoder(Tokenizer);
+pub struct BatchEncoder {
+    tokenizer: Tokenizer,
+    pad: i64,
+}
 
 impl BatchEncoder {
     /// Encodes texts with special tokens, truncated and padded to the longest row.
     pub fn encode<S: AsRef<str>>(&self, texts: &[S]) -> Result<Encoded> {
+        let ids = self.ids(texts)?;
+        Ok(self.pad(&ids.iter().map(Vec::as_slice).collect::<Vec<_>>()))
+    }
+
+    /// The token ids of each text with its special tokens, truncated, not padded.
+    pub fn ids<S: AsRef<str>>(&self, texts: &[S]) -> Result<Vec<Vec<i64>>> {
         let inputs: Vec<&str> = texts.iter().map(AsRef::as_ref).collect();
         let encodings =
-            self.0.encode_batch(inputs, true).map_err(|e| Error::Other(format!("tokenization: {e}")))?;
-        let seq = encodings.first().map_or(0, |e| e.len());
+            self.tokenizer.encode_batch(inputs, true).map_err(|e| Error::Other(format!("tokenization: {e}")))?;
+        Ok(encodings.iter().map(|e| e.get_ids().iter().map(|&i| i64::from(i)).collect()).collect())
+    }
+
+    /// Rows of token ids as a batch padded (on the right) to the longest.
+    pub fn pad(&self, rows: &[&[i64]]) -> Encoded {
+        let seq = rows.iter().map(|r| r.len()).max().unwrap_or(0);
         let mut out = Encoded {
-            input_ids: Vec::with_capacity(seq * texts.len()),
-            attention_mask: Vec::new(),
-            batch: texts.len(),
+            input_ids: Vec::with_capacity(seq * rows.len()),
+            attention_mask: Vec::with_capacity(seq * rows.len()),
+            batch: rows.len(),
             seq,
         };
-        for e in &encodings {
-            out.input_ids.extend(e.get_ids().iter().map(|&i| i64::from(i)));
-            out.attention_mask.extend(e.get_attention_mask().iter().map(|&m| i64::from(m)));
+        for r in rows {
+            out.input_ids.extend_from_slice(r);
+            out.input_ids.extend(std::iter::repeat_n(self.pad, seq - r.len()));
+            out.attention_mask.extend(std::iter::repeat_n(1, r.len()));
+            out.attention_mask.extend(std::iter::repeat_n(0, seq - r.len()));
         }
-        Ok(out)
+        out
     }
 }
 
