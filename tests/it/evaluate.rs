@@ -24,7 +24,8 @@ fn model() -> &'static PathBuf {
         .1
 }
 
-fn evaluate(model: &Path, out: &Path, sets: &[&str]) -> Run {
+/// `taft evaluate` of `model` on the shared prep output's test split (CPU, one thread), then `sets`.
+pub fn evaluate(model: &Path, out: &Path, sets: &[&str]) -> Run {
     let mut cmd = taft();
     cmd.args([
         "evaluate",

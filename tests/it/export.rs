@@ -12,6 +12,7 @@ use arrow_array::{Array, Float32Array, Int32Array, Int64Array, ListArray, String
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use crate::common::*;
+use crate::evaluate::evaluate;
 use crate::finetune::{finetune, parents};
 
 /// tch vs ONNX Runtime (the step's own check, recorded in its summary).
@@ -247,20 +248,7 @@ fn predict_labels_equal_evaluate_labels() {
     for (model, export_dir) in [(&m.tapt, &m.tapt_export), (&parents().adaptive, &m.role_export)] {
         let eval = dir.path().join("eval");
         let _ = std::fs::remove_dir_all(&eval);
-        taft_run(&[
-            "evaluate",
-            "-i",
-            s(model),
-            "-i",
-            s(&parents().prep),
-            "-o",
-            s(&eval),
-            "--set",
-            "device=cpu",
-            "--set",
-            "threads=1",
-        ])
-        .ok();
+        evaluate(model, &eval, &[]).ok();
         let pred = dir.path().join("pred");
         let _ = std::fs::remove_dir_all(&pred);
         taft_run(&[
