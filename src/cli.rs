@@ -34,6 +34,9 @@ pub enum Command {
     Step(StepCommand),
     /// Run a workflow file locally: steps in dependency order, independent ones in parallel.
     Run(RunArgs),
+    /// Render a workflow file for a scheduler: an Argo WorkflowTemplate or an Airflow DAG.
+    #[command(subcommand)]
+    Render(RenderTarget),
     /// Write the synthetic dataset as JSON lines (`.gz` compresses), e.g. for benchmarks.
     Synth(SynthArgs),
     /// Serve an export output over HTTP on ONNX Runtime (POST /v1/predict, /health, /ready, /metrics).
@@ -90,6 +93,9 @@ pub struct StepArgs {
     /// The step's YAML config (every key optional where it has a default).
     #[arg(long, short)]
     pub config: Option<PathBuf>,
+    /// The step's config as YAML (or JSON) text, as schedulers pass it.
+    #[arg(long, value_name = "YAML", conflicts_with = "config")]
+    pub config_yaml: Option<String>,
     /// Override a config key: `--set synthetic.seed=7` (the value is read as YAML).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub sets: Vec<String>,
@@ -147,6 +153,87 @@ pub struct RunArgs {
     /// Set a key of a step's config: `--set init.pretrained=models/camembert-base`.
     #[arg(long = "set", value_name = "STEP.KEY=VALUE")]
     pub sets: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RenderTarget {
+    /// An Argo Workflows WorkflowTemplate (or Workflow): a container template per step kind,
+    /// a DAG task per step, retries on exit code 3.
+    Argo(ArgoArgs),
+    /// An Airflow 3 DAG file: a KubernetesPodOperator per step (or, `--mode local`, a
+    /// BashOperator running this machine's taft binary).
+    Airflow(AirflowArgs),
+}
+
+/// What both renderers take.
+#[derive(Debug, Args)]
+pub struct RenderArgs {
+    /// The workflow YAML file.
+    pub workflow: PathBuf,
+    /// Replace the workflow's store root (an s3://, gs:// or az:// URL for containers).
+    #[arg(long, value_name = "URL")]
+    pub store: Option<String>,
+    /// Set a key of a step's config: `--set init.pretrained=s3://bucket/models/camembert`.
+    #[arg(long = "set", value_name = "STEP.KEY=VALUE")]
+    pub sets: Vec<String>,
+    /// The step image, without tag (default: the workflow's `image`, else ghcr.io/taft-project/taft).
+    #[arg(long)]
+    pub image: Option<String>,
+    /// The image tag (default: this program's version).
+    #[arg(long)]
+    pub tag: Option<String>,
+    /// The Kubernetes Secret whose keys become the steps' environment (store credentials).
+    #[arg(long, default_value = "taft-store")]
+    pub secret: String,
+    /// The namespace to run in.
+    #[arg(long)]
+    pub namespace: Option<String>,
+    /// The service account the step pods run as.
+    #[arg(long)]
+    pub service_account: Option<String>,
+    /// A node label `gpu: true` steps require (repeatable; default nvidia.com/gpu.present=true).
+    #[arg(long = "gpu-node-selector", value_name = "KEY=VALUE")]
+    pub gpu_node_selector: Vec<String>,
+    /// Write here instead of standard output.
+    #[arg(long, short, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ArgoArgs {
+    #[command(flatten)]
+    pub common: RenderArgs,
+    /// The resource to write.
+    #[arg(long, value_enum, default_value_t = ArgoKind::Workflowtemplate)]
+    pub kind: ArgoKind,
+    /// Declare a workflow parameter with its default, for configs to use as
+    /// `{{workflow.parameters.NAME}}` (e.g. the data a submission names: `-p NAME=…`).
+    #[arg(long = "param", value_name = "NAME=VALUE")]
+    pub params: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ArgoKind {
+    Workflowtemplate,
+    Workflow,
+}
+
+#[derive(Debug, Args)]
+pub struct AirflowArgs {
+    #[command(flatten)]
+    pub common: RenderArgs,
+    /// `kubernetes`: a pod per step; `local`: the taft binary on the Airflow worker.
+    #[arg(long, value_enum, default_value_t = AirflowMode::Kubernetes)]
+    pub mode: AirflowMode,
+    /// The taft binary local mode runs (default: this one).
+    #[arg(long, value_name = "PATH")]
+    pub taft: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AirflowMode {
+    Kubernetes,
+    Local,
 }
 
 #[derive(Debug, Args)]

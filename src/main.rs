@@ -73,6 +73,7 @@ fn run(command: Command, json: bool) -> anyhow::Result<()> {
     match command {
         Command::Step(cli::StepCommand { kind, args }) => runtime.block_on(step(kind, args)),
         Command::Run(args) => runtime.block_on(workflow(args, json)),
+        Command::Render(target) => render(target),
         Command::Synth(args) => runtime.block_on(synth(args)),
         #[cfg(feature = "serve")]
         Command::Serve(args) => runtime.block_on(serve(args)),
@@ -84,9 +85,10 @@ fn run(command: Command, json: bool) -> anyhow::Result<()> {
 }
 
 async fn step(kind: StepKind, args: cli::StepArgs) -> anyhow::Result<()> {
-    let mut raw = match &args.config {
-        Some(path) => RawConfig::from_file(path)?,
-        None => RawConfig::empty("(command line)"),
+    let mut raw = match (&args.config, &args.config_yaml) {
+        (Some(path), _) => RawConfig::from_file(path)?,
+        (None, Some(text)) => RawConfig::from_yaml("--config-yaml", text)?,
+        (None, None) => RawConfig::empty("(command line)"),
     };
     raw.apply_sets(&args.sets)?;
     if let Some(shard) = &args.shard {
@@ -109,9 +111,13 @@ fn print_report(report: &Report) {
 async fn workflow(args: cli::RunArgs, json: bool) -> anyhow::Result<()> {
     let wf = taft::workflow::Workflow::load(&args.workflow, args.store.as_deref(), &args.sets)?;
     if args.dry_run {
+        // The expanded graph: each step, the steps it waits for, and its command.
         for step in &wf.steps {
             let command = taft::workflow::runner::step_args(step, args.force)?.join(" ");
-            println!("{}: taft {command}", step.name);
+            let mut after: Vec<&str> = step.deps.iter().map(|&d| wf.steps[d].name.as_str()).collect();
+            after.dedup();
+            let after = if after.is_empty() { String::new() } else { format!(" [after {}]", after.join(", ")) };
+            println!("{}{after}: taft {command}", step.name);
         }
         return Ok(());
     }
@@ -124,6 +130,70 @@ async fn workflow(args: cli::RunArgs, json: bool) -> anyhow::Result<()> {
         print!("{}", step.stdout);
     }
     println!("workflow {}: {} step(s) finished; outputs under {}", wf.name, outcome.finished.len(), wf.store);
+    Ok(())
+}
+
+fn render(target: cli::RenderTarget) -> anyhow::Result<()> {
+    use taft::workflow::render;
+    let common = match &target {
+        cli::RenderTarget::Argo(a) => &a.common,
+        cli::RenderTarget::Airflow(a) => &a.common,
+    };
+    let wf = taft::workflow::Workflow::load(&common.workflow, common.store.as_deref(), &common.sets)?;
+    let mut t = render::Target::new(&wf);
+    if let Some(image) = &common.image {
+        t.image = image.clone();
+    }
+    if let Some(tag) = &common.tag {
+        t.tag = tag.clone();
+    }
+    t.secret = common.secret.clone();
+    t.namespace = common.namespace.clone();
+    t.service_account = common.service_account.clone();
+    if !common.gpu_node_selector.is_empty() {
+        t.gpu_node_selector = common
+            .gpu_node_selector
+            .iter()
+            .map(|kv| {
+                kv.split_once('=')
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .ok_or_else(|| taft::error::Error::config(format!("--gpu-node-selector {kv}: expected KEY=VALUE")))
+            })
+            .collect::<Result<_, _>>()?;
+    }
+    let text = match &target {
+        cli::RenderTarget::Argo(a) => {
+            let kind = match a.kind {
+                cli::ArgoKind::Workflowtemplate => render::argo::Kind::WorkflowTemplate,
+                cli::ArgoKind::Workflow => render::argo::Kind::Workflow,
+            };
+            for kv in &a.params {
+                let (k, v) = kv
+                    .split_once('=')
+                    .ok_or_else(|| taft::error::Error::config(format!("--param {kv}: expected NAME=VALUE")))?;
+                t.params.push((k.to_string(), v.to_string()));
+            }
+            serde_yaml::to_string(&render::argo::render(&wf, &t, kind)?)?
+        }
+        cli::RenderTarget::Airflow(a) => {
+            let mode = match a.mode {
+                cli::AirflowMode::Kubernetes => render::airflow::Mode::Kubernetes,
+                cli::AirflowMode::Local => render::airflow::Mode::Local(match &a.taft {
+                    Some(path) => std::path::absolute(path)?,
+                    None => std::env::current_exe().context("the taft binary")?,
+                }),
+            };
+            render::airflow::render(&wf, &t, &mode)?
+        }
+    };
+    match &common.output {
+        Some(path) => {
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, text).with_context(|| format!("{}", tmp.display()))?;
+            std::fs::rename(&tmp, path).with_context(|| format!("{}", path.display()))?;
+        }
+        None => print!("{text}"),
+    }
     Ok(())
 }
 

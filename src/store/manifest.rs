@@ -73,14 +73,21 @@ impl Manifest {
         self.files.iter().find(|f| f.path == path)
     }
 
-    /// The sha256 of the file list: what the output holds, byte for byte.
+    /// The sha256 of the file list: what the output holds, byte for byte, apart from its
+    /// run logs (`metrics.jsonl`, `tensorboard/`), which carry wall-clock times. Two runs
+    /// that make the same files thus give their readers the same fingerprints.
     pub fn content_digest(&self) -> String {
         let mut hasher = Sha256::new();
-        for f in &self.files {
+        for f in self.files.iter().filter(|f| !is_run_log(&f.path)) {
             hasher.update(format!("{}\t{}\t{}\n", f.path, f.size, f.sha256).as_bytes());
         }
         hex::encode(hasher.finalize())
     }
+}
+
+/// Whether a file of an output is a run log (times and progress, not results).
+pub fn is_run_log(path: &str) -> bool {
+    path == "metrics.jsonl" || path.starts_with("tensorboard/")
 }
 
 /// A committed step output read as an input: every file read is checked against the

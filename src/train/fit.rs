@@ -72,9 +72,14 @@ pub struct Fit {
 }
 
 impl Fit {
-    /// The last evaluation record.
-    pub fn last_eval(&self) -> Option<&serde_json::Value> {
-        self.history.iter().rev().find(|r| r["kind"] == "eval")
+    /// The last evaluation record, without its wall-clock time (what it records is the
+    /// model's, the same in every run).
+    pub fn last_eval(&self) -> Option<serde_json::Value> {
+        let mut record = self.history.iter().rev().find(|r| r["kind"] == "eval")?.clone();
+        if let Some(map) = record.as_object_mut() {
+            map.remove("time");
+        }
+        Some(record)
     }
 
     /// The summary for the manifest.

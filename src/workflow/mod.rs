@@ -14,7 +14,12 @@
 //!     out: models/init        # key under the store root (default: the step name)
 //!     config: {}
 //! ```
+//!
+//! A step may fan out into parallel copies (`foreach`, `each`, `shards`: see [`expand`]);
+//! `gpu: true` asks the schedulers for a GPU node (see [`render`]).
 
+pub mod expand;
+pub mod render;
 pub mod runner;
 
 use std::collections::HashMap;
@@ -53,12 +58,30 @@ pub struct StepSpec {
     pub out: Option<String>,
     #[serde(default)]
     pub config: serde_yaml::Value,
+    /// Config keys and their values: one copy of the step per combination.
+    #[serde(default)]
+    pub foreach: serde_yaml::Mapping,
+    /// Steps (names, fan-outs or `*` patterns) to map over: one copy per step, whose output
+    /// is the copy's first input.
+    #[serde(default)]
+    pub each: Vec<String>,
+    /// `predict` only: split the conversations into this many parallel shards.
+    #[serde(default)]
+    pub shards: Option<usize>,
+    /// Run on a GPU node when rendered for a scheduler.
+    #[serde(default)]
+    pub gpu: bool,
 }
 
 /// A validated step, ready to run.
 #[derive(Debug, Clone)]
 pub struct Planned {
     pub name: String,
+    /// The step's name as the workflow file writes it (shared by a fan-out's copies).
+    pub group: String,
+    /// Its output key under the store root.
+    pub key: String,
+    pub gpu: bool,
     pub kind: StepKind,
     pub config: RawConfig,
     pub overrides: Overrides,
@@ -72,6 +95,8 @@ pub struct Workflow {
     pub name: String,
     pub source: String,
     pub store: String,
+    /// The step image of rendered workflows, if the file names one.
+    pub image: Option<String>,
     pub steps: Vec<Planned>,
 }
 
@@ -84,36 +109,19 @@ impl Workflow {
         Self::parse_with(&source, &text, store, sets)
     }
 
-    /// [`Workflow::parse`], then `sets` (`STEP.KEY=VALUE`) applied to the steps' configs.
+    /// [`Workflow::parse`], with `sets` (`STEP.KEY=VALUE`, STEP a step or a fan-out's name)
+    /// applied to the steps' configs.
     pub fn parse_with(source: &str, text: &str, store: Option<&str>, sets: &[String]) -> Result<Workflow> {
-        if sets.is_empty() {
-            return Self::parse(source, text, store);
-        }
-        let mut doc: serde_yaml::Value =
-            serde_yaml::from_str(text).map_err(|e| Error::config(format!("workflow {source}: {e}")))?;
-        for set in sets {
-            let bad = |msg: &str| Error::config(format!("--set {set}: {msg}"));
-            let (step, rest) = set.split_once('.').ok_or_else(|| bad("expected STEP.KEY=VALUE"))?;
-            let steps = doc.get_mut("steps").and_then(serde_yaml::Value::as_sequence_mut);
-            let target = steps
-                .and_then(|steps| steps.iter_mut().find(|s| s.get("name").and_then(|n| n.as_str()) == Some(step)))
-                .ok_or_else(|| bad(&format!("the workflow has no step named `{step}`")))?;
-            let config = target
-                .as_mapping_mut()
-                .ok_or_else(|| bad("the step is not a mapping"))?
-                .entry("config".into())
-                .or_insert(serde_yaml::Value::Null);
-            let mut raw = RawConfig { source: String::new(), value: config.clone() };
-            raw.apply_sets(&[rest.to_string()]).map_err(|e| bad(&e.to_string()))?;
-            *config = raw.value;
-        }
-        let text = serde_yaml::to_string(&doc).map_err(|e| Error::config(format!("workflow {source}: {e}")))?;
-        Self::parse(source, &text, store)
+        Self::build(source, text, store, sets)
     }
 
     /// Validates a workflow document: known kinds, unique names, no dangling references,
     /// no cycles, keys inside the store root, and every step's config resolved.
     pub fn parse(source: &str, text: &str, store: Option<&str>) -> Result<Workflow> {
+        Self::build(source, text, store, &[])
+    }
+
+    fn build(source: &str, text: &str, store: Option<&str>, sets: &[String]) -> Result<Workflow> {
         let err = |msg: String| Error::config(format!("workflow {source}: {msg}"));
         let de = serde_yaml::Deserializer::from_str(text);
         let spec: WorkflowSpec = serde_path_to_error::deserialize(de).map_err(|e| {
@@ -124,18 +132,26 @@ impl Workflow {
         if spec.steps.is_empty() {
             return Err(err("no steps".into()));
         }
-        let mut index = HashMap::new();
-        for (i, step) in spec.steps.iter().enumerate() {
-            if step.name.is_empty() || !step.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        let mut written = std::collections::HashSet::new();
+        for step in &spec.steps {
+            let placeholders = |c: char| c == '{' || c == '}';
+            if step.name.is_empty()
+                || !step.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || placeholders(c))
+            {
                 return Err(err(format!("step name {:?}: use letters, digits, `-` and `_`", step.name)));
             }
-            if index.insert(step.name.as_str(), i).is_some() {
+            if !written.insert(step.name.as_str()) {
                 return Err(err(format!("two steps are named `{}`", step.name)));
             }
         }
+        let mut steps = expand::expand(&spec.steps).map_err(err)?;
+        for set in sets {
+            expand::apply_set(&mut steps, set).map_err(|e| Error::config(format!("--set {set}: {e}")))?;
+        }
+        let index: HashMap<&str, usize> = steps.iter().enumerate().map(|(i, s)| (s.name.as_str(), i)).collect();
         let mut outs: HashMap<String, String> = HashMap::new();
-        let mut planned = Vec::with_capacity(spec.steps.len());
-        for step in &spec.steps {
+        let mut planned = Vec::with_capacity(steps.len());
+        for step in &steps {
             let at = |msg: String| err(format!("step `{}`: {msg}", step.name));
             let kind = StepKind::parse(&step.kind).ok_or_else(|| {
                 let known: Vec<_> = StepKind::ALL.iter().map(|k| k.name()).collect();
@@ -171,6 +187,9 @@ impl Workflow {
             };
             planned.push(Planned {
                 name: step.name.clone(),
+                group: step.group.clone(),
+                key: key.clone(),
+                gpu: step.gpu,
                 kind,
                 config,
                 overrides: Overrides { out: Some(join_url(&root, &key)), ..Default::default() },
@@ -194,7 +213,7 @@ impl Workflow {
         for step in &mut ordered {
             step.deps = step.deps.iter().map(|d| position[d]).collect();
         }
-        Ok(Workflow { name: spec.name, source: source.to_string(), store: root, steps: ordered })
+        Ok(Workflow { name: spec.name, source: source.to_string(), store: root, image: spec.image, steps: ordered })
     }
 }
 

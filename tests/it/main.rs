@@ -22,6 +22,7 @@ mod prep;
 #[cfg(feature = "train")]
 mod role;
 mod s3;
+mod schedulers;
 #[cfg(all(feature = "train", feature = "serve"))]
 mod serve;
 #[cfg(feature = "train")]

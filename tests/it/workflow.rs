@@ -222,18 +222,22 @@ fn a_rerun_after_a_failure_continues_from_what_was_committed() {
     assert!(manifest(&store.join("bad")).is_some());
 }
 
-/// (name, kind, inputs, method and tasks) of each step of a workflow file.
+/// (name, steps it waits for, kind, method and tasks) of each step of a workflow file after
+/// fan-out, from its dry run.
 fn graph(path: &str) -> Vec<(String, String, String, String)> {
-    let doc: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(root().join(path)).unwrap()).unwrap();
-    let field = |v: &serde_yaml::Value| serde_yaml::to_string(v).unwrap().trim().to_string();
-    doc["steps"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .map(|step| {
-            let c = &step["config"];
-            let what = [&c["method"], &c["status"], &c["task"], &c["variant"]].map(field).join(" ");
-            (field(&step["name"]), field(&step["kind"]), field(&step["inputs"]), what)
+    let dir = tempdir();
+    let r = taft_run(&["run", path, "--dry-run", "--store", s(dir.path())]).ok();
+    r.stdout
+        .lines()
+        .map(|line| {
+            let (head, command) = line.split_once(": taft ").unwrap();
+            let (name, after) = head.split_once(' ').unwrap_or((head, ""));
+            let kind = command.split(' ').next().unwrap().to_string();
+            let what: Vec<&str> = command
+                .split(" --set ")
+                .filter(|set| ["method=", "status=", "task=", "variant="].iter().any(|k| set.starts_with(k)))
+                .collect();
+            (name.to_string(), after.to_string(), kind, what.join(" "))
         })
         .collect()
 }
@@ -243,15 +247,37 @@ fn the_paper_workflow_is_the_demo_graph_and_takes_its_inputs_from_the_command_li
     // The same graph, but for init: the demo's trains a tokenizer on prep's output, the
     // paper's reads the user's pretrained model.
     let without_init_inputs = |mut g: Vec<(String, String, String, String)>| {
-        g.iter_mut().filter(|s| s.0 == "init").for_each(|s| s.2.clear());
+        g.iter_mut().filter(|s| s.0 == "init").for_each(|s| s.1.clear());
         g
     };
-    assert_eq!(without_init_inputs(graph("workflows/taft.yaml")), without_init_inputs(graph("workflows/demo.yaml")));
+    let paper = graph("workflows/taft.yaml");
+    assert_eq!(without_init_inputs(paper.clone()), without_init_inputs(graph("workflows/demo.yaml")));
     assert_eq!(
-        graph("workflows/taft.yaml").len(),
+        paper.len(),
         26,
         "prep, init, 3 step-1 models, 9 step-2 models, 9 evaluations, compare, export, predict"
     );
+    // The fan-outs: methods × status tasks, dapt × its three tasks, an evaluation of each.
+    let find = |name: &str| paper.iter().find(|s| s.0 == name).unwrap_or_else(|| panic!("{name}: {paper:?}")).clone();
+    assert_eq!(find("taft-pc").1, "[after prep, role]");
+    assert_eq!(find("taft-pc").3, r#"method="taft" status="pc""#);
+    assert_eq!(find("tapt-status").3, r#"method="tapt" status="status""#);
+    assert_eq!(find("dapt-satis3").3, r#"method="dapt" task="satis3""#);
+    assert_eq!(find("evaluate-noadapt-pc").1, "[after noadapt-pc, prep]");
+    let compare = find("compare").1;
+    for method in [
+        "taft-status",
+        "taft-pc",
+        "noadapt-status",
+        "noadapt-pc",
+        "tapt-status",
+        "tapt-pc",
+        "dapt-status",
+        "dapt-pc",
+        "dapt-satis3",
+    ] {
+        assert!(compare.contains(&format!("evaluate-{method}")), "{compare}");
+    }
     let dir = tempdir();
     let r = taft_run(&[
         "run",

@@ -157,7 +157,7 @@ fn score(
         let records: Vec<serde_json::Value> =
             String::from_utf8_lossy(&bytes).lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
         let (left, right) = charts::run_series(&records);
-        let title = format!("training of {}", dir.url);
+        let title = format!("training of {}", model_name(&dir.url));
         files.push(("curves.png".into(), Bytes::from(charts::curves_png(&title, &left, &right)?)));
     }
     let head_predictions: Vec<TaskPredictions> = heads
@@ -176,7 +176,9 @@ fn score(
     ));
     let metrics = serde_json::json!({
         "split": config.split.as_str(),
-        "model": {"url": dir.url, "method": taft["method"], "lineage": taft["lineage"]},
+        // The model by name and lineage, not location: the same run elsewhere writes the
+        // same file.
+        "model": {"name": model_name(&dir.url), "method": taft["method"], "lineage": taft["lineage"]},
         "tasks": tasks,
     });
     files.push(("metrics.json".into(), Bytes::from(serde_json::to_vec_pretty(&metrics)?)));
@@ -359,4 +361,10 @@ fn resample(
         "size": size,
         "metrics": values.iter().map(|(k, v)| (k.to_string(), stat(v))).collect::<serde_json::Map<_, _>>(),
     })
+}
+
+/// The last segment of a model's URL (its step's output key).
+fn model_name(url: &str) -> &str {
+    let url = url.trim_end_matches('/');
+    url.rsplit('/').next().unwrap_or(url)
 }

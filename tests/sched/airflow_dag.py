@@ -1,0 +1,66 @@
+"""Loads a rendered DAG file with Airflow's own DagBag and checks it against the workflow.
+
+Usage: airflow_dag.py DAG_FILE EXPECTED.json
+EXPECTED: {"dag_id", "tasks": {task_id: [upstream task ids]}, "gpu": [task ids], "mode"}.
+Prints one line per problem and exits 1 if there is any.
+"""
+
+import importlib.util
+import json
+import sys
+
+from airflow.dag_processing.dagbag import DagBag
+
+
+def main():
+    path, expected = sys.argv[1], json.load(open(sys.argv[2]))
+    bag = DagBag(dag_folder=path)
+    problems = [f"import error in {f}: {e}" for f, e in bag.import_errors.items()]
+    dag = bag.dags.get(expected["dag_id"])
+    if dag is None:
+        problems.append(f"no DAG {expected['dag_id']!r} in {path} (found {sorted(bag.dags)})")
+    else:
+        got = {t.task_id: sorted(t.upstream_task_ids) for t in dag.tasks}
+        want = {k: sorted(v) for k, v in expected["tasks"].items()}
+        if got != want:
+            problems.append(f"tasks differ: got {got}, want {want}")
+        for task in dag.tasks:
+            if task.retries != 4 or not task.retry_exponential_backoff:
+                problems.append(f"{task.task_id}: retries {task.retries}, backoff {task.retry_exponential_backoff}")
+            if expected["mode"] == "kubernetes":
+                if type(task).__mro__[1].__name__ != "KubernetesPodOperator":
+                    problems.append(f"{task.task_id}: a {type(task).__mro__[1].__name__}")
+                    continue
+                gpu = task.task_id in expected["gpu"]
+                limits = task.container_resources.limits
+                if gpu != ("nvidia.com/gpu" in limits) or gpu != bool(task.node_selector) or gpu != bool(task.tolerations):
+                    problems.append(f"{task.task_id}: gpu {gpu} but limits {limits}, node selector {task.node_selector}")
+                if not task.env_from or task.env_from[0].secret_ref.name != expected["secret"]:
+                    problems.append(f"{task.task_id}: store secret missing: {task.env_from}")
+                if task.image != expected["image"] or task.arguments[0] != task.task_id and "--config-yaml" not in task.arguments:
+                    problems.append(f"{task.task_id}: image {task.image}, arguments {task.arguments}")
+            elif type(task).__mro__[1].__name__ != "BashOperator":
+                problems.append(f"{task.task_id}: a {type(task).__mro__[1].__name__}")
+    # Only exit code 3 is retried: the module's own rule, on the messages its operators raise.
+    spec = importlib.util.spec_from_file_location("rendered", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if expected["mode"] == "local":
+        message = "Bash command failed. The command returned a non-zero exit code {}."
+        if not module.retryable(message.format(3)) or module.retryable(message.format(2)) or module.retryable(message.format(1)):
+            problems.append("local mode: exit 3 must be retried, 1 and 2 not")
+    else:
+        class Terminated:
+            def __init__(self, code):
+                self.name, self.state = "base", type("S", (), {"terminated": type("T", (), {"exit_code": code})})
+
+        pod = type("Pod", (), {"status": type("St", (), {"container_statuses": [Terminated(2)]})})
+        if module.exit_code(pod) != 2:
+            problems.append("kubernetes mode: the base container's exit code is not read")
+    for p in problems:
+        print(p)
+    sys.exit(1 if problems else 0)
+
+
+if __name__ == "__main__":
+    main()
