@@ -286,20 +286,40 @@ fn shards_are_disjoint_and_cover_the_input() {
     let whole = dir.path().join("whole");
     taft_run(&["predict", "-i", s(&m.tapt_export), "-i", s(&parents().prep), "-o", s(&whole)]).ok();
     let whole = predictions(&whole.join("predictions.parquet"));
+    // Three shards as a workflow's fan-out (`shards: 3`), run in parallel.
+    let wf = dir.path().join("shards.yaml");
+    std::fs::write(
+        &wf,
+        format!(
+            "name: shards\nstore: {}\nsteps:\n  - name: predict\n    kind: predict\n    shards: 3\n    config: {{inputs: [{}, {}]}}\n",
+            s(&dir.path().join("store")),
+            s(&m.tapt_export),
+            s(&parents().prep)
+        ),
+    )
+    .unwrap();
+    let r = taft_run(&["run", s(&wf)]).ok();
     let mut union = Rows::new();
     for i in 0..3 {
-        let out = dir.path().join(format!("shard-{i}"));
+        let out = dir.path().join(format!("store/predict-{i}"));
         let shard = format!("{i}/3");
-        let r =
-            taft_run(&["predict", "-i", s(&m.tapt_export), "-i", s(&parents().prep), "-o", s(&out), "--shard", &shard])
-                .ok();
-        assert!(r.stdout.contains(&format!("\"shard\":\"{shard}\"")), "{}", r.stdout);
+        assert_eq!(manifest(&out).unwrap()["config"]["shard"], shard.as_str(), "{}", r.stdout);
         let rows = predictions(&out.join("predictions.parquet"));
         assert!(rows.len() > whole.len() / 5, "shard {i}: {} of {}", rows.len(), whole.len());
         for (k, v) in rows {
             assert!(union.insert(k.clone(), v).is_none(), "{k:?} in two shards");
         }
     }
+    // The flag is the same setting.
+    let one = dir.path().join("one");
+    let r =
+        taft_run(&["predict", "-i", s(&m.tapt_export), "-i", s(&parents().prep), "-o", s(&one), "--shard", "1/3"]).ok();
+    assert!(r.stdout.contains("\"shard\":\"1/3\""), "{}", r.stdout);
+    let (one, fanned) = (
+        predictions(&one.join("predictions.parquet")),
+        predictions(&dir.path().join("store/predict-1/predictions.parquet")),
+    );
+    assert_eq!(one.keys().collect::<Vec<_>>(), fanned.keys().collect::<Vec<_>>());
     assert_eq!(union.len(), whole.len());
     for (k, heads) in &whole {
         for (head, (label, probs)) in heads {
