@@ -145,6 +145,14 @@ impl Workflow {
             }
         }
         let mut steps = expand::expand(&spec.steps).map_err(err)?;
+        if let Some(bad) =
+            steps.iter().find(|s| !s.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+        {
+            return Err(err(format!(
+                "step name {:?}: use letters, digits, `-` and `_` (`{{key}}` only in a fan-out)",
+                bad.name
+            )));
+        }
         for set in sets {
             expand::apply_set(&mut steps, set).map_err(|e| Error::config(format!("--set {set}: {e}")))?;
         }
@@ -311,6 +319,7 @@ mod tests {
             ("name: w\nstore: s\nsteps:\n  - name: a\n    kind: prep\n  - name: b\n    out: a/b\n    kind: prep\n", "are nested"),
             ("name: w\nstore: s\nsteps:\n  - name: a\n    out: x/y\n    kind: prep\n  - name: b\n    out: x\n    kind: prep\n", "are nested"),
             ("name: w\nstore: s\nsteps:\n  - name: a\n    kind: prep\n  - name: b\n    out: a\n    kind: prep\n", "used by step `a` too"),
+            ("name: w\nstore: s\nsteps:\n  - name: a{b}\n    kind: prep\n", "`{key}` only in a fan-out"),
         ];
         for (text, want) in cases {
             let err = parse(text).unwrap_err();

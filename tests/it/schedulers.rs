@@ -186,9 +186,15 @@ impl Airflow {
 
     /// Checks a DAG file with tests/sched/airflow_dag.py.
     fn check(&self, dag: &std::path::Path, expected: serde_json::Value) {
+        self.check_with(dag, expected, &[]);
+    }
+
+    fn check_with(&self, dag: &std::path::Path, expected: serde_json::Value, env: &[(&str, &str)]) {
         let want = self.home.path().join("expected.json");
         std::fs::write(&want, expected.to_string()).unwrap();
-        let r = run(self.cmd("python").arg(root().join("tests/sched/airflow_dag.py")).arg(dag).arg(&want));
+        let mut cmd = self.cmd("python");
+        cmd.arg(root().join("tests/sched/airflow_dag.py")).arg(dag).arg(&want).envs(env.iter().copied());
+        let r = run(&mut cmd);
         assert_eq!(r.code, 0, "{}: {}{}", dag.display(), r.stdout, r.stderr);
     }
 }
@@ -243,10 +249,25 @@ fn airflow_kubernetes_dag_imports_with_the_workflow_tasks() {
         .filter(|s| ["dapt", "role", "taft-", "noadapt-", "tapt-"].iter().any(|p| s.starts_with(p)))
         .collect();
     assert_eq!(gpu.len(), 12, "{gpu:?}");
-    af.check(
+    // The pods the operators would create (built offline against a cluster that is never
+    // contacted) pass Kubernetes' schemas, unknown fields rejected.
+    let kubeconfig = af.home.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        "apiVersion: v1\nkind: Config\nclusters: [{name: none, cluster: {server: 'https://127.0.0.1:9'}}]\nusers: [{name: none, user: {token: none}}]\ncontexts: [{name: none, context: {cluster: none, user: none}}]\ncurrent-context: none\n",
+    )
+    .unwrap();
+    let pods = af.home.path().join("pods.yaml");
+    af.check_with(
         &dag,
-        serde_json::json!({"dag_id": "taft", "tasks": graph, "gpu": gpu, "mode": "kubernetes", "secret": "gcs", "image": "registry.example/taft:v9"}),
+        serde_json::json!({"dag_id": "taft", "tasks": graph, "gpu": gpu, "mode": "kubernetes", "secret": "gcs",
+            "image": "registry.example/taft:v9", "pods": pods}),
+        &[("KUBECONFIG", s(&kubeconfig))],
     );
+    let validate = root().join(".venv/bin/kubernetes-validate");
+    let r = run(std::process::Command::new(validate).args(["--strict", "-k", "1.30.0", s(&pods)]));
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert_eq!(r.stdout.matches(" passed for resource pod/").count(), 26, "{}", r.stdout);
     let r = run(af.cmd("airflow").args(["dags", "list-import-errors", "--local", "-o", "json"]));
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
     assert!(!r.stdout.contains("taft.py"), "{}", r.stdout);

@@ -1,7 +1,9 @@
 """Loads a rendered DAG file with Airflow's own DagBag and checks it against the workflow.
 
 Usage: airflow_dag.py DAG_FILE EXPECTED.json
-EXPECTED: {"dag_id", "tasks": {task_id: [upstream task ids]}, "gpu": [task ids], "mode"}.
+EXPECTED: {"dag_id", "tasks": {task_id: [upstream task ids]}, "gpu": [task ids], "mode", and
+for kubernetes mode "secret", "image" and "pods": a file to write the pod of every task to
+(the objects the operator would create, as YAML documents, for kubernetes-validate)}.
 Prints one line per problem and exits 1 if there is any.
 """
 
@@ -41,6 +43,15 @@ def main():
                     problems.append(f"{task.task_id}: image {task.image}, arguments {task.arguments}")
             elif type(task).__mro__[1].__name__ != "BashOperator":
                 problems.append(f"{task.task_id}: a {type(task).__mro__[1].__name__}")
+    if expected["mode"] == "kubernetes" and dag is not None:
+        from kubernetes.client import ApiClient
+
+        pods = [ApiClient().sanitize_for_serialization(t.build_pod_request_obj()) for t in dag.tasks]
+        for t, pod in zip(dag.tasks, pods):
+            if pod["spec"]["containers"][0]["args"] != t.arguments or pod["spec"]["containers"][0]["image"] != t.image:
+                problems.append(f"{t.task_id}: the pod does not run the task's command: {pod['spec']['containers'][0]}")
+        with open(expected["pods"], "w") as f:
+            f.write("\n---\n".join(json.dumps(p) for p in pods))
     # Only exit code 3 is retried: the module's own rule, on the messages its operators raise.
     spec = importlib.util.spec_from_file_location("rendered", path)
     module = importlib.util.module_from_spec(spec)

@@ -42,6 +42,17 @@ pub fn render(workflow: &Workflow, target: &Target, kind: Kind) -> Result<Value>
         }
         tasks.push(task);
     }
+    let mut seen = std::collections::HashMap::new();
+    for step in &workflow.steps {
+        if let Some(other) = seen.insert(dns_name(&step.name), &step.name) {
+            return Err(Error::config(format!(
+                "workflow {}: steps `{other}` and `{}` have the same Argo task name `{}`",
+                workflow.source,
+                step.name,
+                dns_name(&step.name)
+            )));
+        }
+    }
     let mut templates = vec![json!({"name": "main", "dag": {"tasks": tasks}})];
     templates.extend(kinds.iter().map(|(name, step)| container_template(name, step.kind.name(), step, target)));
     let mut parameters = vec![
