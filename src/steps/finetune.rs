@@ -160,6 +160,10 @@ impl CategoriesConfig {
 #[serde(deny_unknown_fields)]
 pub struct CrossValidation {
     pub folds: usize,
+    /// Run only this fold (0-based) of the `folds`, with the split it has in the whole run:
+    /// folds fan out as parallel steps (`foreach: {cross_validation.fold: [0, 1, …]}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fold: Option<usize>,
 }
 
 /// The weights of the task losses.
@@ -312,6 +316,12 @@ impl Step for Finetune {
         if let Some(cv) = config.cross_validation {
             if !(2..=100).contains(&cv.folds) {
                 return Err(Error::config(format!("cross_validation.folds {} must be in 2..=100", cv.folds)));
+            }
+            if let Some(fold) = cv.fold.filter(|&f| f >= cv.folds) {
+                return Err(Error::config(format!(
+                    "cross_validation.fold {fold} must be below cross_validation.folds ({})",
+                    cv.folds
+                )));
             }
         }
         if config.encoder_cache && !config.method.frozen_encoder() {

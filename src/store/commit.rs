@@ -3,8 +3,9 @@
 //! Protocol: an existing `_MANIFEST.json` with the same fingerprint means the output is up to
 //! date (nothing is written). Otherwise the step takes the output's lease (one writer per
 //! output, see [`super::lease`]), checks that the prefix holds only what taft wrote there,
-//! aborts multipart uploads a killed run left, deletes the old manifest (so a half-rewritten
-//! output never looks complete) and writes its files. Every name is recorded in the journal
+//! aborts multipart uploads a killed run left, lists what it owns in the journal, then deletes
+//! the old manifest (so a half-rewritten output never looks complete) and writes its files.
+//! Every name is recorded in the journal
 //! `_taft/pending.json` before its file is written, so a later run knows what a killed one
 //! left. [`Output::commit`] removes what taft wrote earlier and the new output does not
 //! list (stale files, `_work/` checkpoints, staging leftovers `NAME#N`), writes
@@ -256,10 +257,12 @@ async fn claim(store: &Store, fingerprint: &str, force: bool) -> Result<Claim> {
     if aborted > 0 {
         tracing::info!(aborted, "aborted multipart uploads an earlier run left");
     }
+    // The journal first: a run killed between the two steps leaves the old files listed (as
+    // taft's), never a prefix of unlisted files without a manifest.
+    write_journal(store, &owned).await?;
     if existing.is_some() {
         store.delete(MANIFEST).await?;
     }
-    write_journal(store, &owned).await?;
     Ok(Claim::Owned(owned))
 }
 

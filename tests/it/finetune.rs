@@ -250,11 +250,16 @@ fn bad_finetune_configs_are_refused_naming_the_key() {
         ("taft", "cross_validation={folds: 1}", "cross_validation.folds 1 must be in 2..=100"),
         (
             "taft",
+            "cross_validation={folds: 3, fold: 3}",
+            "cross_validation.fold 3 must be below cross_validation.folds (3)",
+        ),
+        (
+            "taft",
             "sampler=categories",
             "categories: tasks_per_batch × way × (shots + queries) = 32 must equal train.batch_size (16)",
         ),
         ("taft", "sampler=episodes", "unknown variant `episodes`"),
-        ("taft", "cross_validation={k: 3}", "key `cross_validation.k`: unknown field `k`, expected `folds`"),
+        ("taft", "cross_validation={k: 3}", "key `cross_validation.k`: unknown field `k`, expected `folds` or `fold`"),
     ] {
         let r = run(&mut finetune(method, &p.adaptive, &out, &[set]));
         assert_eq!(r.code, 2, "{method} {set}: {}", r.stderr);
@@ -470,6 +475,16 @@ fn cross_validation_reports_each_fold_and_resumes_in_the_fold_it_was_killed_in()
         (stats["mean"].as_f64().unwrap() - mean).abs() < 1e-12 && (stats["std"].as_f64().unwrap() - std).abs() < 1e-12
     );
     assert_eq!(manifest(&whole).unwrap()["summary"]["cross_validation"], cv);
+
+    // One fold alone (a workflow's fold fan-out) is that fold of the whole run.
+    let one = dir.path().join("one");
+    let mut alone_sets = sets;
+    alone_sets[0] = "cross_validation={folds: 3, fold: 1}";
+    run(&mut finetune("taft", &p.adaptive, &one, &alone_sets)).ok();
+    let alone: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(one.join("cross_validation.json")).unwrap()).unwrap();
+    assert_eq!(alone["folds"].as_array().unwrap().len(), 1, "{alone}");
+    assert_eq!(alone["folds"][0], folds[1]);
 
     // Killed in the second fold: the rerun skips the first and resumes the second.
     let mut child = finetune("taft", &p.adaptive, &killed, &sets)

@@ -171,7 +171,7 @@ impl TaskData {
 fn train_tasks(config: &FinetuneConfig, job: &TrainingJob) -> Result<(Fit, serde_json::Value)> {
     match config.cross_validation {
         None => train_once(config, job, &job.conversations, &job.work, true),
-        Some(cv) => cross_validate(config, job, cv.folds),
+        Some(cv) => cross_validate(config, job, cv),
     }
 }
 
@@ -181,13 +181,24 @@ const FOLD_SCORES: [&str; 5] = ["accuracy", "f1_weighted", "f1_macro", "kappa", 
 /// SPEC §5's cross-validation: the labeled conversations pooled, and per fold a seeded split
 /// (33 % test, then 33 % of the rest validation). Finished folds are recorded under `_work/`,
 /// so a killed run resumes in the fold it was in; the output's model is the last fold's.
-fn cross_validate(config: &FinetuneConfig, job: &TrainingJob, folds: usize) -> Result<(Fit, serde_json::Value)> {
+/// With `fold`, only that fold runs (its split and seed those of the whole run).
+fn cross_validate(
+    config: &FinetuneConfig,
+    job: &TrainingJob,
+    cv: super::CrossValidation,
+) -> Result<(Fit, serde_json::Value)> {
     let labeled: Vec<&Conversation> = job.conversations.iter().filter(|c| c.split.is_labeled()).collect();
-    let mut records = Vec::with_capacity(folds);
+    let folds = cv.folds;
+    let runs: Vec<usize> = match cv.fold {
+        Some(fold) => vec![fold],
+        None => (0..folds).collect(),
+    };
+    let mut records = Vec::with_capacity(runs.len());
     let mut last = None;
-    for fold in 0..folds {
+    for (i, &fold) in runs.iter().enumerate() {
+        let is_last = i + 1 == runs.len();
         let name = format!("fold-{fold}");
-        if fold + 1 < folds {
+        if !is_last {
             if let Some(record) = job.work.finished(&name)? {
                 tracing::info!(fold, "fold finished before: skipped");
                 records.push(record);
@@ -196,7 +207,7 @@ fn cross_validate(config: &FinetuneConfig, job: &TrainingJob, folds: usize) -> R
         }
         let conversations = fold_split(&labeled, mix(config.train.seed, fold as u64));
         tracing::info!(fold, folds, "cross-validation fold");
-        let (fit, summary) = train_once(config, job, &conversations, &job.work.part(&name)?, fold + 1 == folds)?;
+        let (fit, summary) = train_once(config, job, &conversations, &job.work.part(&name)?, is_last)?;
         let record = serde_json::json!({
             "fold": fold,
             "data": summary["data"],
