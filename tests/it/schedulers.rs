@@ -184,11 +184,7 @@ impl Airflow {
         self.home.path().join("dags")
     }
 
-    /// Checks a DAG file with tests/sched/airflow_dag.py.
-    fn check(&self, dag: &std::path::Path, expected: serde_json::Value) {
-        self.check_with(dag, expected, &[]);
-    }
-
+    /// Checks a DAG file with tests/sched/airflow_dag.py (`env`: more of its environment).
     fn check_with(&self, dag: &std::path::Path, expected: serde_json::Value, env: &[(&str, &str)]) {
         let want = self.home.path().join("expected.json");
         std::fs::write(&want, expected.to_string()).unwrap();
@@ -213,7 +209,7 @@ fn airflow_local_dag_runs_the_demo_to_the_outputs_of_taft_run() {
     let mut graph_args = vec!["workflows/demo.yaml"];
     graph_args.extend(TINY_DEMO);
     let graph = dry_run_graph(&graph_args);
-    af.check(&dag, serde_json::json!({"dag_id": "demo", "tasks": graph, "gpu": [], "mode": "local"}));
+    af.check_with(&dag, serde_json::json!({"dag_id": "demo", "tasks": graph, "gpu": [], "mode": "local"}), &[]);
     // One task at a time, as `taft run --jobs 1` does: the same thread count, the same bytes.
     let threads = std::thread::available_parallelism().map_or(1, |c| c.get()).to_string();
     let r = run(af.cmd("airflow").args(["dags", "test", "demo"]).env("TAFT_THREADS", &threads));
