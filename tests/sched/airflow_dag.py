@@ -12,6 +12,9 @@ import json
 import sys
 
 from airflow.dag_processing.dagbag import DagBag
+from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+from airflow.providers.standard.operators.bash import BashOperator
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 
 def main():
@@ -30,8 +33,8 @@ def main():
             if task.retries != 4 or not task.retry_exponential_backoff:
                 problems.append(f"{task.task_id}: retries {task.retries}, backoff {task.retry_exponential_backoff}")
             if expected["mode"] == "kubernetes":
-                if type(task).__mro__[1].__name__ != "KubernetesPodOperator":
-                    problems.append(f"{task.task_id}: a {type(task).__mro__[1].__name__}")
+                if not isinstance(task, KubernetesPodOperator):
+                    problems.append(f"{task.task_id}: a {type(task).__mro__}")
                     continue
                 gpu = task.task_id in expected["gpu"]
                 limits = task.container_resources.limits
@@ -41,8 +44,8 @@ def main():
                     problems.append(f"{task.task_id}: store secret missing: {task.env_from}")
                 if task.image != expected["image"] or task.arguments[0] != task.task_id and "--config-yaml" not in task.arguments:
                     problems.append(f"{task.task_id}: image {task.image}, arguments {task.arguments}")
-            elif type(task).__mro__[1].__name__ != "BashOperator":
-                problems.append(f"{task.task_id}: a {type(task).__mro__[1].__name__}")
+            elif not isinstance(task, BashOperator):
+                problems.append(f"{task.task_id}: a {type(task).__mro__}")
     if expected["mode"] == "kubernetes" and dag is not None:
         from kubernetes.client import ApiClient
 
@@ -56,10 +59,32 @@ def main():
     spec = importlib.util.spec_from_file_location("rendered", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    # The shared rule: a failure with exit code 3 (or none known) is left to Airflow's
+    # retries; any other becomes AirflowFailException, which Airflow does not retry.
+    class Failing:
+        def execute(self, context):
+            raise AirflowException(self.message)
+
+    class Probe(module.RetriesExit3, Failing):
+        def __init__(self, code):
+            self.message, self.code = f"failed with {code}", code
+
+        def exit_code_of(self, error):
+            return self.code
+
+    for code, fails_fast in [(3, False), (None, False), (2, True), (1, True)]:
+        try:
+            Probe(code).execute({})
+        except AirflowFailException:
+            raised = True
+        except AirflowException:
+            raised = False
+        if raised != fails_fast:
+            problems.append(f"exit code {code}: {'no retry' if raised else 'retried'}")
     if expected["mode"] == "local":
         message = "Bash command failed. The command returned a non-zero exit code {}."
-        if not module.retryable(message.format(3)) or module.retryable(message.format(2)) or module.retryable(message.format(1)):
-            problems.append("local mode: exit 3 must be retried, 1 and 2 not")
+        if [module.bash_exit_code(message.format(c)) for c in (1, 2, 3)] != [1, 2, 3]:
+            problems.append("local mode: the exit code of a failed command is not read")
     else:
         class Terminated:
             def __init__(self, code):

@@ -55,6 +55,7 @@ pub fn render(workflow: &Workflow, target: &Target, mode: &Mode) -> Result<Strin
     out.push_str(&format!(
         "RETRY_EXIT_CODE = {RETRY_EXIT_CODE}\nRETRIES = {RETRIES}\nRETRY_DELAY_S = {RETRY_DELAY_S}\n"
     ));
+    out.push_str(RETRY_RULE);
     match mode {
         Mode::Kubernetes => {
             out.push_str(&format!("IMAGE = {}\n", string(&format!("{}:{}", target.image, target.tag))));
@@ -106,17 +107,38 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 "#;
 
+/// What both modes' operators share: the retry settings, and a failure that is not the
+/// transient exit code turned into one Airflow does not retry.
+const RETRY_RULE: &str = r#"
+RETRY = dict(retries=RETRIES, retry_delay=timedelta(seconds=RETRY_DELAY_S), retry_exponential_backoff=True)
+
+
+class RetriesExit3:
+    """Mixed into an operator whose `exit_code_of(error)` names the step's exit code (None if
+    unknown): only the transient code (or an unknown one) is left to Airflow's retries."""
+
+    def execute(self, context):
+        try:
+            return super().execute(context)
+        except AirflowException as e:
+            code = None if isinstance(e, AirflowFailException) else self.exit_code_of(e)
+            if code is None or code == RETRY_EXIT_CODE:
+                raise
+            raise AirflowFailException(f"step exited {code}: {e}") from e
+
+"#;
+
 const LOCAL: &str = r#"
 from airflow.providers.standard.operators.bash import BashOperator
 
 
-def retryable(message: str) -> bool:
-    """Whether a BashOperator failure message names the transient exit code."""
+def bash_exit_code(message: str) -> int | None:
+    """The exit code a BashOperator failure message names."""
     found = re.search(r"exit code (\d+)", message)
-    return found is None or int(found.group(1)) == RETRY_EXIT_CODE
+    return int(found.group(1)) if found else None
 
 
-class Step(BashOperator):
+class Step(RetriesExit3, BashOperator):
     """One taft step run by the local binary."""
 
     template_fields = ()  # the command is literal: configs hold braces
@@ -132,19 +154,12 @@ class Step(BashOperator):
             env={"TAFT_LOG_FORMAT": "json", "TAFT_PROGRESS": "off"},
             append_env=True,
             skip_on_exit_code=None,
-            retries=RETRIES,
-            retry_delay=timedelta(seconds=RETRY_DELAY_S),
-            retry_exponential_backoff=True,
+            **RETRY,
             **kwargs,
         )
 
-    def execute(self, context):
-        try:
-            return super().execute(context)
-        except AirflowException as e:
-            if isinstance(e, AirflowFailException) or retryable(str(e)):
-                raise
-            raise AirflowFailException(str(e)) from e
+    def exit_code_of(self, error):
+        return bash_exit_code(str(error))
 
 
 "#;
@@ -162,7 +177,7 @@ def exit_code(pod) -> int | None:
     return None
 
 
-class Step(KubernetesPodOperator):
+class Step(RetriesExit3, KubernetesPodOperator):
     """One taft step in a pod of the step image (entrypoint `taft`)."""
 
     # The arguments are literal: configs hold braces.
@@ -187,23 +202,15 @@ class Step(KubernetesPodOperator):
             get_logs=True,
             # A failed pod stays for its exit code (and for whoever debugs it).
             on_finish_action="delete_succeeded_pod",
-            retries=RETRIES,
-            retry_delay=timedelta(seconds=RETRY_DELAY_S),
-            retry_exponential_backoff=True,
+            **RETRY,
             **kwargs,
         )
 
-    def execute(self, context):
+    def exit_code_of(self, error):
         try:
-            return super().execute(context)
-        except AirflowException as e:
-            try:
-                code = exit_code(self.pod_manager.read_pod(self.pod)) if self.pod else None
-            except Exception:  # the pod is gone: let Airflow retry
-                code = None
-            if code is None or code == RETRY_EXIT_CODE:
-                raise
-            raise AirflowFailException(f"step exited {code}: {e}") from e
+            return exit_code(self.pod_manager.read_pod(self.pod)) if self.pod else None
+        except Exception:  # the pod is gone: let Airflow retry
+            return None
 
 
 "#;
