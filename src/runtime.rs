@@ -6,6 +6,13 @@ use serde_json::{json, Value};
 /// The libtorch version this binary was built against (checked by build.rs).
 pub const LIBTORCH_VERSION: Option<&str> = option_env!("TAFT_LIBTORCH_VERSION");
 
+/// The CPUs this process may use: its affinity mask and cgroup CPU quota (a container's
+/// share, not the node's cores), at least 1. The default thread count of every step, alone
+/// or inside `taft run`, so that both give the same results on the same machine.
+pub fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 /// A description of the back ends, for `taft info`.
 pub fn describe() -> Value {
     json!({
@@ -25,6 +32,7 @@ fn train() -> Value {
         "cuda": tch::Cuda::is_available(),
         "cuda_devices": tch::Cuda::device_count(),
         "threads": tch::get_num_threads(),
+        "cpus": cpus(),
         "matmul_check": check,
     })
 }

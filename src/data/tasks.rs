@@ -93,6 +93,16 @@ impl Task {
         }
     }
 
+    /// The label of a conversation for this task in a model of `method` (`taft`, `dapt`, …):
+    /// DAPT's fine-tuning (SPEC §5) removes the aborted conversations from every task,
+    /// satisfaction included, unless `keep_aborted`; the other methods only from status.
+    pub fn label_for(self, method: &str, c: &Conversation, quirks: TaskQuirks) -> Option<i64> {
+        if method == "dapt" && !quirks.keep_aborted && c.status == Some(0) {
+            return None;
+        }
+        self.label(c, quirks)
+    }
+
     /// The label of a conversation for this task; `None` when the conversation has no label
     /// for it (unlabeled, or aborted for the status tasks).
     pub fn label(self, c: &Conversation, quirks: TaskQuirks) -> Option<i64> {

@@ -65,6 +65,8 @@ pub struct Exported {
     /// (task, class names) in output order.
     pub heads: Vec<(String, Vec<String>)>,
     pub max_length: usize,
+    /// Every run is padded to `max_length` (an unmasked adaptive layer).
+    pub fixed_width: bool,
     /// Items are utterances (a speaker-role model), not conversations.
     pub utterance_level: bool,
     /// `taft.json` of the export.
@@ -117,11 +119,16 @@ impl Exported {
             .as_u64()
             .filter(|&n| n >= 2)
             .ok_or_else(|| Error::input(format!("{taft_name}: no `max_length`")))? as usize;
+        let truncation = crate::model::dir::truncation(&taft, &taft_name)?;
+        // The original's unmasked adaptive layer was trained on conversations padded to
+        // max_length: so are its inputs here, whatever else a run holds.
+        let fixed_width = taft["adaptive"]["mask_padding"] == serde_json::json!(false);
         let tokenizer = TextTokenizer::from_bytes(tokenizer, &format!("{url}/{TOKENIZER}"))?;
         let session = session(model, threads, &format!("{url}/{}", variant.file()))?;
         Ok(Exported {
             url: url.to_string(),
-            encoder: tokenizer.batches(max_length)?,
+            encoder: tokenizer.batches(max_length, truncation)?,
+            fixed_width,
             tokenizer,
             utterance_level: crate::model::dir::utterance_level(&heads),
             heads,
@@ -130,6 +137,17 @@ impl Exported {
             variant,
             session: Mutex::new(session),
         })
+    }
+
+    /// Token ids of texts as the model was trained on them (truncated as in training).
+    pub fn ids<S: AsRef<str>>(&self, texts: &[S]) -> Result<Vec<Vec<i64>>> {
+        self.encoder.ids(texts)
+    }
+
+    /// Rows of token ids as one run: padded to the longest, or to `max_length` for an
+    /// unmasked adaptive layer.
+    pub fn pad(&self, rows: &[&[i64]]) -> crate::text::Encoded {
+        self.encoder.pad_to(rows, if self.fixed_width { self.max_length } else { 0 })
     }
 
     pub fn head_names(&self) -> Vec<String> {
@@ -155,7 +173,7 @@ impl Exported {
         let names = self.head_names();
         let mut probs: Probs = self.heads.iter().map(|_| vec![Vec::new(); texts.len()]).collect();
         for rows in runs(&order, &ids, batch_size.max(1)) {
-            let enc = self.encoder.pad(&rows.iter().map(|&i| ids[i].as_slice()).collect::<Vec<_>>());
+            let enc = self.pad(&rows.iter().map(|&i| ids[i].as_slice()).collect::<Vec<_>>());
             let out = {
                 let mut session = self.session.lock().map_err(|_| Error::Other("ONNX session poisoned".into()))?;
                 run(&mut session, &enc, &names)?

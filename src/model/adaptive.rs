@@ -11,6 +11,7 @@ use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
 pub use super::config::AdaptiveConfig;
+use super::heads::torch_linear;
 
 /// `nn.TransformerEncoderLayer(d_model, nhead, dim_feedforward, dropout, batch_first=True)`.
 #[derive(Debug)]
@@ -29,8 +30,16 @@ impl AdaptiveLayer {
     pub fn new(p: &nn::Path, d_model: i64, cfg: &AdaptiveConfig) -> Self {
         let attn = p / "self_attn";
         let ln = nn::LayerNormConfig { eps: cfg.layer_norm_eps, ..Default::default() };
-        // Xavier-uniform, as torch's MultiheadAttention initialises in_proj_weight.
+        // As `nn.TransformerEncoderLayer` starts: MultiheadAttention's in_proj_weight
+        // xavier-uniform, its in_proj and out_proj biases zero, out_proj's weight and the
+        // feed-forward layers as `nn.Linear`, LayerNorm 1 and 0.
         let bound = (6.0 / (4 * d_model) as f64).sqrt();
+        let out_bound = 1.0 / (d_model as f64).sqrt();
+        let out_proj = nn::LinearConfig {
+            ws_init: nn::Init::Uniform { lo: -out_bound, up: out_bound },
+            bs_init: Some(nn::Init::Const(0.0)),
+            bias: true,
+        };
         AdaptiveLayer {
             in_proj_weight: attn.var(
                 "in_proj_weight",
@@ -38,9 +47,9 @@ impl AdaptiveLayer {
                 nn::Init::Uniform { lo: -bound, up: bound },
             ),
             in_proj_bias: attn.zeros("in_proj_bias", &[3 * d_model]),
-            out_proj: nn::linear(&attn / "out_proj", d_model, d_model, Default::default()),
-            linear1: nn::linear(p / "linear1", d_model, cfg.ffn, Default::default()),
-            linear2: nn::linear(p / "linear2", cfg.ffn, d_model, Default::default()),
+            out_proj: nn::linear(&attn / "out_proj", d_model, d_model, out_proj),
+            linear1: torch_linear(p / "linear1", d_model, cfg.ffn),
+            linear2: torch_linear(p / "linear2", cfg.ffn, d_model),
             norm1: nn::layer_norm(p / "norm1", vec![d_model], ln),
             norm2: nn::layer_norm(p / "norm2", vec![d_model], ln),
             cfg: cfg.clone(),

@@ -286,9 +286,17 @@ pub fn tensor_names_as(path: &Path, source: &str) -> Result<Vec<String>> {
     Ok(header.keys().filter(|k| *k != "__metadata__").map(|k| normalize(k)).collect())
 }
 
-/// Hugging Face's initialisation of the variables under `prefix` (all with ""): weights
-/// N(0, 0.02), biases 0, LayerNorm 1 and 0, and a zero embedding for the padding token.
-pub fn init_like_transformers(vs: &nn::VarStore, prefix: &str, pad_id: i64) {
+/// transformers' `_init_weights` of the variables under `prefix` (all with ""): weights
+/// N(0, `initializer_range`), biases 0, LayerNorm 1 and 0, and a zero row for the padding
+/// index of the embeddings that have one (the word embeddings; RoBERTa's position
+/// embeddings too).
+pub fn init_like_transformers(vs: &nn::VarStore, prefix: &str, cfg: &EncoderConfig, family: Family) {
+    let std = cfg.initializer_range();
+    let pad_id = cfg.pad_id();
+    let padded = |name: &str| {
+        name == "embeddings.word_embeddings.weight"
+            || (family == Family::Roberta && name == "embeddings.position_embeddings.weight")
+    };
     // In name order: the variables come in a per-process hash order, and each draw moves
     // the generator, so an unordered walk would give every process other weights.
     let mut variables: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
@@ -303,9 +311,9 @@ pub fn init_like_transformers(vs: &nn::VarStore, prefix: &str, pad_id: i64) {
             } else if name.ends_with(".bias") {
                 let _ = v.zero_();
             } else {
-                let _ = v.normal_(0.0, 0.02);
+                let _ = v.normal_(0.0, std);
             }
-            if name == "embeddings.word_embeddings.weight" {
+            if padded(&name) {
                 let _ = v.get(pad_id).zero_();
             }
         }

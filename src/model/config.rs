@@ -147,6 +147,12 @@ impl EncoderConfig {
         Ok(())
     }
 
+    /// The standard deviation of transformers' weight initialisation (`initializer_range`,
+    /// 0.02 when the file has none).
+    pub fn initializer_range(&self) -> f64 {
+        self.extra.get("initializer_range").and_then(serde_json::Value::as_f64).unwrap_or(0.02)
+    }
+
     /// The padding token id (BERT 0, RoBERTa 1 unless the file says otherwise).
     pub fn pad_id(&self) -> i64 {
         self.pad_token_id.unwrap_or(match self.model_type.as_str() {

@@ -113,6 +113,18 @@ pub fn heads(taft: &serde_json::Value, source: &str) -> Result<Vec<(String, Vec<
     Ok(out)
 }
 
+/// The truncation rule a `taft.json` records (`truncation`, `head_tail`; a model without
+/// them was trained keeping the head).
+pub fn truncation(taft: &serde_json::Value, source: &str) -> Result<crate::text::Truncation> {
+    let fields = serde_json::json!({"truncation": taft.get("truncation"), "head_tail": taft.get("head_tail")});
+    let fields = match fields {
+        serde_json::Value::Object(map) => map.into_iter().filter(|(_, v)| !v.is_null()).collect(),
+        _ => serde_json::Map::new(),
+    };
+    serde_json::from_value(serde_json::Value::Object(fields))
+        .map_err(|e| Error::input(format!("{source}: truncation: {e}")))
+}
+
 /// Whether a model's items are utterances (the speaker-role head) rather than conversations.
 pub fn utterance_level(heads: &[(String, Vec<String>)]) -> bool {
     heads.iter().any(|(name, _)| name == "role")

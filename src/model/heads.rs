@@ -65,7 +65,18 @@ impl MlmHead {
     }
 }
 
-/// `tanh(W_p · h[:, 0] + b_p)` — Hugging Face's `pooler.dense`.
+/// `nn.Linear(in_dim, out_dim)` initialised as PyTorch initialises it: the weight
+/// kaiming-uniform with a = √5, which is U(±1/√in_dim), and the bias U(±1/√in_dim). (tch's
+/// default weight init is kaiming-uniform with ReLU's gain, √6 ≈ 2.45× wider.)
+pub fn torch_linear<'a>(p: impl std::borrow::Borrow<nn::Path<'a>>, in_dim: i64, out_dim: i64) -> nn::Linear {
+    let bound = 1.0 / (in_dim as f64).sqrt();
+    let init = nn::Init::Uniform { lo: -bound, up: bound };
+    nn::linear(p, in_dim, out_dim, nn::LinearConfig { ws_init: init, bs_init: Some(init), bias: true })
+}
+
+/// `tanh(W_p · h[:, 0] + b_p)` — Hugging Face's `pooler.dense`. A fresh pooler (a
+/// checkpoint without one) starts as `nn.Linear`; a scratch encoder's is re-drawn with the
+/// rest of the encoder (transformers' `_init_weights`).
 #[derive(Debug)]
 pub struct Pooler {
     dense: nn::Linear,
@@ -73,7 +84,7 @@ pub struct Pooler {
 
 impl Pooler {
     pub fn new(p: &nn::Path, hidden: i64) -> Self {
-        Pooler { dense: nn::linear(p / "dense", hidden, hidden, Default::default()) }
+        Pooler { dense: torch_linear(p / "dense", hidden, hidden) }
     }
 
     pub fn forward(&self, hidden: &Tensor) -> Tensor {
@@ -119,9 +130,7 @@ impl Classifier {
             pooler: Pooler::new(&(p / "pooler"), h),
             classifiers: tasks
                 .iter()
-                .map(|(name, n)| {
-                    (name.clone(), nn::linear(p / "classifiers" / name.as_str(), h, *n, Default::default()))
-                })
+                .map(|(name, n)| (name.clone(), torch_linear(p / "classifiers" / name.as_str(), h, *n)))
                 .collect(),
             dropout,
         }

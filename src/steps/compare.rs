@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::Step;
 use crate::error::{Error, Result};
 use crate::eval::charts;
+use crate::eval::metrics::figure;
 use crate::store::commit::Output;
 use crate::store::manifest::Committed;
 
@@ -112,9 +113,11 @@ async fn rows_of(url: &str) -> Result<Vec<Row>> {
     let mut heads: Vec<&String> = tasks.keys().collect();
     heads.sort_by_key(|h| (h.as_str() != "status", h.as_str() != "satisfaction", h.as_str()));
     for t in heads.into_iter().map(|h| &tasks[h]) {
-        let scores: Option<Vec<f64>> = SCORES.iter().map(|k| t[*k].as_f64()).collect();
-        let scores =
-            scores.ok_or_else(|| Error::input(format!("{url}: task figures lack one of {}", SCORES.join(", "))))?;
+        // An undefined kappa is written as null (NaN): shown as `nan`.
+        let scores: Option<Vec<f64>> = SCORES.iter().map(|k| figure(&t[*k])).collect();
+        let scores = scores
+            .filter(|_| SCORES.iter().all(|k| t.get(*k).is_some()))
+            .ok_or_else(|| Error::input(format!("{url}: task figures lack one of {}", SCORES.join(", "))))?;
         let baseline = t["baseline_f1_macro"].as_f64().or_else(|| t["baseline"]["f1_macro"].as_f64());
         rows.push(Row {
             name: name.clone(),
@@ -130,7 +133,7 @@ async fn rows_of(url: &str) -> Result<Vec<Row>> {
 
 fn cells(row: &Row) -> Vec<String> {
     let mut cells = vec![row.name.clone(), row.method.clone(), row.task.clone(), row.split.clone()];
-    cells.extend(row.scores.iter().map(|v| format!("{v:.4}")));
+    cells.extend(row.scores.iter().map(|v| if v.is_nan() { "nan".to_string() } else { format!("{v:.4}") }));
     cells.push(row.baseline_f1_macro.map_or(String::new(), |v| format!("{v:.4}")));
     cells
 }
@@ -161,20 +164,26 @@ mod tests {
 
     #[test]
     fn tables_have_a_row_per_model_and_task() {
-        let row = |name: &str, v: f64| Row {
+        // Distinct figures in every column, so that a column swapped or dropped shows.
+        let row = |name: &str, base: f64| Row {
             name: name.into(),
             method: "taft".into(),
             task: "pc".into(),
             split: "test".into(),
-            scores: vec![v; 5],
+            scores: (1..=5).map(|i| base + i as f64 / 100.0).collect(),
             baseline_f1_macro: Some(0.33),
         };
-        let rows = [row("a", 0.5), row("b", 0.25)];
+        let mut rows = [row("a", 0.5), row("b", 0.25)];
+        rows[1].scores[3] = f64::NAN;
+        rows[1].baseline_f1_macro = None;
         let t = tsv(&rows);
         assert_eq!(t.lines().count(), 3);
-        assert_eq!(t.lines().nth(1).unwrap(), "a\ttaft\tpc\ttest\t0.5000\t0.5000\t0.5000\t0.5000\t0.5000\t0.3300");
+        assert_eq!(t.lines().next().unwrap(), "name\tmethod\ttask\tsplit\taccuracy\tf1_weighted\tf1_macro\tkappa\tmcc\tbaseline_f1_macro");
+        assert_eq!(t.lines().nth(1).unwrap(), "a\ttaft\tpc\ttest\t0.5100\t0.5200\t0.5300\t0.5400\t0.5500\t0.3300");
+        assert_eq!(t.lines().nth(2).unwrap(), "b\ttaft\tpc\ttest\t0.2600\t0.2700\t0.2800\tnan\t0.3000\t");
         let m = markdown(&rows);
-        assert!(m.starts_with("| name | method | task | split | accuracy |"), "{m}");
+        assert!(m.starts_with("| name | method | task | split | accuracy | f1_weighted | f1_macro | kappa | mcc |"), "{m}");
+        assert_eq!(m.lines().nth(2).unwrap(), "| a | taft | pc | test | 0.5100 | 0.5200 | 0.5300 | 0.5400 | 0.5500 | 0.3300 |");
         assert_eq!(m.lines().count(), 4);
     }
 }

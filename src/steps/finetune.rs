@@ -19,6 +19,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{io, Step};
+use crate::text::{HeadTail, Truncation, TruncationSide};
 use crate::config::RawConfig;
 use crate::data::tasks::{SatisfactionTask, StatusTask, Task, TaskQuirks};
 use crate::error::{Error, Result};
@@ -37,6 +38,7 @@ method: taft
 status: status
 satisfaction: satis3
 max_length: 512
+truncation: head
 dropout: 0.5
 loss_weights: {status: 0.8, satisfaction: 0.2}
 sampler: imbalanced
@@ -193,6 +195,13 @@ pub struct FinetuneConfig {
     pub task: Option<Task>,
     /// Tokens per conversation, special tokens included.
     pub max_length: usize,
+    /// What a longer conversation keeps: `head` (the original's), `tail` or `head_tail`.
+    #[serde(default)]
+    pub truncation: TruncationSide,
+    /// `head_tail`'s token counts (default: a quarter of the text tokens from the head, the
+    /// rest from the tail).
+    #[serde(default)]
+    pub head_tail: Option<HeadTail>,
     /// Dropout before the classifiers.
     pub dropout: f64,
     pub loss_weights: LossWeights,
@@ -232,6 +241,11 @@ impl FinetuneConfig {
             SatisfactionChoice::None => {}
         }
         tasks
+    }
+
+    /// The truncation rule of the conversations.
+    pub fn truncation(&self) -> Truncation {
+        Truncation { truncation: self.truncation, head_tail: self.head_tail }
     }
 
     /// The loss weight of a task.
@@ -292,6 +306,7 @@ impl Step for Finetune {
         if config.max_length < 3 {
             return Err(Error::config("max_length must be at least 3 (the special tokens and one token)"));
         }
+        config.truncation().check(config.max_length, 2).map_err(Error::config)?;
         if config.sampler == SamplerKind::Categories {
             let c = config.categories;
             if c.way < 2 || c.shots + c.queries == 0 || c.tasks_per_batch == 0 {

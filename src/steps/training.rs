@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::model::checkpoint;
 use crate::model::dir::{ModelDir, TAFT_JSON, TOKENIZER};
 use crate::store::commit::Output;
-use crate::text::TextTokenizer;
+use crate::text::{TextTokenizer, Truncation};
 use crate::train::loss::validation_loss;
 use crate::train::work::WorkDir;
 use crate::train::Fit;
@@ -65,6 +65,8 @@ where
     let mut summary = fit.summary();
     if let (Some(summary), Some(extra)) = (summary.as_object_mut(), extra.as_object()) {
         summary.extend(extra.clone());
+        // Results depend on libtorch's thread count: the manifest records it.
+        summary.insert("threads".into(), serde_json::json!(tch::get_num_threads()));
     }
     Ok((fit, summary))
 }
@@ -139,21 +141,32 @@ impl Padding {
 pub struct Items {
     pub ids: Vec<Vec<i64>>,
     pub labels: Vec<i64>,
+    /// Pad every batch to this many tokens (see [`Items::fixed_width`]).
+    pub width: Option<usize>,
 }
 
 impl Items {
-    pub fn new(tokenizer: &TextTokenizer, rows: Vec<(String, i64)>, max_length: usize) -> Result<Items> {
+    pub fn new(
+        tokenizer: &TextTokenizer,
+        rows: Vec<(String, i64)>,
+        max_length: usize,
+        truncation: Truncation,
+    ) -> Result<Items> {
         let (texts, labels): (Vec<String>, Vec<i64>) = rows.into_iter().unzip();
+        let encoder = tokenizer.batches(max_length, truncation)?;
         let mut ids = Vec::with_capacity(texts.len());
         for chunk in texts.chunks(4096) {
-            let enc = tokenizer.encode_batch(chunk, max_length)?;
-            for row in 0..enc.batch {
-                let range = row * enc.seq..(row + 1) * enc.seq;
-                let len = enc.attention_mask[range.clone()].iter().filter(|&&m| m == 1).count();
-                ids.push(enc.input_ids[range][..len].to_vec());
-            }
+            ids.extend(encoder.ids(chunk)?);
         }
-        Ok(Items { ids, labels })
+        Ok(Items { ids, labels, width: None })
+    }
+
+    /// Batches padded to `width` tokens whatever their items' lengths: the original's
+    /// adaptive layer without a padding mask (`mask_padding: false`) saw every conversation
+    /// padded to `max_length`, and its output depends on the padding it attends.
+    pub fn fixed_width(mut self, width: Option<usize>) -> Items {
+        self.width = width;
+        self
     }
 
     pub fn len(&self) -> usize {
@@ -205,7 +218,7 @@ impl Items {
     /// Adds a training batch of `rows` to `padding`.
     pub fn count_padding(&self, rows: &[usize], padding: &Padding) {
         let lengths = rows.iter().map(|&r| self.ids[r].len() as u64);
-        let (real, width) = lengths.fold((0, 0), |(sum, max), l| (sum + l, max.max(l)));
+        let (real, width) = lengths.fold((0, self.width.unwrap_or(0) as u64), |(sum, max), l| (sum + l, max.max(l)));
         let (r, t) = padding.0.get();
         padding.0.set((r + real, t + width * rows.len() as u64));
     }
@@ -218,7 +231,7 @@ impl Items {
 
     /// Padded ids, attention mask and labels of `rows`, on `device`.
     pub fn batch(&self, rows: &[usize], pad: i64, device: Device) -> (Tensor, Tensor, Tensor) {
-        let width = rows.iter().map(|&r| self.ids[r].len()).max().unwrap_or(1);
+        let width = rows.iter().map(|&r| self.ids[r].len()).max().unwrap_or(1).max(self.width.unwrap_or(0));
         let (mut ids, mut mask) = (Vec::with_capacity(rows.len() * width), Vec::with_capacity(rows.len() * width));
         for &r in rows {
             let row = &self.ids[r];

@@ -11,11 +11,82 @@ use tokenizers::normalizers::{BertNormalizer, NFKC};
 use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
 use tokenizers::pre_tokenizers::metaspace::{Metaspace, PrependScheme};
 use tokenizers::processors::template::TemplateProcessing;
-use tokenizers::{AddedToken, Tokenizer, TruncationParams};
+use tokenizers::{AddedToken, Tokenizer};
 
 use crate::error::{Error, Result};
 
 pub mod train;
+
+/// Which tokens of a text longer than the model's length are kept; the special tokens
+/// around the text always are. `head` is the original's (and Hugging Face's default); the
+/// end of a conversation, where outcomes and satisfaction are often stated, survives `tail`
+/// and `head_tail` (the best of the strategies compared by Sun et al., 2019, "How to
+/// Fine-Tune BERT for Text Classification?").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TruncationSide {
+    #[default]
+    Head,
+    Tail,
+    HeadTail,
+}
+
+/// The token counts `head_tail` keeps from each end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeadTail {
+    pub head: usize,
+    pub tail: usize,
+}
+
+/// A truncation rule: the side, and with `head_tail` the counts (by default a quarter of
+/// the text tokens from the head, the rest from the tail).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Truncation {
+    #[serde(default)]
+    pub truncation: TruncationSide,
+    #[serde(default)]
+    pub head_tail: Option<HeadTail>,
+}
+
+impl Truncation {
+    /// Checks the counts against the text tokens a `max_length` leaves (the special tokens
+    /// take `specials`).
+    pub fn check(&self, max_length: usize, specials: usize) -> std::result::Result<(), String> {
+        if let Some(ht) = self.head_tail {
+            if self.truncation != TruncationSide::HeadTail {
+                return Err("head_tail is set but truncation is not head_tail".into());
+            }
+            let budget = max_length.saturating_sub(specials);
+            if ht.head + ht.tail > budget || ht.head + ht.tail == 0 {
+                return Err(format!(
+                    "head_tail: head {} + tail {} must be in 1..={budget} (max_length {max_length} less {specials} special tokens)",
+                    ht.head, ht.tail
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The text tokens kept of `content` when at most `budget` fit.
+    fn cut<'a>(&self, content: &'a [u32], budget: usize) -> Vec<&'a [u32]> {
+        if content.len() <= budget {
+            return vec![content];
+        }
+        match self.truncation {
+            TruncationSide::Head => vec![&content[..budget]],
+            TruncationSide::Tail => vec![&content[content.len() - budget..]],
+            TruncationSide::HeadTail => {
+                let (head, tail) = match self.head_tail {
+                    Some(ht) => (ht.head.min(budget), ht.tail.min(budget - ht.head.min(budget))),
+                    None => (budget / 4, budget - budget / 4),
+                };
+                vec![&content[..head], &content[content.len() - tail..]]
+            }
+        }
+    }
+}
 
 /// Which tokenizer model to train.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -229,20 +300,19 @@ impl TextTokenizer {
         Ok(encodings.iter().map(|e| e.get_ids().iter().map(|&i| i64::from(i)).collect()).collect())
     }
 
-    /// Encodes texts with special tokens, truncated to `max_len` tokens and padded to the
-    /// longest row.
+    /// Encodes texts with special tokens, truncated to `max_len` tokens (the head kept) and
+    /// padded to the longest row.
     pub fn encode_batch<S: AsRef<str>>(&self, texts: &[S], max_len: usize) -> Result<Encoded> {
-        self.batches(max_len)?.encode(texts)
+        self.batches(max_len, Truncation::default())?.encode(texts)
     }
 
-    /// A tokenizer set up once for [`BatchEncoder::encode`] at `max_len` (for callers that
-    /// encode many batches).
-    pub fn batches(&self, max_len: usize) -> Result<BatchEncoder> {
+    /// A tokenizer set up once for [`BatchEncoder::encode`] at `max_len` with `truncation`
+    /// (for callers that encode many batches).
+    pub fn batches(&self, max_len: usize, truncation: Truncation) -> Result<BatchEncoder> {
         let mut t = self.inner.clone();
-        t.with_truncation(Some(TruncationParams { max_length: max_len, ..Default::default() }))
-            .map_err(|e| Error::Other(format!("truncation: {e}")))?;
+        t.with_truncation(None).map_err(|e| Error::Other(format!("truncation: {e}")))?;
         t.with_padding(None);
-        Ok(BatchEncoder { tokenizer: t, pad: i64::from(self.pad_id) })
+        Ok(BatchEncoder { tokenizer: t, pad: i64::from(self.pad_id), max_len, truncation })
     }
 }
 
@@ -252,6 +322,8 @@ impl TextTokenizer {
 pub struct BatchEncoder {
     tokenizer: Tokenizer,
     pad: i64,
+    max_len: usize,
+    truncation: Truncation,
 }
 
 impl BatchEncoder {
@@ -266,12 +338,35 @@ impl BatchEncoder {
         let inputs: Vec<&str> = texts.iter().map(AsRef::as_ref).collect();
         let encodings =
             self.tokenizer.encode_batch(inputs, true).map_err(|e| Error::Other(format!("tokenization: {e}")))?;
-        Ok(encodings.iter().map(|e| e.get_ids().iter().map(|&i| i64::from(i)).collect()).collect())
+        Ok(encodings.iter().map(|e| self.truncate(e.get_ids(), e.get_sequence_ids())).collect())
     }
 
-    /// Rows of token ids as a batch padded (on the right) to the longest.
-    pub fn pad(&self, rows: &[&[i64]]) -> Encoded {
-        let seq = rows.iter().map(|r| r.len()).max().unwrap_or(0);
+    /// The tokens the post-processor added (sequence id `None`) stay at either end; the text
+    /// between them is cut to what `max_len` leaves.
+    fn truncate(&self, ids: &[u32], sequence: Vec<Option<usize>>) -> Vec<i64> {
+        let front = sequence.iter().take_while(|s| s.is_none()).count();
+        let back = if front == ids.len() { 0 } else { sequence.iter().rev().take_while(|s| s.is_none()).count() };
+        let budget = self.max_len.saturating_sub(front + back);
+        let content = &ids[front..ids.len() - back];
+        let mut out = Vec::with_capacity(self.max_len.min(ids.len()));
+        out.extend_from_slice(&ids[..front]);
+        for part in self.truncation.cut(content, budget) {
+            out.extend_from_slice(part);
+        }
+        out.extend_from_slice(&ids[ids.len() - back..]);
+        out.into_iter().map(i64::from).collect()
+    }
+
+    /// The special tokens around a text (what `max_len` must leave room for).
+    pub fn specials(&self) -> Result<usize> {
+        let e = self.tokenizer.encode("", true).map_err(|e| Error::Other(format!("tokenization: {e}")))?;
+        Ok(e.get_ids().len())
+    }
+
+    /// Rows of token ids as a batch padded (on the right) to `width` tokens (at least the
+    /// longest row's).
+    pub fn pad_to(&self, rows: &[&[i64]], width: usize) -> Encoded {
+        let seq = rows.iter().map(|r| r.len()).max().unwrap_or(0).max(width);
         let mut out = Encoded {
             input_ids: Vec::with_capacity(seq * rows.len()),
             attention_mask: Vec::with_capacity(seq * rows.len()),
@@ -285,6 +380,11 @@ impl BatchEncoder {
             out.attention_mask.extend(std::iter::repeat_n(0, seq - r.len()));
         }
         out
+    }
+
+    /// Rows of token ids as a batch padded (on the right) to the longest.
+    pub fn pad(&self, rows: &[&[i64]]) -> Encoded {
+        self.pad_to(rows, 0)
     }
 }
 
@@ -327,6 +427,41 @@ mod tests {
             assert_eq!(long.seq, 12);
             assert_eq!(long.input_ids[11], i64::from(tok.sep_id));
         }
+    }
+
+    #[test]
+    fn truncation_keeps_the_head_the_tail_or_both() {
+        let texts = corpus();
+        for kind in [TokenizerKind::WordPiece, TokenizerKind::Unigram] {
+            let tok = TextTokenizer::train(texts.iter(), kind, 400).unwrap();
+            let text = tok.join_utterances(&texts[..12]);
+            let full = tok.encode_ids(&[&text]).unwrap().remove(0);
+            let (first, last) = (full[0], *full.last().unwrap());
+            let content = &full[1..full.len() - 1];
+            assert!(content.len() > 40, "a long text");
+            let cut = |truncation, head_tail| {
+                let t = Truncation { truncation, head_tail };
+                let ids = tok.batches(12, t).unwrap().ids(&[&text]).unwrap().remove(0);
+                assert_eq!((ids.len(), ids[0], ids[11]), (12, first, last), "{t:?}: the special tokens stay");
+                ids[1..11].to_vec()
+            };
+            let n = content.len();
+            assert_eq!(cut(TruncationSide::Head, None), content[..10]);
+            assert_eq!(cut(TruncationSide::Tail, None), content[n - 10..]);
+            let both = [&content[..3], &content[n - 7..]].concat();
+            assert_eq!(cut(TruncationSide::HeadTail, Some(HeadTail { head: 3, tail: 7 })), both);
+            // By default a quarter of the budget from the head (10 / 4 = 2), the rest from the tail.
+            assert_eq!(cut(TruncationSide::HeadTail, None), [&content[..2], &content[n - 8..]].concat());
+            // The head is what Hugging Face's truncation keeps.
+            assert_eq!(tok.encode_batch(&[&text], 12).unwrap().input_ids, [&[first][..], &content[..10], &[last]].concat());
+            // A text that fits is left whole.
+            let short = tok.batches(full.len(), Truncation { truncation: TruncationSide::Tail, head_tail: None }).unwrap();
+            assert_eq!(short.ids(&[&text]).unwrap()[0], full);
+        }
+        let bad = Truncation { truncation: TruncationSide::HeadTail, head_tail: Some(HeadTail { head: 6, tail: 5 }) };
+        assert!(bad.check(12, 2).unwrap_err().contains("must be in 1..=10"));
+        let unused = Truncation { truncation: TruncationSide::Head, head_tail: Some(HeadTail { head: 1, tail: 1 }) };
+        assert!(unused.check(12, 2).is_err());
     }
 
     #[test]

@@ -98,13 +98,19 @@ pub struct TrainConfig {
 }
 
 impl TrainConfig {
-    /// The CPU threads to use: `threads`, else `TAFT_THREADS`, else `None` (the tensor
-    /// library's own choice, one per core).
-    pub fn cpu_threads(&self) -> Result<Option<usize>> {
-        if self.threads.is_some() {
-            return Ok(self.threads);
+    /// The CPU threads to use: `threads`, else `TAFT_THREADS`, else the CPUs this process
+    /// may use ([`crate::runtime::cpus`]; libtorch's own default counts the node's cores,
+    /// whatever a container's quota).
+    pub fn cpu_threads(&self) -> Result<usize> {
+        Self::threads_or_default(self.threads)
+    }
+
+    /// `threads` when given, else `TAFT_THREADS`, else the CPUs this process may use.
+    pub fn threads_or_default(threads: Option<usize>) -> Result<usize> {
+        match threads {
+            Some(n) => Ok(n),
+            None => Ok(Self::env_threads()?.unwrap_or_else(crate::runtime::cpus)),
         }
-        Self::env_threads()
     }
 
     /// `TAFT_THREADS`, when set (a number in 1..=1024).

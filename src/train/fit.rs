@@ -36,9 +36,7 @@ impl TrainConfig {
                 self.device
             )));
         }
-        if let Some(n) = self.cpu_threads()? {
-            tch::set_num_threads(n as i32);
-        }
+        tch::set_num_threads(self.cpu_threads()? as i32);
         Ok(device)
     }
 }

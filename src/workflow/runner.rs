@@ -1,9 +1,11 @@
 //! The local DAG runner. Each step runs as its own process, `taft <step> --input … --out …
 //! --set key=value …` — the command Argo and Airflow run — so parallel steps share no
-//! global state (libtorch's random generator and thread pool among them). Independent steps
-//! run in parallel (at most `jobs` at once), sharing the machine's cores (`TAFT_THREADS`),
-//! up-to-date steps are skipped by the step contract, and after a failure no new step
-//! starts; a rerun continues from what was committed.
+//! global state (libtorch's random generator and thread pool among them). A step gets the
+//! thread count it would get run alone (its config's, else `TAFT_THREADS`, else the CPUs
+//! this process may use), so its results are the same bytes either way; independent steps
+//! run in parallel while their threads fit in those CPUs (at most `jobs` at once), up-to-date
+//! steps are skipped by the step contract, and after a failure no new step starts; a rerun
+//! continues from what was committed.
 
 use std::process::Stdio;
 
@@ -67,7 +69,9 @@ pub async fn run(
         )));
     }
     let n = workflow.steps.len();
-    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+    let cpus = crate::runtime::cpus();
+    let needs: Vec<usize> = workflow.steps.iter().map(|s| threads_of(s, cpus)).collect::<Result<_>>()?;
+    let mut busy = 0usize;
     let mut waiting: Vec<usize> = workflow.steps.iter().map(|s| s.deps.len()).collect();
     let mut started = vec![false; n];
     let mut running = JoinSet::new();
@@ -75,14 +79,22 @@ pub async fn run(
     let mut failure: Option<Error> = None;
     loop {
         if failure.is_none() {
-            let capacity = jobs.max(1).saturating_sub(running.len());
-            let launch: Vec<usize> = (0..n).filter(|&i| !started[i] && waiting[i] == 0).take(capacity).collect();
-            // The cores go to the steps running at once, so that parallel training steps do
-            // not oversubscribe the CPU (libtorch takes one thread per core by default).
-            let threads = (cores / (running.len() + launch.len()).max(1)).max(1);
+            // Steps start while their threads fit in the CPUs (one always may): parallel
+            // training steps do not oversubscribe the CPU, and no step's thread count
+            // depends on what else happens to run.
+            let mut launch = Vec::new();
+            for i in (0..n).filter(|&i| !started[i] && waiting[i] == 0) {
+                let fits = running.len() + launch.len() == 0 || busy + needs[i] <= cpus;
+                if running.len() + launch.len() >= jobs.max(1) || !fits {
+                    break;
+                }
+                busy += needs[i];
+                launch.push(i);
+            }
             for i in launch {
                 started[i] = true;
                 let step = &workflow.steps[i];
+                let threads = needs[i];
                 let args = step_args(step, force)?;
                 tracing::info!(workflow = %workflow.name, step = %step.name, threads, command = %format!("taft {}", args.join(" ")), "step started");
                 let mut cmd = tokio::process::Command::new(exe);
@@ -104,6 +116,7 @@ pub async fn run(
         let Some(joined) = running.join_next().await else { break };
         let (i, kind, args, output) = joined.map_err(|e| Error::Other(format!("step task: {e}")))?;
         let name = workflow.steps[i].name.clone();
+        busy -= needs[i];
         let (status, stdout) =
             output.map_err(|e| Error::Other(format!("step `{name}`: cannot run {}: {e}", exe.display())))?;
         if status.success() {
@@ -131,6 +144,22 @@ pub async fn run(
         }
         None => Ok(RunOutcome { finished }),
     }
+}
+
+/// The CPU threads a step uses: its config's (`train.threads`, or `threads` for the steps
+/// without a `train:` section), else what a step run alone takes (`TAFT_THREADS`, else the
+/// CPUs this process may use); 1 for the steps that compute on one thread (prep, compare).
+fn threads_of(step: &Planned, cpus: usize) -> Result<usize> {
+    use super::StepKind;
+    if matches!(step.kind, StepKind::Prep | StepKind::Compare) {
+        return Ok(1);
+    }
+    let config = &step.config.value;
+    let set = config.get("train").and_then(|t| t.get("threads")).or_else(|| config.get("threads"));
+    if let Some(n) = set.and_then(serde_yaml::Value::as_u64) {
+        return Ok((n as usize).max(1));
+    }
+    Ok(crate::train::TrainConfig::env_threads()?.unwrap_or(cpus))
 }
 
 /// Runs a child with its stderr going where ours goes (the logs flow live) and returns its

@@ -86,6 +86,10 @@ fn check_against_sklearn(out: &Path, head: &str, classes: &[String]) -> f64 {
         }
     }
     for (k, r) in [("kappa", "kappa"), ("mcc", "mcc")] {
+        if reference[r].is_null() {
+            assert!(task[k].is_null(), "{head} {k}: {} where scikit-learn gives NaN", task[k]);
+            continue;
+        }
         let d = (task[k].as_f64().unwrap() - reference[r].as_f64().unwrap()).abs();
         worst = worst.max(d);
         assert!(d <= TOL, "{head} {k}");
@@ -108,7 +112,12 @@ fn reports_equal_scikit_learn_on_the_predictions_and_charts_are_pngs() {
         let label = classes.iter().map(|c| c.chars().count()).max().unwrap() as u32;
         assert_eq!(png_size(&out.join(format!("confusion_{head}.png"))), (260 + 90 * n + 9 * label, 200 + 70 * n));
         let tsv = std::fs::read_to_string(out.join(format!("report_{head}.tsv"))).unwrap();
-        assert_eq!(tsv.lines().count(), 1 + classes.len() + 3, "{tsv}");
+        // One row per label present in the truth or the predictions (scikit-learn's rows).
+        let confusion: Vec<Vec<u64>> = serde_json::from_value(metrics["tasks"][head]["confusion"].clone()).unwrap();
+        let present = (0..classes.len())
+            .filter(|&c| confusion[c].iter().sum::<u64>() + confusion.iter().map(|r| r[c]).sum::<u64>() > 0)
+            .count();
+        assert_eq!(tsv.lines().count(), 1 + present + 3, "{tsv}");
         assert!(tsv.starts_with("class\tprecision\trecall\tf1-score\tsupport\n"));
     }
     eprintln!("parity evaluate reports vs scikit-learn: max abs diff {worst:.2e}");
@@ -182,8 +191,26 @@ fn compare_puts_finetune_and_evaluate_outputs_side_by_side() {
     assert_eq!(rows.len(), 1 + 4, "two outputs × status and satisfaction: {tsv}");
     assert_eq!((rows[1][0], rows[1][1], rows[1][2]), ("tapt", "tapt", "status"));
     assert_eq!((rows[3][0], rows[3][2], rows[3][3]), ("evaluated", "status", "test"));
-    // The same model on the same split: the same figures either way.
-    assert_eq!(rows[1][4..], rows[3][4..]);
+    // Each row holds its source's figures: the finetune manifest's test summary, the
+    // evaluate output's metrics.json.
+    let cell = |v: &serde_json::Value| match v {
+        serde_json::Value::Null => "nan".to_string(),
+        v => format!("{:.4}", v.as_f64().unwrap()),
+    };
+    let ft = manifest(model()).unwrap();
+    let metrics = json(&evaluated.join("metrics.json"));
+    let scores = ["accuracy", "f1_weighted", "f1_macro", "kappa", "mcc"];
+    for (row, head, source) in [
+        (&rows[1], "status", &ft["summary"]["test"]["status"]),
+        (&rows[2], "satisfaction", &ft["summary"]["test"]["satisfaction"]),
+        (&rows[3], "status", &metrics["tasks"]["status"]),
+        (&rows[4], "satisfaction", &metrics["tasks"]["satisfaction"]),
+    ] {
+        let want: Vec<String> = scores.iter().map(|k| cell(&source[*k])).collect();
+        assert_eq!(row[4..9], want, "{head}: {row:?}");
+    }
+    assert_eq!(rows[1][9], cell(&ft["summary"]["test"]["status"]["baseline_f1_macro"]));
+    assert_eq!(rows[3][9], cell(&metrics["tasks"]["status"]["baseline"]["f1_macro"]));
     assert!(std::fs::read_to_string(out.join("comparison.md")).unwrap().contains("| tapt | tapt | status | test |"));
     let png = image::load_from_memory_with_format(
         &std::fs::read(out.join("comparison.png")).unwrap(),

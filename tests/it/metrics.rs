@@ -20,6 +20,18 @@ fn metrics_match_scikit_learn() {
     }
     // A class never true (3), a class never predicted (1).
     cases.push((vec![0, 1, 2, 2, 0, 1, 4, 4], vec![0, 0, 2, 3, 0, 2, 4, 0], 5));
+    // A class absent from the truth only (2 is predicted), from the predictions only (1).
+    cases.push((vec![0, 0, 1, 1, 0], vec![0, 2, 0, 0, 2], 3));
+    // A single-class truth (kappa 0 with varied predictions), and the same class predicted
+    // throughout (kappa undefined: NaN, MCC 0).
+    cases.push((vec![1; 6], vec![1, 1, 0, 1, 2, 1], 3));
+    cases.push((vec![2; 5], vec![2; 5], 4));
+    // A constant predictor on a varied truth.
+    cases.push((vec![0, 1, 2, 3, 1, 1, 0], vec![1; 7], 4));
+    // A 4-class task with 2 classes present in truth and predictions.
+    cases.push((vec![0, 0, 2, 2, 2, 0, 2], vec![0, 2, 2, 2, 0, 0, 2], 4));
+    // satis7 with empty classes (3 of 7 present).
+    cases.push((vec![1, 3, 3, 5, 5, 5, 1, 3], vec![1, 3, 5, 5, 3, 5, 3, 3], 7));
     let dir = tempdir();
     let input = dir.path().join("cases.json");
     let json: Vec<serde_json::Value> =
@@ -37,8 +49,14 @@ fn metrics_match_scikit_learn() {
             worst = worst.max(d);
             assert!(d <= TOL, "{what}: {a} vs {b} (case with {k} classes)");
         };
+        let labels: Vec<usize> = serde_json::from_value(r["labels"].clone()).unwrap();
+        assert_eq!(ours.labels, labels, "the labels averaged over");
         check(ours.accuracy, &r["accuracy"], "accuracy");
-        check(ours.kappa, &r["kappa"], "kappa");
+        if r["kappa"].is_null() {
+            assert!(ours.kappa.is_nan(), "kappa {} where scikit-learn gives NaN", ours.kappa);
+        } else {
+            check(ours.kappa, &r["kappa"], "kappa");
+        }
         check(ours.mcc, &r["mcc"], "mcc");
         assert_eq!(ours.per_class.len(), r["per_class"].as_array().unwrap().len(), "classes");
         for (c, s) in ours.per_class.iter().enumerate() {

@@ -330,3 +330,108 @@ fn mlm_head_matches_transformers_for_both_families() {
         assert!(diff <= ENCODER_TOL, "{family} ({act}): max abs diff {diff} > {ENCODER_TOL}");
     }
 }
+
+/// Pooled statistics of one tensor over several seeds.
+#[derive(Default)]
+struct Pooled {
+    values: Vec<f64>,
+    pad_row: f64,
+}
+
+impl Pooled {
+    fn add(&mut self, t: &Tensor, pad_row: Option<i64>) {
+        self.values.extend(Vec::<f64>::try_from(&t.detach().to_kind(Kind::Double).view([-1])).unwrap());
+        if let Some(row) = pad_row {
+            self.pad_row = self.pad_row.max(t.get(row).abs().max().double_value(&[]));
+        }
+    }
+
+    fn mean_std_absmax(&self) -> (f64, f64, f64) {
+        let n = self.values.len() as f64;
+        let mean = self.values.iter().sum::<f64>() / n;
+        let var = self.values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n;
+        (mean, var.sqrt(), self.values.iter().fold(0f64, |m, v| m.max(v.abs())))
+    }
+}
+
+/// Fresh layers start as PyTorch starts them: the classifiers and a fresh pooler as
+/// `nn.Linear`, a fresh adaptive layer as `nn.TransformerEncoderLayer`, a scratch encoder
+/// (both families) as transformers' `_init_weights` (with a non-default
+/// `initializer_range`, so that the config's value is seen to be used). Each tensor's
+/// values, pooled over 16 seeds on both sides, must agree in mean, standard deviation and
+/// largest magnitude within sampling tolerance; padding rows must be zero.
+#[test]
+fn fresh_layers_start_as_torch_starts_them() {
+    const REPS: u64 = 16;
+    let (hidden, classes, heads, ffn) = (64i64, 4i64, 4i64, 256i64);
+    let encoder = |family: &str| {
+        serde_json::json!({
+            "model_type": family, "vocab_size": 500, "hidden_size": hidden, "num_hidden_layers": 2,
+            "num_attention_heads": heads, "intermediate_size": 128, "max_position_embeddings": 66,
+            "type_vocab_size": if family == "bert" { 2 } else { 1 }, "pad_token_id": if family == "bert" { 0 } else { 1 },
+            "initializer_range": 0.05,
+        })
+    };
+    let dir = tempdir();
+    let spec = dir.path().join("spec.json");
+    let spec_json = serde_json::json!({"reps": REPS, "hidden": hidden, "classes": classes, "heads": heads, "ffn": ffn,
+        "encoders": {"roberta": encoder("roberta"), "bert": encoder("bert")}});
+    std::fs::write(&spec, spec_json.to_string()).unwrap();
+    let out = dir.path().join("ref.json");
+    run(python().args([&parity_script("init_ref.py"), s(&spec), s(&out)])).ok();
+    let reference: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+
+    let mut ours: std::collections::BTreeMap<String, Pooled> = Default::default();
+    let adaptive = AdaptiveConfig { heads, ffn, ..Default::default() };
+    for rep in 0..REPS {
+        tch::manual_seed(rep as i64);
+        // Fresh heads over an encoder: the adaptive layer, a pooler, a classifier.
+        let vs = nn::VarStore::new(Device::Cpu);
+        let config: taft::model::config::EncoderConfig = serde_json::from_value(encoder("roberta")).unwrap();
+        let _ = Classifier::new(&vs.root(), &config, Family::Roberta, Some(&adaptive), &[("status".into(), classes)], 0.1);
+        for (name, t) in vs.variables() {
+            if ["adaptive.", "pooler.", "classifiers."].iter().any(|p| name.starts_with(p)) {
+                ours.entry(name).or_default().add(&t, None);
+            }
+        }
+        // Scratch encoders, as `taft init` makes them.
+        for (family, kind) in [("roberta", Family::Roberta), ("bert", Family::Bert)] {
+            let config: taft::model::config::EncoderConfig = serde_json::from_value(encoder(family)).unwrap();
+            let vs = nn::VarStore::new(Device::Cpu);
+            let _ = Classifier::new(&vs.root(), &config, kind, None, &[], 0.1);
+            taft::model::checkpoint::init_like_transformers(&vs, "", &config, kind);
+            for (name, t) in vs.variables() {
+                let padded = name == "embeddings.word_embeddings.weight"
+                    || (kind == Family::Roberta && name == "embeddings.position_embeddings.weight");
+                ours.entry(format!("{family}/{name}")).or_default().add(&t, padded.then(|| config.pad_id()));
+            }
+        }
+    }
+    let theirs = reference.as_object().unwrap();
+    let mut names: Vec<&String> = theirs.keys().collect();
+    names.sort();
+    assert_eq!(names, ours.keys().collect::<Vec<_>>(), "the same tensors on both sides");
+    let mut worst = 0f64;
+    for name in names {
+        let r = &theirs[name];
+        let (mean, std, absmax) = ours[name].mean_std_absmax();
+        let n = ours[name].values.len() as f64;
+        assert_eq!(n, r["n"].as_f64().unwrap(), "{name}: value count");
+        let (r_mean, r_std, r_absmax) = (r["mean"].as_f64().unwrap(), r["std"].as_f64().unwrap(), r["absmax"].as_f64().unwrap());
+        if r_std == 0.0 {
+            // Constant tensors (zero biases, LayerNorm 1 and 0): equal values.
+            assert_eq!((mean, std), (r_mean, 0.0), "{name}: a constant {r_mean}");
+            continue;
+        }
+        // Sampling tolerance: 6 standard errors of the mean; 6/√n relative on the standard
+        // deviation (plus 2 %); the largest magnitude within 25 % (a uniform's bound, a
+        // normal's tail over the same count of draws).
+        let rel = (std / r_std - 1.0).abs();
+        worst = worst.max(rel);
+        assert!((mean - r_mean).abs() <= 6.0 * r_std / n.sqrt(), "{name}: mean {mean} vs torch {r_mean} (std {r_std})");
+        assert!(rel <= 6.0 / n.sqrt() + 0.02, "{name}: std {std} vs torch {r_std}");
+        assert!((absmax / r_absmax - 1.0).abs() <= 0.25, "{name}: largest magnitude {absmax} vs torch {r_absmax}");
+        assert_eq!((ours[name].pad_row, r["pad_row"].as_f64().unwrap()), (0.0, 0.0), "{name}: padding row");
+    }
+    eprintln!("init vs torch: {} tensors, worst relative std difference {worst:.3}", theirs.len());
+}

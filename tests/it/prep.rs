@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
-use taft::data::ingest::parse_record;
 use taft::data::parquet::read_conversations;
 use taft::data::Conversation;
 
@@ -16,14 +15,29 @@ fn sample() -> std::path::PathBuf {
     root().join("data/sample.jsonl")
 }
 
-/// The conversations a JSON-lines file holds, parsed on their own.
+/// The conversations a JSON-lines file holds, parsed independently of taft's parser: by
+/// Python's `json`, with the padding utterances (`<pad>` or author 0) dropped as SPEC §1 says.
 fn expected(path: &Path) -> Vec<Conversation> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| parse_record(l.as_bytes()).expect("valid sample"))
-        .collect()
+    const SCRIPT: &str = r#"
+import json, sys
+out = []
+for line in open(sys.argv[1], encoding="utf-8"):
+    if not line.strip():
+        continue
+    r = json.loads(line)
+    utterances = [{"text": t, "speaker": a, "label": l}
+                  for t, a, l in zip(r["texts"], r["authors"], r["labels"], strict=True)
+                  if t != "<pad>" and a != 0]
+    out.append({"id": r["id"], "split": r["split"], "status": r.get("status"),
+                "satisfaction": r.get("satisfaction"), "utterances": utterances})
+print(json.dumps(out))
+"#;
+    let r = run(python().args(["-c", SCRIPT, s(path)])).ok();
+    let records: Vec<serde_json::Value> = serde_json::from_str(&r.stdout).unwrap();
+    let conversations: Vec<Conversation> =
+        records.into_iter().map(|c| serde_json::from_value(c).expect("a conversation")).collect();
+    assert!(!conversations.is_empty());
+    conversations
 }
 
 fn read_back(out: &Path) -> Vec<Conversation> {

@@ -75,32 +75,32 @@ fn score(
     };
     let quirks: TaskQuirks = serde_json::from_value(taft["quirks"].clone()).unwrap_or_default();
     let max_length = taft["max_length"].as_u64().unwrap_or(512) as usize;
-    let scored = items(&heads, conversations, config.split, quirks, &tokenizer)?;
+    let method = taft["method"].as_str().unwrap_or("");
+    let scored = items(&heads, conversations, config.split, method, quirks, &tokenizer)?;
     if scored.texts.is_empty() {
         return Err(Error::input(format!("evaluate: the {} split has nothing to score", config.split.as_str())));
     }
 
     let device = crate::model::parse_device(&config.device)?;
-    let threads = match config.threads {
-        Some(n) => Some(n),
-        None => crate::train::TrainConfig::env_threads()?,
-    };
-    if let Some(n) = threads {
-        tch::set_num_threads(n as i32);
-    }
+    let threads = crate::train::TrainConfig::threads_or_default(config.threads)?;
+    tch::set_num_threads(threads as i32);
     let vs = nn::VarStore::new(device);
     let shapes: Vec<(String, i64)> = heads.iter().map(|h| (h.name.clone(), h.classes.len() as i64)).collect();
     let model = Classifier::new(&vs.root(), &encoder_config, family, adaptive.as_ref(), &shapes, 0.0);
     checkpoint::load_weights(&vs, dir, &[])?;
+    let truncation = crate::model::dir::truncation(&taft, &dir.name("taft.json"))?;
+    let width = adaptive.as_ref().filter(|a| !a.mask_padding).map(|_| max_length);
     let items = crate::steps::training::Items::new(
         &tokenizer,
         scored.texts.iter().map(|t| (t.clone(), 0)).collect(),
         max_length,
-    )?;
+        truncation,
+    )?
+    .fixed_width(width);
     let probs =
         tch::no_grad(|| probabilities(&model, &items, &heads, encoder_config.pad_id(), config.batch_size, device));
 
-    let train_labels = items_labels(&heads, conversations, Split::Train, quirks);
+    let train_labels = items_labels(&heads, conversations, Split::Train, method, quirks);
     let mut files = Vec::new();
     let mut tasks = serde_json::Map::new();
     for (h, head) in heads.iter().enumerate() {
@@ -185,6 +185,7 @@ fn score(
     let summary = serde_json::json!({
         "split": config.split.as_str(),
         "items": scored.ids.len(),
+        "threads": threads,
         "tasks": tasks.iter().map(|(k, t)| (k.clone(), serde_json::json!({
             "task": t["task"], "accuracy": t["accuracy"], "f1_weighted": t["f1_weighted"], "f1_macro": t["f1_macro"],
             "kappa": t["kappa"], "mcc": t["mcc"], "baseline_f1_macro": t["baseline"]["f1_macro"],
@@ -223,6 +224,7 @@ fn items(
     heads: &[Head],
     conversations: &[Conversation],
     split: Split,
+    method: &str,
     quirks: TaskQuirks,
     tokenizer: &crate::text::TextTokenizer,
 ) -> Result<Scored> {
@@ -246,20 +248,26 @@ fn items(
         let texts: Vec<&str> = c.utterances.iter().map(|u| u.text.as_str()).collect();
         s.texts.push(tokenizer.join_utterances(&texts));
         for (h, head) in heads.iter().enumerate() {
-            s.labels[h].push(head.task.and_then(|t| t.label(c, quirks)));
+            s.labels[h].push(head.task.and_then(|t| t.label_for(method, c, quirks)));
         }
     }
     Ok(s)
 }
 
 /// The labels of a split by head (for the majority baseline).
-fn items_labels(heads: &[Head], conversations: &[Conversation], split: Split, quirks: TaskQuirks) -> Vec<Vec<i64>> {
+fn items_labels(
+    heads: &[Head],
+    conversations: &[Conversation],
+    split: Split,
+    method: &str,
+    quirks: TaskQuirks,
+) -> Vec<Vec<i64>> {
     heads
         .iter()
         .map(|head| {
             let of_split = conversations.iter().filter(|c| c.split == split);
             match head.task {
-                Some(t) => of_split.filter_map(|c| t.label(c, quirks)).collect(),
+                Some(t) => of_split.filter_map(|c| t.label_for(method, c, quirks)).collect(),
                 None => of_split
                     .flat_map(|c| c.utterances.iter())
                     .filter(|u| u.speaker >= 2)
@@ -350,9 +358,8 @@ fn resample(
         }
     }
     let stat = |v: &[f64]| {
-        let mean = v.iter().sum::<f64>() / v.len().max(1) as f64;
-        let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / v.len().max(1) as f64;
-        serde_json::json!({"mean": mean, "std": var.sqrt()})
+        let (mean, std) = crate::eval::metrics::mean_std(v);
+        serde_json::json!({"mean": mean, "std": std})
     };
     let size = labeled.iter().map(Vec::len).filter(|&n| n > 0).min().unwrap_or(0);
     serde_json::json!({

@@ -98,13 +98,8 @@ fn export(
         taft["max_length"].as_u64().ok_or_else(|| Error::input(format!("{}: no `max_length`", dir.name(TAFT_JSON))))?
             as usize;
     encoder_config.check_length("max_length", max_length, &dir.url)?;
-    let threads = match config.threads {
-        Some(n) => Some(n),
-        None => crate::train::TrainConfig::env_threads()?,
-    };
-    if let Some(n) = threads {
-        tch::set_num_threads(n as i32);
-    }
+    let threads = crate::train::TrainConfig::threads_or_default(config.threads)?;
+    tch::set_num_threads(threads as i32);
 
     let vs = nn::VarStore::new(Device::Cpu);
     let shapes: Vec<(String, i64)> = heads.iter().map(|(n, c)| (n.clone(), c.len() as i64)).collect();
@@ -144,7 +139,7 @@ fn export(
 
     // Parity with the trained model.
     let names: Vec<String> = heads.iter().map(|(n, _)| n.clone()).collect();
-    let mut session = infer::session(&fp32, threads, &format!("{out_url}/{}", infer::MODEL))?;
+    let mut session = infer::session(&fp32, Some(threads), &format!("{out_url}/{}", infer::MODEL))?;
     let mut diffs: BTreeMap<String, f64> = BTreeMap::new();
     let mut cases = Vec::new();
     for (batch, seq) in [(1, SHORT.min(max_length)), (1, max_length), (8, SHORT.min(max_length)), (8, max_length)] {
@@ -182,6 +177,7 @@ fn export(
         "adaptive": adaptive.as_ref().map(|a| serde_json::json!({"mask_padding": a.mask_padding})),
         "heads": heads.iter().map(|(n, c)| (n.clone(), serde_json::json!(c))).collect::<serde_json::Map<_, _>>(),
         "max_length": max_length,
+        "threads": threads,
         "bytes": fp32.len(),
         "validation": {"tolerance": config.tolerance, "max_abs_diff": diffs, "cases": cases},
     });
@@ -191,7 +187,7 @@ fn export(
             conversations.ok_or_else(|| Error::config("quantize: int8 needs a prep output among the inputs"))?;
         let int8 =
             crate::onnx::encode(&crate::onnx::model::classifier(&Spec { int8: true, ..spec }, &params, &metadata)?);
-        let check = agreement(config, &fp32, &int8, &tokenizer_bytes, &taft_bytes, &conversations, threads, out_url)?;
+        let check = agreement(config, &fp32, &int8, &tokenizer_bytes, &taft_bytes, &conversations, Some(threads), out_url)?;
         summary["int8"] = check;
         summary["int8"]["bytes"] = serde_json::json!(int8.len());
         files.push((infer::MODEL_INT8.to_string(), Bytes::from(int8)));

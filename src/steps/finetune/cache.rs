@@ -56,6 +56,9 @@ impl EncoderCache {
     /// Runs the encoder once (inference mode) over every distinct conversation of `items`,
     /// longest first, in batches.
     pub fn build(model: &Classifier, items: &[&Items], hidden: i64, settings: &CacheSettings) -> Result<EncoderCache> {
+        // Fixed-width items (the unmasked adaptive layer) keep the encoder's states of their
+        // padding too: what the layer attends must not depend on the rest of a batch.
+        let fixed = items.iter().find_map(|i| i.width);
         let mut distinct: Vec<&Vec<i64>> = Vec::new();
         let mut slot = HashMap::new();
         for ids in items.iter().flat_map(|i| i.ids.iter()) {
@@ -79,7 +82,7 @@ impl EncoderCache {
         let started = std::time::Instant::now();
         tch::no_grad(|| -> Result<()> {
             for rows in order.chunks(settings.batch_size.max(1)) {
-                let width = distinct[rows[0]].len();
+                let width = distinct[rows[0]].len().max(fixed.unwrap_or(0));
                 let (mut ids, mut mask) = (Vec::with_capacity(rows.len() * width), Vec::new());
                 for &r in rows {
                     let row = distinct[r];
@@ -91,7 +94,11 @@ impl EncoderCache {
                 let mask = Tensor::from_slice(&mask).view(shape).to(settings.device);
                 let states = model.encoder.forward_t(&ids, &mask, None, false).to_kind(kind).to(Device::Cpu);
                 for (j, &r) in rows.iter().enumerate() {
-                    let len = if settings.first_token_only { 1 } else { distinct[r].len() };
+                    let len = match (settings.first_token_only, fixed) {
+                        (true, _) => 1,
+                        (false, Some(width)) => width,
+                        (false, None) => distinct[r].len(),
+                    };
                     let state = states.get(j as i64).narrow(0, 0, len as i64).contiguous();
                     let bytes = (len as i64 * hidden) as u64 * kind.elt_size_in_bytes() as u64;
                     cache.entries[r] = if in_memory + bytes <= settings.memory_bytes {
@@ -151,7 +158,8 @@ impl EncoderCache {
         })
     }
 
-    /// The cached states of `rows` of `items`, padded with zeros to the longest, as fp32
+    /// The cached states of `rows` of `items`, padded with zeros to the longest (a padding
+    /// the masked adaptive layer and the pooler never read), as fp32
     /// [batch, tokens, hidden] on `device`, with their attention mask.
     pub fn batch(&self, items: &Items, rows: &[usize], device: Device) -> Result<(Tensor, Tensor)> {
         let states: Vec<Tensor> = rows.iter().map(|&r| self.state(&items.ids[r])).collect::<Result<_>>()?;
@@ -170,10 +178,11 @@ impl EncoderCache {
                 }
             })
             .collect();
-        let mask: Vec<i64> = states
+        // The mask marks the items' own tokens (fixed-width states carry their padding).
+        let mask: Vec<i64> = rows
             .iter()
-            .flat_map(|s| {
-                let len = s.size()[0] as usize;
+            .flat_map(|&r| {
+                let len = items.ids[r].len().min(width as usize);
                 std::iter::repeat_n(1i64, len).chain(std::iter::repeat_n(0, width as usize - len))
             })
             .collect();

@@ -13,7 +13,7 @@ use crate::data::samplers::{Categories, Episodic, Imbalanced, MaxSizeCycle, Samp
 use crate::data::tasks::Task;
 use crate::data::{Conversation, Split};
 use crate::error::{Error, Result};
-use crate::eval::metrics::Report;
+use crate::eval::metrics::{figure, mean_std, Report};
 use crate::model::adaptive::AdaptiveConfig;
 use crate::model::checkpoint::{self, Arch};
 use crate::model::dir::ModelDir;
@@ -25,7 +25,7 @@ use crate::text::TextTokenizer;
 use crate::train::loss::{combine, weighted_loss};
 use crate::train::sampler::mix;
 use crate::train::work::WorkDir;
-use crate::train::{self, Fit, GroupRule, Metrics, Objective, TrainConfig};
+use crate::train::{self, Fit, GroupRule, Metrics, Objective, Precision, TrainConfig};
 
 pub async fn run(config: &FinetuneConfig, out: &mut Output) -> Result<serde_json::Value> {
     let (inputs, config) = (config.inputs.clone(), config.clone());
@@ -72,15 +72,25 @@ fn check_parent(method: Method, src: &ModelDir) -> Result<Option<AdaptiveConfig>
     })
 }
 
-/// The method's frozen parts and learning-rate groups (SPEC §5), unless the config sets
-/// its own `train.freeze` or `train.groups`.
+/// The method's frozen parts, learning-rate and weight-decay groups and precision (SPEC §5),
+/// unless the config sets its own `train.freeze`, `train.groups` or `train.precision`:
+/// weight decay on the encoder's weights only (the pooler and classifiers get none), the
+/// adaptive layer at lr 1e-3 with weight decay 1e-5 (taft), and DAPT's fine-tuning in fp32.
 fn method_training(method: Method, train: &TrainConfig) -> TrainConfig {
     let mut train = train.clone();
     if method.frozen_encoder() && train.freeze.is_empty() {
         train.freeze = vec!["embeddings.".into(), "encoder.".into()];
     }
-    if method == Method::Taft && train.groups.is_empty() {
-        train.groups = vec![GroupRule { prefix: "adaptive.".into(), lr: 1e-3, weight_decay: 1e-5 }];
+    if train.groups.is_empty() {
+        if method == Method::Taft {
+            train.groups.push(GroupRule { prefix: "adaptive.".into(), lr: 1e-3, weight_decay: 1e-5 });
+        }
+        for prefix in ["pooler.", "classifiers."] {
+            train.groups.push(GroupRule { prefix: prefix.into(), lr: train.lr, weight_decay: 0.0 });
+        }
+    }
+    if method == Method::Dapt && train.precision == Precision::Auto {
+        train.precision = Precision::Fp32;
     }
     train
 }
@@ -101,12 +111,13 @@ impl TaskData {
         config: &FinetuneConfig,
         tokenizer: &TextTokenizer,
         all: &[Conversation],
+        width: Option<usize>,
     ) -> Result<TaskData> {
         let rows = |split: Split| -> Vec<(String, i64)> {
             all.iter()
                 .filter(|c| c.split == split)
                 .filter_map(|c| {
-                    let label = task.label(c, config.quirks)?;
+                    let label = task.label_for(config.method.name(), c, config.quirks)?;
                     let texts: Vec<&str> = c.utterances.iter().map(|u| u.text.as_str()).collect();
                     Some((tokenizer.join_utterances(&texts), label))
                 })
@@ -121,13 +132,9 @@ impl TaskData {
                 )));
             }
         }
-        Ok(TaskData {
-            task,
-            weight,
-            train: Items::new(tokenizer, train, config.max_length)?,
-            val: Items::new(tokenizer, val, config.max_length)?,
-            test: Items::new(tokenizer, test, config.max_length)?,
-        })
+        let cut = config.truncation();
+        let items = |rows| Ok::<_, Error>(Items::new(tokenizer, rows, config.max_length, cut)?.fixed_width(width));
+        Ok(TaskData { task, weight, train: items(train)?, val: items(val)?, test: items(test)? })
     }
 
     fn sampler(&self, config: &FinetuneConfig) -> Result<Box<dyn Sampler + Send + Sync>> {
@@ -224,10 +231,12 @@ fn cross_validate(
         for head in heads.keys() {
             let mut scores = serde_json::Map::new();
             for score in FOLD_SCORES {
-                let values: Vec<f64> = records.iter().filter_map(|r| r["test"][head][score].as_f64()).collect();
-                let mean = values.iter().sum::<f64>() / values.len().max(1) as f64;
-                let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / values.len().max(1) as f64;
-                scores.insert(score.to_string(), serde_json::json!({"mean": mean, "std": var.sqrt()}));
+                // A fold whose kappa is undefined (null) makes the mean undefined too, as
+                // numpy's mean of the folds would.
+                let values: Vec<f64> =
+                    records.iter().map(|r| figure(&r["test"][head][score]).unwrap_or(f64::NAN)).collect();
+                let (mean, std) = mean_std(&values);
+                scores.insert(score.to_string(), serde_json::json!({"mean": mean, "std": std}));
             }
             stats.insert(head.clone(), scores.into());
         }
@@ -276,10 +285,14 @@ fn train_once(
     let device = config.train.device()?;
     let (encoder_config, family, tokenizer) = src.read_model()?;
     encoder_config.check_length("max_length", config.max_length, &src.url)?;
+    let specials = tokenizer.batches(config.max_length, config.truncation())?.specials()?;
+    config.truncation().check(config.max_length, specials).map_err(Error::config)?;
+    // The original's unmasked adaptive layer saw every conversation padded to max_length.
+    let width = adaptive.as_ref().filter(|a| !a.mask_padding).map(|_| config.max_length);
     let tasks: Vec<TaskData> = config
         .tasks()
         .into_iter()
-        .map(|task| TaskData::new(task, config.weight(task), config, &tokenizer, conversations))
+        .map(|task| TaskData::new(task, config.weight(task), config, &tokenizer, conversations, width))
         .collect::<Result<_>>()?;
     let data: serde_json::Map<String, serde_json::Value> = tasks
         .iter()
@@ -338,6 +351,8 @@ fn train_once(
         "method": config.method.name(),
         "adaptive": adaptive,
         "max_length": config.max_length,
+        "truncation": config.truncation,
+        "head_tail": config.head_tail,
         "quirks": config.quirks,
         "finetune": {"best": fit.best, "test": headlines(&test)},
     });

@@ -100,7 +100,7 @@ fn from_scratch(config: &InitConfig, texts: Vec<String>, dir: &Path) -> Result<s
     tch::manual_seed(config.seed as i64);
     let vs = nn::VarStore::new(Device::Cpu);
     let _model = Classifier::new(&vs.root(), &encoder_config, family, None, &[], s.dropout);
-    checkpoint::init_like_transformers(&vs, "", i64::from(tokenizer.pad_id));
+    checkpoint::init_like_transformers(&vs, "", &encoder_config, family);
     save(&vs, &encoder_config, Arch::Base, &tokenizer, dir)?;
     Ok(describe(&encoder_config, family, &tokenizer, None))
 }

@@ -70,9 +70,9 @@ fn train_role(config: &RoleConfig, job: &TrainingJob) -> Result<(Fit, serde_json
     }
     let data = serde_json::json!({"train": train_rows.len(), "val": val_rows.len(), "test": test_rows.len()});
     tracing::info!(train = train_rows.len(), val = val_rows.len(), test = test_rows.len(), "speaker-role data");
-    let train_items = Items::new(&tokenizer, train_rows, config.max_length)?;
-    let val_items = Items::new(&tokenizer, val_rows, config.max_length)?;
-    let test_items = Items::new(&tokenizer, test_rows, config.max_length)?;
+    let train_items = Items::new(&tokenizer, train_rows, config.max_length, Default::default())?;
+    let val_items = Items::new(&tokenizer, val_rows, config.max_length, Default::default())?;
+    let test_items = Items::new(&tokenizer, test_rows, config.max_length, Default::default())?;
 
     tch::manual_seed(config.train.seed as i64);
     let vs = nn::VarStore::new(device);
