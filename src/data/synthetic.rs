@@ -118,7 +118,10 @@ impl SyntheticConfig {
         let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
         rng.set_stream(index);
         let n = rng.random_range(self.min_utterances..=self.max_utterances);
-        let (status, satisfaction) = if split.is_labeled() {
+        // Learnable unlabeled conversations have a status and a satisfaction too, named by
+        // their words but not reported: unlabeled, not signal-free, as a domain's unlabeled
+        // text is (what domain pretraining learns the outcome words from).
+        let (status, satisfaction) = if split.is_labeled() || self.learnable {
             (Some(rng.random_range(0..=4u8)), Some(rng.random_range(0..=6u8)))
         } else {
             (None, None)
@@ -180,6 +183,7 @@ impl SyntheticConfig {
                 }
             }
         }
+        let (status, satisfaction) = if split.is_labeled() { (status, satisfaction) } else { (None, None) };
         Conversation { id: ConvId::Int(index as i64), split, status, satisfaction, utterances }
     }
 }

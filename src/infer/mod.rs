@@ -172,7 +172,13 @@ impl Exported {
         order.sort_by_key(|&i| ids[i].len());
         let names = self.head_names();
         let mut probs: Probs = self.heads.iter().map(|_| vec![Vec::new(); texts.len()]).collect();
-        for rows in runs(&order, &ids, batch_size.max(1)) {
+        // Fixed-width runs cost the same whatever their lengths: plain chunks.
+        let cut: Vec<&[usize]> = if self.fixed_width {
+            order.chunks(batch_size.max(1)).collect()
+        } else {
+            runs(&order, &ids, batch_size.max(1))
+        };
+        for rows in cut {
             let enc = self.pad(&rows.iter().map(|&i| ids[i].as_slice()).collect::<Vec<_>>());
             let out = {
                 let mut session = self.session.lock().map_err(|_| Error::Other("ONNX session poisoned".into()))?;

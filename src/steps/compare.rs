@@ -178,12 +178,21 @@ mod tests {
         rows[1].baseline_f1_macro = None;
         let t = tsv(&rows);
         assert_eq!(t.lines().count(), 3);
-        assert_eq!(t.lines().next().unwrap(), "name\tmethod\ttask\tsplit\taccuracy\tf1_weighted\tf1_macro\tkappa\tmcc\tbaseline_f1_macro");
+        assert_eq!(
+            t.lines().next().unwrap(),
+            "name\tmethod\ttask\tsplit\taccuracy\tf1_weighted\tf1_macro\tkappa\tmcc\tbaseline_f1_macro"
+        );
         assert_eq!(t.lines().nth(1).unwrap(), "a\ttaft\tpc\ttest\t0.5100\t0.5200\t0.5300\t0.5400\t0.5500\t0.3300");
         assert_eq!(t.lines().nth(2).unwrap(), "b\ttaft\tpc\ttest\t0.2600\t0.2700\t0.2800\tnan\t0.3000\t");
         let m = markdown(&rows);
-        assert!(m.starts_with("| name | method | task | split | accuracy | f1_weighted | f1_macro | kappa | mcc |"), "{m}");
-        assert_eq!(m.lines().nth(2).unwrap(), "| a | taft | pc | test | 0.5100 | 0.5200 | 0.5300 | 0.5400 | 0.5500 | 0.3300 |");
+        assert!(
+            m.starts_with("| name | method | task | split | accuracy | f1_weighted | f1_macro | kappa | mcc |"),
+            "{m}"
+        );
+        assert_eq!(
+            m.lines().nth(2).unwrap(),
+            "| a | taft | pc | test | 0.5100 | 0.5200 | 0.5300 | 0.5400 | 0.5500 | 0.3300 |"
+        );
         assert_eq!(m.lines().count(), 4);
     }
 }

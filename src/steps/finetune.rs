@@ -19,11 +19,11 @@
 use serde::{Deserialize, Serialize};
 
 use super::{io, Step};
-use crate::text::{HeadTail, Truncation, TruncationSide};
 use crate::config::RawConfig;
 use crate::data::tasks::{SatisfactionTask, StatusTask, Task, TaskQuirks};
 use crate::error::{Error, Result};
 use crate::store::commit::Output;
+use crate::text::{HeadTail, Truncation, TruncationSide};
 use crate::train::TrainConfig;
 
 #[cfg(feature = "train")]

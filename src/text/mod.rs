@@ -453,9 +453,13 @@ mod tests {
             // By default a quarter of the budget from the head (10 / 4 = 2), the rest from the tail.
             assert_eq!(cut(TruncationSide::HeadTail, None), [&content[..2], &content[n - 8..]].concat());
             // The head is what Hugging Face's truncation keeps.
-            assert_eq!(tok.encode_batch(&[&text], 12).unwrap().input_ids, [&[first][..], &content[..10], &[last]].concat());
+            assert_eq!(
+                tok.encode_batch(&[&text], 12).unwrap().input_ids,
+                [&[first][..], &content[..10], &[last]].concat()
+            );
             // A text that fits is left whole.
-            let short = tok.batches(full.len(), Truncation { truncation: TruncationSide::Tail, head_tail: None }).unwrap();
+            let short =
+                tok.batches(full.len(), Truncation { truncation: TruncationSide::Tail, head_tail: None }).unwrap();
             assert_eq!(short.ids(&[&text]).unwrap()[0], full);
         }
         let bad = Truncation { truncation: TruncationSide::HeadTail, head_tail: Some(HeadTail { head: 6, tail: 5 }) };

@@ -411,3 +411,61 @@ fn a_failed_validation_commits_nothing_and_bad_inputs_are_refused() {
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(r.stderr.contains("missing.jsonl"), "{}", r.stderr);
 }
+
+/// The original's unmasked adaptive layer (`mask_padding: false`) saw every conversation
+/// padded to max_length: in training (the cached encoder states included), evaluate, export
+/// and predict, a conversation's probabilities do not depend on the rest of its batch.
+#[test]
+fn an_unmasked_adaptive_layer_scores_a_conversation_alike_alone_and_in_a_batch() {
+    let m = models();
+    let dir = tempdir();
+    let p = |name: &str| dir.path().join(name);
+    // libtorch: evaluate in batches of 1 and of 32.
+    evaluate(&m.bert_taft, &p("eval-1"), &["batch_size=1"]).ok();
+    evaluate(&m.bert_taft, &p("eval-32"), &["batch_size=32"]).ok();
+    let (one, many) =
+        (predictions(&p("eval-1").join("predictions.parquet")), predictions(&p("eval-32").join("predictions.parquet")));
+    let mut worst = 0f64;
+    for (key, heads) in &one {
+        for (head, (_, probs)) in heads {
+            worst = worst.max(max_diff(probs, &many[key][head].1));
+        }
+    }
+    assert!(worst <= 1e-5, "evaluate: batch of 1 vs 32: {worst}");
+    // finetune's own test report (on the cached encoder states, padding states included) is
+    // what evaluate (the encoder run on every batch) finds.
+    let metrics: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(p("eval-32").join("metrics.json")).unwrap()).unwrap();
+    for head in ["status", "satisfaction"] {
+        let (ours, theirs) = (&summary(&m.bert_taft)["test"][head], &metrics["tasks"][head]);
+        assert_eq!(ours["f1_macro"], theirs["f1_macro"], "{head}: the cached path scores as evaluate does");
+    }
+
+    // ONNX Runtime: one short conversation alone, then inside a batch of 31 long ones.
+    export(&[&m.bert_taft], &p("export"), &[]).ok();
+    let record = |id: usize, utterances: usize| {
+        let texts: Vec<String> = (0..utterances).map(|i| format!("bonjour le problème {i} est résolu merci")).collect();
+        serde_json::json!({"id": id, "split": "test", "texts": texts, "authors": vec![2; utterances], "labels": vec![0; utterances]})
+            .to_string()
+    };
+    let short = record(0, 1);
+    let long: Vec<String> = (1..32).map(|i| record(i, 6 + i % 5)).collect();
+    let alone = write_lines(dir.path(), "alone.jsonl", &[short.as_str()]);
+    let mut lines = vec![short.as_str()];
+    lines.extend(long.iter().map(String::as_str));
+    let batch = write_lines(dir.path(), "batch.jsonl", &lines);
+    for (input, out) in [(&alone, "pred-alone"), (&batch, "pred-batch")] {
+        taft_run(&["predict", "-i", s(&p("export")), "-i", s(input), "-o", s(&p(out)), "--set", "batch_size=32"]).ok();
+    }
+    let (a, b) = (
+        predictions(&p("pred-alone").join("predictions.parquet")),
+        predictions(&p("pred-batch").join("predictions.parquet")),
+    );
+    assert_eq!(b.len(), 32);
+    let key = ("0".to_string(), -1);
+    for (head, (label, probs)) in &a[&key] {
+        let (label2, probs2) = &b[&key][head];
+        let d = max_diff(probs, probs2);
+        assert!(label == label2 && d <= 1e-6, "predict {head}: alone {probs:?}, in a batch {probs2:?}");
+    }
+}

@@ -388,7 +388,8 @@ fn fresh_layers_start_as_torch_starts_them() {
         // Fresh heads over an encoder: the adaptive layer, a pooler, a classifier.
         let vs = nn::VarStore::new(Device::Cpu);
         let config: taft::model::config::EncoderConfig = serde_json::from_value(encoder("roberta")).unwrap();
-        let _ = Classifier::new(&vs.root(), &config, Family::Roberta, Some(&adaptive), &[("status".into(), classes)], 0.1);
+        let _ =
+            Classifier::new(&vs.root(), &config, Family::Roberta, Some(&adaptive), &[("status".into(), classes)], 0.1);
         for (name, t) in vs.variables() {
             if ["adaptive.", "pooler.", "classifiers."].iter().any(|p| name.starts_with(p)) {
                 ours.entry(name).or_default().add(&t, None);
@@ -417,7 +418,8 @@ fn fresh_layers_start_as_torch_starts_them() {
         let (mean, std, absmax) = ours[name].mean_std_absmax();
         let n = ours[name].values.len() as f64;
         assert_eq!(n, r["n"].as_f64().unwrap(), "{name}: value count");
-        let (r_mean, r_std, r_absmax) = (r["mean"].as_f64().unwrap(), r["std"].as_f64().unwrap(), r["absmax"].as_f64().unwrap());
+        let (r_mean, r_std, r_absmax) =
+            (r["mean"].as_f64().unwrap(), r["std"].as_f64().unwrap(), r["absmax"].as_f64().unwrap());
         if r_std == 0.0 {
             // Constant tensors (zero biases, LayerNorm 1 and 0): equal values.
             assert_eq!((mean, std), (r_mean, 0.0), "{name}: a constant {r_mean}");

@@ -65,7 +65,6 @@ fn train_mlm(config: &DaptConfig, job: &TrainingJob) -> Result<(Fit, serde_json:
     let vs = nn::VarStore::new(device);
     let model = Classifier::new(&vs.root(), &encoder_config, family, None, &[], encoder_config.hidden_dropout_prob);
     let head = MlmHead::new(&MlmHead::path(&vs.root(), family), &encoder_config, family);
-    let pad = encoder_config.pad_id();
     checkpoint::init_like_transformers(&vs, MlmHead::prefix(family), &encoder_config, family);
     checkpoint::load_weights(&vs, src, &[MlmHead::prefix(family), "pooler."])?;
 

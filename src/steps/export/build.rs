@@ -187,7 +187,8 @@ fn export(
             conversations.ok_or_else(|| Error::config("quantize: int8 needs a prep output among the inputs"))?;
         let int8 =
             crate::onnx::encode(&crate::onnx::model::classifier(&Spec { int8: true, ..spec }, &params, &metadata)?);
-        let check = agreement(config, &fp32, &int8, &tokenizer_bytes, &taft_bytes, &conversations, Some(threads), out_url)?;
+        let check =
+            agreement(config, &fp32, &int8, &tokenizer_bytes, &taft_bytes, &conversations, Some(threads), out_url)?;
         summary["int8"] = check;
         summary["int8"]["bytes"] = serde_json::json!(int8.len());
         files.push((infer::MODEL_INT8.to_string(), Bytes::from(int8)));
