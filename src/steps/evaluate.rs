@@ -42,7 +42,7 @@ pub struct EvaluateConfig {
     pub seed: u64,
     /// auto | cpu | cuda | cuda:N
     pub device: String,
-    /// CPU threads of the tensor library (default: `TAFT_THREADS`, else one per core).
+    /// CPU threads of the tensor library (default: `TAFT_THREADS`, else the CPUs this process may use).
     #[serde(default)]
     pub threads: Option<usize>,
 }

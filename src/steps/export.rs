@@ -51,7 +51,7 @@ pub struct ExportConfig {
     pub min_agreement: f64,
     /// Seed of the validation batches' token ids.
     pub seed: u64,
-    /// CPU threads (default: `TAFT_THREADS`, else one per core).
+    /// CPU threads (default: `TAFT_THREADS`, else the CPUs this process may use).
     #[serde(default)]
     pub threads: Option<usize>,
 }

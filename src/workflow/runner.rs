@@ -148,10 +148,11 @@ pub async fn run(
 
 /// The CPU threads a step uses: its config's (`train.threads`, or `threads` for the steps
 /// without a `train:` section), else what a step run alone takes (`TAFT_THREADS`, else the
-/// CPUs this process may use); 1 for the steps that compute on one thread (prep, compare).
+/// CPUs this process may use); 1 for the steps that compute on one thread (prep, init,
+/// compare).
 fn threads_of(step: &Planned, cpus: usize) -> Result<usize> {
     use super::StepKind;
-    if matches!(step.kind, StepKind::Prep | StepKind::Compare) {
+    if matches!(step.kind, StepKind::Prep | StepKind::Init | StepKind::Compare) {
         return Ok(1);
     }
     let config = &step.config.value;

@@ -5,8 +5,8 @@ in Python onnxruntime, and gives class probabilities for texts tokenized by the 
 usage: onnx_ref.py EXPORT_DIR TEXTS_JSON OUT_JSON [--model model.onnx]
 TEXTS_JSON is a JSON list of texts (conversation items as taft builds them); OUT_JSON gets
 {"outputs": [...graph output names...], "probs": {task: [[p...] per text]} (batches of 8,
-padded), "probs_single": {...} (one text at a time), "padding_max_diff": largest difference
-between the two, "opset": N}.
+padded), "probs_single": {...} (one text at a time; padded to max_length for an unmasked
+adaptive layer), "padding_max_diff": largest difference between the two, "opset": N}.
 """
 
 import argparse
@@ -39,6 +39,12 @@ def main():
     vocab = tok.get_vocab()
     pad_token = "<pad>" if "<pad>" in vocab else "[PAD]"
     tok.enable_padding(pad_id=vocab[pad_token], pad_token=pad_token)
+    # An unmasked adaptive layer (the original's quirk) reads its padding: the model is
+    # meant to see every text padded to max_length, as it was trained.
+    fixed = (taft.get("adaptive") or {}).get("mask_padding") is False
+    tok_single = Tokenizer.from_file(os.path.join(args.export, "tokenizer.json"))
+    tok_single.enable_truncation(max_length)
+    tok_single.enable_padding(pad_id=vocab[pad_token], pad_token=pad_token, length=max_length if fixed else None)
     texts = json.load(open(args.texts))
 
     opts = ort.SessionOptions()
@@ -69,7 +75,7 @@ def main():
             soft /= soft.sum(-1, keepdims=True)
             assert np.abs(soft - got["probs_" + t]).max() < 1e-5
         for k, text in enumerate(batch):
-            e = tok.encode(text)
+            e = tok_single.encode(text)
             single = dict(zip(outputs, sess.run(None, {
                 "input_ids": np.array([e.ids], dtype=np.int64),
                 "attention_mask": np.array([e.attention_mask], dtype=np.int64),
