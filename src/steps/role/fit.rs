@@ -70,9 +70,11 @@ fn train_role(config: &RoleConfig, job: &TrainingJob) -> Result<(Fit, serde_json
     }
     let data = serde_json::json!({"train": train_rows.len(), "val": val_rows.len(), "test": test_rows.len()});
     tracing::info!(train = train_rows.len(), val = val_rows.len(), test = test_rows.len(), "speaker-role data");
-    let train_items = Items::new(&tokenizer, train_rows, config.max_length, Default::default())?;
-    let val_items = Items::new(&tokenizer, val_rows, config.max_length, Default::default())?;
-    let test_items = Items::new(&tokenizer, test_rows, config.max_length, Default::default())?;
+    // The original's unmasked adaptive layer saw every utterance padded to max_length.
+    let width = adaptive.filter(|a| !a.mask_padding).map(|_| config.max_length);
+    let items =
+        |rows| Ok::<_, Error>(Items::new(&tokenizer, rows, config.max_length, Default::default())?.fixed_width(width));
+    let (train_items, val_items, test_items) = (items(train_rows)?, items(val_rows)?, items(test_rows)?);
 
     tch::manual_seed(config.train.seed as i64);
     let vs = nn::VarStore::new(device);
