@@ -25,9 +25,9 @@ pub fn session(bytes: &[u8], threads: Option<usize>, source: &str) -> Result<Ses
     let mut builder = Session::builder(env).map_err(|e| fail(e.to_string()))?;
     builder = builder.with_optimization_level(GraphOptimizationLevel::All).map_err(|e| fail(e.to_string()))?;
     builder = builder.with_inter_threads(1).map_err(|e| fail(e.to_string()))?;
-    if let Some(n) = threads {
-        builder = builder.with_intra_threads(n).map_err(|e| fail(e.to_string()))?;
-    }
+    // ONNX Runtime's own default is the node's cores, not the container's share.
+    let n = threads.unwrap_or_else(crate::runtime::cpus);
+    builder = builder.with_intra_threads(n).map_err(|e| fail(e.to_string()))?;
     builder.commit_from_memory(bytes).map_err(|e| fail(e.to_string()))
 }
 
@@ -125,7 +125,7 @@ impl Exported {
         let fixed_width = taft["adaptive"]["mask_padding"] == serde_json::json!(false);
         let tokenizer = TextTokenizer::from_bytes(tokenizer, &format!("{url}/{TOKENIZER}"))?;
         let session = session(model, threads, &format!("{url}/{}", variant.file()))?;
-        Ok(Exported {
+        let exported = Exported {
             url: url.to_string(),
             encoder: tokenizer.batches(max_length, truncation)?,
             fixed_width,
@@ -136,7 +136,11 @@ impl Exported {
             taft,
             variant,
             session: Mutex::new(session),
-        })
+        };
+        // A warm-up run: every head's outputs must be there with `taft.json`'s classes, or
+        // the model is refused now rather than answering shifted rows later.
+        exported.probabilities(&["warm-up"], 1)?;
+        Ok(exported)
     }
 
     /// Token ids of texts as the model was trained on them (truncated as in training).
@@ -181,11 +185,21 @@ impl Exported {
         for rows in cut {
             let enc = self.pad(&rows.iter().map(|&i| ids[i].as_slice()).collect::<Vec<_>>());
             let out = {
-                let mut session = self.session.lock().map_err(|_| Error::Other("ONNX session poisoned".into()))?;
+                // A panic in an earlier run leaves the session as ONNX Runtime left it.
+                let mut session = self.session.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                 run(&mut session, &enc, &names)?
             };
             for (h, (_, p)) in out.iter().enumerate() {
                 let width = self.heads[h].1.len();
+                if p.len() != rows.len() * width {
+                    return Err(Error::input(format!(
+                        "{}: output `{}` has {} values for {} items of {width} classes ({TAFT_JSON})",
+                        self.url,
+                        crate::onnx::probs_name(&self.heads[h].0),
+                        p.len(),
+                        rows.len()
+                    )));
+                }
                 for (k, &row) in rows.iter().enumerate() {
                     probs[h][row] = p[k * width..(k + 1) * width].to_vec();
                 }

@@ -8,9 +8,18 @@
 //! - Requests are batched across connections: the batcher takes queued items until
 //!   `max_batch_size` or `max_wait_ms`, runs them at once and answers each request its part.
 //!   The queue holds at most `queue_items` items; beyond that a request gets 503.
-//! - Limits: body size (413), items per request (413), text length (422); malformed JSON is
-//!   400 and a wrong type 422, each with a JSON body naming the limit or the field.
-//! - SIGTERM (or Ctrl-C) drains: the listener closes, requests in flight finish.
+//!   Work of a request whose client has gone or whose deadline (`request_timeout_ms`) has
+//!   passed is dropped before it reaches the model.
+//! - Limits: body size (413), items per request (413: texts, conversations, or the
+//!   utterances a speaker-role model scores), text length (422); malformed JSON is 400 and a
+//!   wrong type 422, each with a JSON body naming the limit or the field. Every error is JSON,
+//!   404 and 405 included; a 503 carries `Retry-After`.
+//! - Timeouts: request headers (`header_timeout_ms`, then the connection closes), the body
+//!   (`body_timeout_ms`, 408), the answer (`request_timeout_ms`, 504); at most
+//!   `max_connections` connections are open (more wait in the listen backlog).
+//! - SIGTERM (or Ctrl-C) drains for rollouts: `/ready` answers 503 at once while requests are
+//!   still served for `drain_delay_s` (endpoints stop routing here meanwhile), then the
+//!   listener closes and requests in flight finish, within `request_timeout_ms`.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -43,6 +52,11 @@ queue_items: 2048
 max_body_bytes: 1048576
 max_items: 256
 max_text_chars: 20000
+header_timeout_ms: 5000
+body_timeout_ms: 10000
+request_timeout_ms: 30000
+max_connections: 1024
+drain_delay_s: 5
 ";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -60,11 +74,23 @@ pub struct ServeConfig {
     pub queue_items: usize,
     /// Largest request body (bytes): 413 beyond.
     pub max_body_bytes: usize,
-    /// Conversations or texts per request at most: 413 beyond.
+    /// Items per request at most (texts, conversations, or the utterances a speaker-role
+    /// model scores): 413 beyond.
     pub max_items: usize,
     /// Characters per text at most: 422 beyond.
     pub max_text_chars: usize,
-    /// ONNX Runtime's threads (default: one per core).
+    /// A client must send a request's headers within this time, or the connection closes.
+    pub header_timeout_ms: u64,
+    /// A client must send the whole body within this time: 408 beyond.
+    pub body_timeout_ms: u64,
+    /// A request not answered within this time gets 504, and its work is dropped.
+    pub request_timeout_ms: u64,
+    /// Open connections at most; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// After SIGTERM, how long requests are still taken while `/ready` says 503.
+    pub drain_delay_s: u64,
+    /// ONNX Runtime's threads (default: the CPUs this process may use, cgroup quota and
+    /// affinity included).
     #[serde(default)]
     pub threads: Option<usize>,
 }
@@ -78,6 +104,11 @@ impl ServeConfig {
             ("max_body_bytes", self.max_body_bytes, 2, 1 << 30),
             ("max_items", self.max_items, 1, 1 << 20),
             ("max_text_chars", self.max_text_chars, 1, 1 << 24),
+            ("header_timeout_ms", self.header_timeout_ms as usize, 1, 3_600_000),
+            ("body_timeout_ms", self.body_timeout_ms as usize, 1, 3_600_000),
+            ("request_timeout_ms", self.request_timeout_ms as usize, 1, 3_600_000),
+            ("max_connections", self.max_connections, 1, 1 << 20),
+            ("drain_delay_s", self.drain_delay_s as usize, 0, 3600),
         ];
         for (name, v, lo, hi) in checks {
             if !(lo..=hi).contains(&v) {
@@ -112,6 +143,7 @@ pub async fn serve(model_url: &str, config: ServeConfig) -> Result<()> {
         queue: tx,
         queued: AtomicUsize::new(0),
         draining: AtomicBool::new(false),
+        batcher_alive: AtomicBool::new(true),
         metrics: Metrics::new()?,
         config: config.clone(),
     });
@@ -134,21 +166,78 @@ pub async fn serve(model_url: &str, config: ServeConfig) -> Result<()> {
             std::future::pending::<Result<()>>().await
         }
     };
-    let shutdown = {
-        let state = Arc::clone(&state);
-        async move {
-            terminated().await;
-            state.draining.store(true, Ordering::SeqCst);
-            state.metrics.ready.set(0);
-            tracing::info!("draining: finishing requests in flight");
-        }
-    };
-    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown);
     tokio::select! {
-        r = server => r.map_err(|e| Error::Other(format!("server: {e}")))?,
+        r = accept(listener, app, Arc::clone(&state)) => r?,
         r = load => r?,
     }
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// Serves connections until SIGTERM, then drains: `/ready` turns 503, connections are still
+/// taken for `drain_delay_s`, then the listener closes and open connections finish their
+/// requests (bounded by `request_timeout_ms`).
+async fn accept(listener: tokio::net::TcpListener, app: Router, state: Arc<AppState>) -> Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let config = &state.config;
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
+    let signal = terminated();
+    tokio::pin!(signal);
+    let mut close_at: Option<tokio::time::Instant> = None;
+    loop {
+        let closing = async {
+            match close_at {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        // A connection slot first, then a connection: beyond `max_connections` clients
+        // wait in the listen backlog.
+        let next = async {
+            let permit = Arc::clone(&slots).acquire_owned().await;
+            (permit, listener.accept().await)
+        };
+        tokio::select! {
+            _ = &mut signal, if close_at.is_none() => {
+                state.draining.store(true, Ordering::SeqCst);
+                state.metrics.ready.set(0);
+                tracing::info!(drain_delay_s = config.drain_delay_s, "draining: /ready answers 503, requests still taken");
+                close_at = Some(tokio::time::Instant::now() + Duration::from_secs(config.drain_delay_s));
+            }
+            _ = closing => break,
+            (permit, accepted) = next => {
+                let Ok(permit) = permit else { break };
+                let stream = match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        // Out of file descriptors, or a connection reset before accept.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let service = hyper_util::service::TowerToHyperService::new(app.clone());
+                let connection = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(Duration::from_millis(config.header_timeout_ms))
+                    .serve_connection(TokioIo::new(stream), service);
+                let connection = graceful.watch(connection);
+                tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        tracing::debug!(error = %e, "connection closed");
+                    }
+                    drop(permit);
+                });
+            }
+        }
+    }
+    drop(listener);
+    tracing::info!("listener closed: finishing requests in flight");
+    let window = Duration::from_millis(config.request_timeout_ms.saturating_add(1000));
+    if tokio::time::timeout(window, graceful.shutdown()).await.is_err() {
+        tracing::warn!("connections still open after request_timeout_ms: closing them");
+    }
     Ok(())
 }
 
@@ -176,6 +265,16 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
+        .fallback(|req: Request| async move {
+            error(StatusCode::NOT_FOUND, &format!("no such path: {}", req.uri().path()), None)
+        })
+        .method_not_allowed_fallback(|req: Request| async move {
+            error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &format!("{} is not allowed on {}", req.method(), req.uri().path()),
+                None,
+            )
+        })
         .layer(middleware::from_fn_with_state(Arc::clone(&state), track))
         .with_state(state)
 }
@@ -186,6 +285,8 @@ struct AppState {
     /// Items waiting for the batcher.
     queued: AtomicUsize,
     draining: AtomicBool,
+    /// False once the batcher task has ended (a bug): `/ready` then answers 503.
+    batcher_alive: AtomicBool,
     metrics: Metrics,
     config: ServeConfig,
 }
@@ -193,7 +294,36 @@ struct AppState {
 /// One request's items waiting for the batcher.
 struct Job {
     texts: Vec<String>,
+    /// Its items still count in the queue: whoever clears this (the batcher taking the job,
+    /// or the request giving up) releases them.
+    queued: Arc<AtomicBool>,
+    /// After this the request has been answered 504: its work is dropped.
+    deadline: tokio::time::Instant,
     reply: Reply,
+}
+
+/// A request's items reserved in the queue; released when the request gives up (its client
+/// went away, its deadline passed) if the batcher has not taken them yet.
+struct Reservation<'a> {
+    state: &'a AppState,
+    items: usize,
+    queued: Arc<AtomicBool>,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if self.queued.swap(false, Ordering::SeqCst) {
+            let left = self.state.queued.fetch_sub(self.items, Ordering::SeqCst) - self.items;
+            self.state.metrics.queue.set(left as i64);
+        }
+    }
+}
+
+impl Job {
+    /// Nobody waits for this answer any more: the client went away or its deadline passed.
+    fn abandoned(&self, now: tokio::time::Instant) -> bool {
+        self.reply.is_closed() || now >= self.deadline
+    }
 }
 
 struct Metrics {
@@ -203,6 +333,7 @@ struct Metrics {
     batch: Histogram,
     queue: IntGauge,
     ready: IntGauge,
+    dropped: prometheus::IntCounter,
 }
 
 impl Metrics {
@@ -228,12 +359,18 @@ impl Metrics {
         let queue = IntGauge::new("taft_queue_items", "Items waiting for the model").map_err(fail)?;
         let ready = IntGauge::new("taft_model_ready", "1 when the model is loaded and the server takes requests")
             .map_err(fail)?;
+        let dropped = prometheus::IntCounter::new(
+            "taft_dropped_items_total",
+            "Queued items dropped unscored: their client went away or their deadline passed",
+        )
+        .map_err(fail)?;
         registry.register(Box::new(requests.clone())).map_err(fail)?;
         registry.register(Box::new(latency.clone())).map_err(fail)?;
         registry.register(Box::new(batch.clone())).map_err(fail)?;
         registry.register(Box::new(queue.clone())).map_err(fail)?;
         registry.register(Box::new(ready.clone())).map_err(fail)?;
-        Ok(Metrics { registry, requests, latency, batch, queue, ready })
+        registry.register(Box::new(dropped.clone())).map_err(fail)?;
+        Ok(Metrics { registry, requests, latency, batch, queue, ready, dropped })
     }
 }
 
@@ -260,6 +397,9 @@ async fn ready(State(state): State<Arc<AppState>>) -> Response {
     if state.draining.load(Ordering::SeqCst) {
         return error(StatusCode::SERVICE_UNAVAILABLE, "draining", None);
     }
+    if !state.batcher_alive.load(Ordering::SeqCst) {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "the model runner stopped", None);
+    }
     match state.model.get() {
         Some(m) => Json(json!({"status": "ready", "model": m.url, "variant": m.variant})).into_response(),
         None => error(StatusCode::SERVICE_UNAVAILABLE, "the model is loading", None),
@@ -274,14 +414,21 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], buf).into_response()
 }
 
-/// A JSON error body: `{"error": message, "limit": name?}`.
+/// A JSON error body: `{"error": message, "limit": name?}`; a 503 says when to retry.
 fn error(status: StatusCode, message: &str, limit: Option<(&str, usize)>) -> Response {
     let mut body = json!({"error": message});
     if let Some((name, value)) = limit {
         body["limit"] = json!({"name": name, "value": value});
     }
-    (status, Json(body)).into_response()
+    let mut response = (status, Json(body)).into_response();
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static(RETRY_AFTER_S));
+    }
+    response
 }
+
+/// Seconds a client refused with 503 should wait.
+const RETRY_AFTER_S: &str = "1";
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -311,20 +458,28 @@ enum Shape {
 }
 
 async fn predict(State(state): State<Arc<AppState>>, req: Request) -> Response {
-    if state.draining.load(Ordering::SeqCst) {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "draining", None);
-    }
+    // Requests are still taken while draining: endpoints stop routing here during
+    // `drain_delay_s`, and the listener closes after it.
     let Some(model) = state.model.get().cloned() else {
         return error(StatusCode::SERVICE_UNAVAILABLE, "the model is loading", None);
     };
     let limits = &state.config;
-    let bytes = match axum::body::to_bytes(req.into_body(), limits.max_body_bytes).await {
-        Ok(b) => b,
-        Err(_) => {
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(limits.request_timeout_ms);
+    let body = axum::body::to_bytes(req.into_body(), limits.max_body_bytes);
+    let bytes = match tokio::time::timeout(Duration::from_millis(limits.body_timeout_ms), body).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(_)) => {
             return error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 &format!("the request body exceeds max_body_bytes ({} bytes)", limits.max_body_bytes),
                 Some(("max_body_bytes", limits.max_body_bytes)),
+            )
+        }
+        Err(_) => {
+            return error(
+                StatusCode::REQUEST_TIMEOUT,
+                &format!("the request body was not received within body_timeout_ms ({} ms)", limits.body_timeout_ms),
+                Some(("body_timeout_ms", limits.body_timeout_ms as usize)),
             )
         }
     };
@@ -349,28 +504,66 @@ async fn predict(State(state): State<Arc<AppState>>, req: Request) -> Response {
     };
     let texts: Vec<String> = items.into_iter().map(|i| i.text).collect();
     let n = texts.len();
+    let probs = if n == 0 {
+        // A speaker-role request without customer or operator utterances: nothing to score.
+        model.heads.iter().map(|_| Vec::new()).collect()
+    } else {
+        match queue_and_wait(&state, texts, deadline).await {
+            Ok(p) => p,
+            Err(r) => return r,
+        }
+    };
+    answer(&model, &probs, n, shape, ids)
+}
+
+/// Queues a request's texts for the batcher and waits for their probabilities until
+/// `deadline`; the error is the response to send.
+async fn queue_and_wait(
+    state: &AppState,
+    texts: Vec<String>,
+    deadline: tokio::time::Instant,
+) -> std::result::Result<super::Probs, Response> {
+    let limits = &state.config;
+    let n = texts.len();
     // Reserve room in the bounded queue, or refuse.
     let reserved = state
         .queued
         .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |q| (q + n <= limits.queue_items).then_some(q + n));
     if reserved.is_err() {
-        return error(
+        return Err(error(
             StatusCode::SERVICE_UNAVAILABLE,
             &format!("the queue is full (queue_items {}): retry later", limits.queue_items),
             Some(("queue_items", limits.queue_items)),
-        );
+        ));
     }
     state.metrics.queue.set(state.queued.load(Ordering::SeqCst) as i64);
+    let reservation = Reservation { state, items: n, queued: Arc::new(AtomicBool::new(true)) };
     let (reply, answer) = oneshot::channel();
-    if state.queue.send(Job { texts, reply }).await.is_err() {
-        state.queued.fetch_sub(n, Ordering::SeqCst);
-        return error(StatusCode::SERVICE_UNAVAILABLE, "the model runner stopped", None);
+    let job = Job { texts, queued: Arc::clone(&reservation.queued), deadline, reply };
+    if state.queue.send(job).await.is_err() {
+        return Err(error(StatusCode::SERVICE_UNAVAILABLE, "the model runner stopped", None));
     }
-    let probs = match answer.await {
-        Ok(Ok(p)) => p,
-        Ok(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e, None),
-        Err(_) => return error(StatusCode::INTERNAL_SERVER_ERROR, "the model runner stopped", None),
-    };
+    match tokio::time::timeout_at(deadline, answer).await {
+        Ok(Ok(Ok(p))) => Ok(p),
+        Ok(Ok(Err(e))) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, &e, None)),
+        Ok(Err(_)) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, "the model run failed", None)),
+        Err(_) => Err(error(
+            StatusCode::GATEWAY_TIMEOUT,
+            &format!("not answered within request_timeout_ms ({} ms)", limits.request_timeout_ms),
+            Some(("request_timeout_ms", limits.request_timeout_ms as usize)),
+        )),
+    }
+}
+
+/// The answer to a request: per item (or per conversation's utterance), each head's label,
+/// class and probabilities.
+fn answer(
+    model: &Exported,
+    probs: &super::Probs,
+    n: usize,
+    shape: Shape,
+    ids: Vec<Option<serde_json::Value>>,
+) -> Response {
     let one = |i: usize| {
         let mut tasks = serde_json::Map::new();
         for (h, (name, classes)) in model.heads.iter().enumerate() {
@@ -480,6 +673,12 @@ fn request_items(
                             conv.texts.len()
                         )));
                     }
+                    if let Some(i) = a.iter().position(|s| !(1..=crate::data::MAX_AUTHOR).contains(s)) {
+                        return Err(unprocessable(format!(
+                            "field `conversations[{c}].authors[{i}]`: {} is not a speaker (1 alert, 2 customer, 3 operator)",
+                            a[i]
+                        )));
+                    }
                 }
                 ids.push(conv.id);
                 let id = ConvId::Int(c as i64);
@@ -493,7 +692,8 @@ fn request_items(
                 ));
                 groups.push((start..items.len()).map(|k| (items[k].utterance.unwrap_or(0), k)).collect::<Vec<_>>());
             }
-            if items.len() > limits.queue_items {
+            // A speaker-role model scores each customer and operator utterance: those count.
+            if items.len() > limits.max_items {
                 return Err(too_many(items.len()));
             }
             let shape = if model.utterance_level { Shape::Utterances(groups) } else { Shape::Flat };
@@ -510,6 +710,15 @@ const DRAIN_BATCHES: usize = 8;
 /// `max_batch_size` with little padding, and answers each request as soon as its items are
 /// scored.
 async fn batcher(state: Arc<AppState>, mut rx: mpsc::Receiver<Job>) {
+    // Whichever way this task ends, `/ready` says so.
+    struct Alive<'a>(&'a AppState);
+    impl Drop for Alive<'_> {
+        fn drop(&mut self) {
+            self.0.batcher_alive.store(false, Ordering::SeqCst);
+            self.0.metrics.ready.set(0);
+        }
+    }
+    let _alive = Alive(&state);
     let max_batch = state.config.max_batch_size;
     let wait = Duration::from_millis(state.config.max_wait_ms);
     while let Some(first) = rx.recv().await {
@@ -536,8 +745,27 @@ async fn batcher(state: Arc<AppState>, mut rx: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        let left = state.queued.fetch_sub(n, Ordering::SeqCst) - n;
-        state.metrics.queue.set(left as i64);
+        // The items leave the queue: each job's reservation is released here, unless its
+        // request already gave up and released it. Nobody waits for the work of a client
+        // gone away or past its deadline: it is dropped.
+        let now = tokio::time::Instant::now();
+        let (jobs, abandoned): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|j| {
+            if !j.queued.swap(false, Ordering::SeqCst) {
+                return false;
+            }
+            state.queued.fetch_sub(j.texts.len(), Ordering::SeqCst);
+            !j.abandoned(now)
+        });
+        state.metrics.queue.set(state.queued.load(Ordering::SeqCst) as i64);
+        let dropped: usize = abandoned.iter().map(|j| j.texts.len()).sum();
+        if dropped > 0 {
+            state.metrics.dropped.inc_by(dropped as u64);
+            tracing::debug!(items = dropped, "dropped the work of requests nobody waits for");
+        }
+        let n = n - dropped;
+        if n == 0 {
+            continue;
+        }
         state.metrics.batch.observe(n as f64);
         let Some(model) = state.model.get().cloned() else {
             for job in jobs {

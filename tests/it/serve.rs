@@ -127,6 +127,12 @@ fn bad_requests_are_refused_naming_the_field_or_limit() {
             (r#"{"texts": ["bonjour", 3]}"#.into(), 422, "texts[1]"),
             (r#"{"conversations": [{"texts": "x"}]}"#.into(), 422, "conversations[0].texts"),
             (r#"{"conversations": [{"texts": ["a"], "authors": [2, 3]}]}"#.into(), 422, "conversations[0].authors"),
+            (
+                r#"{"conversations": [{"texts": ["a", "b"], "authors": [2, 7]}]}"#.into(),
+                422,
+                "conversations[0].authors[1]",
+            ),
+            (r#"{"conversations": [{"texts": ["a"], "authors": [0]}]}"#.into(), 422, "conversations[0].authors[0]"),
             (r#"{"texts": ["ok", "  "]}"#.into(), 422, "texts[1]"),
             (r#"{"texts": []}"#.into(), 422, "texts"),
             (r#"{"text": ["a"]}"#.into(), 422, "unknown field `text`"),
@@ -144,7 +150,180 @@ fn bad_requests_are_refused_naming_the_field_or_limit() {
         let (ok, v) = post(&c, &url, r#"{"texts": ["bonjour"]}"#).await;
         assert_eq!(ok, 200, "{v}");
         assert_eq!(c.get(format!("{url}/health")).send().await.unwrap().status(), 200);
+        // Unknown paths and methods are JSON errors too.
+        for (r, status) in [(c.get(format!("{url}/nope")), 404), (c.get(format!("{url}/v1/predict")), 405)] {
+            let r = r.send().await.unwrap();
+            assert_eq!(r.status().as_u16(), status);
+            let v: Value = r.json().await.unwrap();
+            assert!(v["error"].is_string(), "{v}");
+        }
     });
+}
+
+#[test]
+fn role_requests_count_utterances_and_may_have_none() {
+    let server = Server::start(&models().role_export, &["max_items=4"]);
+    let url = server.url.clone();
+    http::runtime().block_on(async move {
+        let c = reqwest::Client::new();
+        // Only an alert (author 1): no utterance to score, an empty answer.
+        let body = json!({"conversations": [{"id": "a", "texts": ["Connexion perdue."], "authors": [1]}]});
+        let (status, v) = post(&c, &url, body.to_string()).await;
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(v["predictions"][0]["utterances"], json!([]), "{v}");
+        assert_eq!(v["predictions"][0]["id"], "a", "{v}");
+        // One conversation, six scored utterances: over max_items (4).
+        let texts: Vec<String> = (0..6).map(|i| format!("bonjour conseiller {i}.")).collect();
+        let body = json!({"conversations": [{"texts": texts, "authors": [2, 3, 2, 3, 2, 3]}]});
+        let (status, v) = post(&c, &url, body.to_string()).await;
+        assert_eq!(status, 413, "{v}");
+        assert_eq!(v["limit"]["name"], "max_items", "{v}");
+        // Alerts do not count: four scored utterances of six.
+        let body = json!({"conversations": [{"texts": texts, "authors": [1, 3, 2, 1, 2, 3]}]});
+        let (status, v) = post(&c, &url, body.to_string()).await;
+        assert_eq!(status, 200, "{v}");
+        let utterances: Vec<i64> = v["predictions"][0]["utterances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| u["utterance"].as_i64().unwrap())
+            .collect();
+        assert_eq!(utterances, [1, 2, 4, 5], "{v}");
+    });
+}
+
+/// Reads what the server sends on a raw connection until it closes it (or `limit` passes).
+fn read_until_closed(stream: &mut std::net::TcpStream, limit: Duration) -> std::io::Result<String> {
+    use std::io::Read;
+    stream.set_read_timeout(Some(limit))?;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return Ok(String::from_utf8_lossy(&out).into_owned()),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return Ok(String::from_utf8_lossy(&out).into_owned())
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+#[test]
+fn slow_clients_time_out_and_sigterm_drains_within_the_window() {
+    use std::io::Write;
+    use std::net::TcpStream;
+    let sets = [
+        "header_timeout_ms=300",
+        "body_timeout_ms=300",
+        "max_connections=4",
+        "drain_delay_s=2",
+        "request_timeout_ms=3000",
+    ];
+    let mut server = Server::start(&models().tapt_export, &sets);
+    let url = server.url.clone();
+    let addr = url.strip_prefix("http://").unwrap().to_string();
+    let slow_headers = |addr: &str| {
+        let mut c = TcpStream::connect(addr).unwrap();
+        c.write_all(b"POST /v1/predict HTTP/1.1\r\nHost: taft\r\n").unwrap();
+        c
+    };
+    // Twice as many clients trickling their headers as there are connection slots.
+    let slow: Vec<TcpStream> = (0..8).map(|_| slow_headers(&addr)).collect();
+    let rt = http::runtime();
+    let c = reqwest::Client::new();
+    let started = Instant::now();
+    let (status, v) = rt.block_on(post(&c, &url, r#"{"texts": ["bonjour"]}"#));
+    assert_eq!(status, 200, "{v}");
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?} behind slow clients", started.elapsed());
+    // The server closed every slow connection.
+    for mut s in slow {
+        read_until_closed(&mut s, Duration::from_secs(5)).expect("the server closes a connection without headers");
+    }
+    // A body trickled past body_timeout_ms: 408, naming the limit.
+    let mut trickle = TcpStream::connect(&addr).unwrap();
+    trickle
+        .write_all(b"POST /v1/predict HTTP/1.1\r\nHost: taft\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"texts\"")
+        .unwrap();
+    let answer = read_until_closed(&mut trickle, Duration::from_secs(5)).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("body_timeout_ms"), "{answer}");
+
+    // SIGTERM with slow clients connected: /ready turns 503 at once (with Retry-After),
+    // requests are still answered during drain_delay_s, and the process exits soon after.
+    let _held: Vec<TcpStream> = (0..2).map(|_| slow_headers(&addr)).collect();
+    let term = Instant::now();
+    Command::new("kill").args(["-TERM", &server.child.id().to_string()]).status().unwrap();
+    rt.block_on(async {
+        loop {
+            let r = c.get(format!("{url}/ready")).send().await.unwrap();
+            if r.status() == 503 {
+                assert_eq!(r.headers()["retry-after"], "1");
+                break;
+            }
+            assert!(term.elapsed() < Duration::from_secs(1), "/ready still 200 after SIGTERM");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let (status, v) = post(&c, &url, r#"{"texts": ["encore une"]}"#).await;
+        assert_eq!(status, 200, "during the drain delay: {v}");
+    });
+    let code = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status.code().unwrap_or(-1);
+        }
+        assert!(term.elapsed() < Duration::from_secs(6), "still running {:?} after SIGTERM", term.elapsed());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(code, 0);
+    assert!(term.elapsed() >= Duration::from_secs(2), "closed before drain_delay_s: {:?}", term.elapsed());
+}
+
+#[test]
+fn work_of_clients_gone_away_is_dropped_before_the_model() {
+    let convs = conversations(32);
+    let server = Server::start(&models().tapt_export, &["max_batch_size=32", "max_wait_ms=5"]);
+    let url = server.url.clone();
+    let rt = http::runtime();
+    let (fresh, metrics) = rt.block_on(async move {
+        let patient = reqwest::Client::new();
+        let body: Vec<Value> = convs.iter().map(|(_, t, a)| json!({"texts": t, "authors": a})).collect();
+        let body = json!({"conversations": body}).to_string();
+        // How long one such request takes alone.
+        let started = Instant::now();
+        assert_eq!(post(&patient, &url, body.clone()).await.0, 200);
+        let one = started.elapsed();
+        // A burst of them from clients that give up after 100 ms.
+        let hasty = reqwest::Client::builder().timeout(Duration::from_millis(100)).build().unwrap();
+        let burst = 120;
+        let tasks: Vec<_> = (0..burst)
+            .map(|_| {
+                let (c, url, body) = (hasty.clone(), url.clone(), body.clone());
+                tokio::spawn(async move { c.post(format!("{url}/v1/predict")).body(body).send().await.is_ok() })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        // A fresh one-text request is not stuck behind the abandoned work.
+        let started = Instant::now();
+        let (status, v) = post(&patient, &url, r#"{"texts": ["bonjour"]}"#).await;
+        assert_eq!(status, 200, "{v}");
+        let fresh = started.elapsed();
+        eprintln!("one request of 32: {one:?}; fresh request after a burst of {burst}: {fresh:?}");
+        // At most the run already under way (8 requests' worth) is ahead of it.
+        assert!(fresh < one * 15, "{fresh:?}: behind the abandoned work ({burst} × {one:?})");
+        let metrics = patient.get(format!("{url}/metrics")).send().await.unwrap().text().await.unwrap();
+        (fresh, metrics)
+    });
+    let dropped = metrics
+        .lines()
+        .find(|l| l.starts_with("taft_dropped_items_total"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no taft_dropped_items_total in\n{metrics}"));
+    assert!(dropped >= 32.0, "{dropped} items dropped (fresh request took {fresh:?})");
+    // The abandoned requests hold no room in the queue.
+    assert!(metrics.lines().any(|l| l == "taft_queue_items 0"), "{metrics}");
 }
 
 #[test]
@@ -212,7 +391,8 @@ fn concurrent_requests_are_batched_and_answer_what_batch_prediction_does() {
 #[test]
 fn sigterm_lets_requests_in_flight_finish() {
     // The batcher waits up to 2 s for a full batch: requests are in flight when SIGTERM comes.
-    let mut server = Server::start(&models().tapt_export, &["max_batch_size=4096", "max_wait_ms=2000"]);
+    let mut server =
+        Server::start(&models().tapt_export, &["max_batch_size=4096", "max_wait_ms=2000", "drain_delay_s=0"]);
     let url = server.url.clone();
     let rt = http::runtime();
     let c = reqwest::Client::new();
@@ -244,4 +424,25 @@ fn serve_refuses_what_is_not_an_export() {
         run(Command::new(serve_bin()).args(["serve", "--input", s(dir.path()), "--port", "0", "--set", "max_items=0"]));
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(r.stderr.contains("max_items"), "{}", r.stderr);
+}
+
+#[test]
+fn a_model_whose_outputs_disagree_with_its_taft_json_is_refused_at_load() {
+    use taft::infer::{Exported, Variant};
+    let dir = &models().tapt_export;
+    let read = |name: &str| std::fs::read(dir.join(name)).unwrap();
+    let (model, tokenizer, taft_json) = (read("model.onnx"), read("tokenizer.json"), read("taft.json"));
+    let url = dir.display().to_string();
+    assert!(Exported::from_bytes(&url, &model, &tokenizer, &taft_json, Variant::Fp32, Some(1)).is_ok());
+    // One class fewer than the model's output: refused, naming the output, not shifted rows.
+    let mut taft: Value = serde_json::from_slice(&taft_json).unwrap();
+    let classes = taft["heads"]["status"].as_array_mut().unwrap();
+    classes.pop();
+    let fewer = serde_json::to_vec(&taft).unwrap();
+    let err = match Exported::from_bytes(&url, &model, &tokenizer, &fewer, Variant::Fp32, Some(1)) {
+        Ok(_) => panic!("a taft.json with a class fewer than the model was accepted"),
+        Err(e) => e,
+    };
+    assert!(err.to_string().contains("output `probs_status` has"), "{err}");
+    assert_eq!(taft::error::exit_code(&anyhow::Error::new(err)), 2);
 }

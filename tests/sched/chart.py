@@ -40,7 +40,11 @@ S3 = {
     "image": {"repository": "registry.example/ml/taft", "tag": "v2"},
     "store": {"url": "s3://acme-ml/taft/exp1", "secretName": "minio-creds"},
     "pipeline": {"parameters": {"conversations": "s3://acme-ml/data/calls.jsonl.gz"}},
-    "serve": {"modelUrl": "s3://acme-ml/taft/exp1/export", "settings": {"model": "int8", "max_batch_size": 64}},
+    "serve": {
+        "modelUrl": "s3://acme-ml/taft/exp1/export",
+        "settings": {"model": "int8", "max_batch_size": 64, "drain_delay_s": 15, "request_timeout_ms": 60000},
+        "preStopSleepSeconds": 8,
+    },
 }
 BAD = [
     ({"serve": {"replicas": "two"}}, "replicas"),
@@ -96,6 +100,10 @@ def main():
     c = pod["spec"]["containers"][0]
     if c["livenessProbe"]["httpGet"]["path"] != "/health" or c["readinessProbe"]["httpGet"]["path"] != "/ready":
         problems.append("default: probes")
+    if c["lifecycle"]["preStop"]["exec"]["command"] != ["sleep", "5"]:
+        problems.append(f"default: preStop {c.get('lifecycle')}")
+    if pod["spec"]["terminationGracePeriodSeconds"] != 5 + 5 + 30 + 10:
+        problems.append(f"default: grace period {pod['spec']['terminationGracePeriodSeconds']}")
     if pod["metadata"]["annotations"].get("prometheus.io/path") != "/metrics":
         problems.append("default: scrape annotations")
     if "replicas" in objs["Deployment"]["spec"]:
@@ -133,6 +141,9 @@ def main():
         problems.append(f"s3: server args {c['args']}")
     if c["envFrom"][0]["secretRef"]["name"] != "minio-creds":
         problems.append("s3: the server's Secret")
+    grace = objs["Deployment"]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    if c["lifecycle"]["preStop"]["exec"]["command"] != ["sleep", "8"] or grace != 8 + 15 + 60 + 10:
+        problems.append(f"s3: preStop {c['lifecycle']}, grace period {grace}")
 
     for values, field in BAD:
         try:
