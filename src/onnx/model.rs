@@ -5,10 +5,12 @@
 //! reads the parameters by the same names.
 //!
 //! With `int8`, every linear layer's weight is quantized as ONNX Runtime's dynamic quantizer
-//! does with `per_channel=True` (symmetric int8, one scale per output column, zero point 0)
-//! and its MatMul becomes DynamicQuantizeLinear (the activations, uint8, per tensor) →
-//! MatMulInteger → rescale by the activation scale times the column's weight scale. The
-//! pooler and the classifiers stay fp32 (as the quantizer's `nodes_to_exclude` would keep them).
+//! does with `per_channel=True` (symmetric int8, one scale per output column, zero point 0).
+//! The activations are quantized per token (symmetric int8, scale = max |x| / 127 over the
+//! token's features), not per tensor as DynamicQuantizeLinear does: a token's scale never
+//! depends on the other rows of its batch, so neither does a prediction. Then MatMulInteger →
+//! rescale by the token's scale times the column's weight scale. The pooler and the
+//! classifiers stay fp32 (as the quantizer's `nodes_to_exclude` would keep them).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -39,6 +41,8 @@ pub struct Spec<'a> {
 const MASKED: f32 = -1e9;
 /// TensorProto data types for Cast.
 const FLOAT: i64 = 1;
+/// TensorProto.DataType INT8.
+const INT8: i64 = 3;
 const INT64: i64 = 7;
 
 /// Builds the model's graph from its parameters (named as `model::heads::Classifier` names them).
@@ -138,8 +142,8 @@ struct Builder<'a> {
     g: Graph,
     params: &'a BTreeMap<String, Param>,
     int8: bool,
-    /// DynamicQuantizeLinear outputs by input (q, k and v share theirs).
-    quantized: HashMap<String, [String; 3]>,
+    /// Per-token quantized activations and their scales by input (q, k and v share theirs).
+    quantized: HashMap<String, [String; 2]>,
 }
 
 impl<'a> Builder<'a> {
@@ -205,25 +209,46 @@ impl<'a> Builder<'a> {
             let wq = self.g.i8(&format!("{name}.weight_quantized"), &dims, &q);
             let wzp = self.g.i8(&format!("{name}.weight_zero_point"), &[out as i64], &vec![0; out]);
             let ws = self.g.f32(&format!("{name}.weight_scale"), &[out as i64], &scales);
-            let [xq, xs, xzp] = match self.quantized.get(x) {
+            let [xq, xs] = match self.quantized.get(x) {
                 Some(q) => q.clone(),
                 None => {
-                    let outs = self.g.node_n("DynamicQuantizeLinear", &[x], &[], name, 3);
-                    let q = [outs[0].clone(), outs[1].clone(), outs[2].clone()];
+                    let q = self.quantize_per_token(x, name);
                     self.quantized.insert(x.to_string(), q.clone());
                     q
                 }
             };
-            let yi = self.g.node("MatMulInteger", &[&xq, &wq, &xzp, &wzp], &[], name);
+            let yi = self.g.node("MatMulInteger", &[&xq, &wq, "", &wzp], &[], name);
             let yf = self.g.node("Cast", &[&yi], &[("to", Attr::Int(FLOAT))], name);
-            let s = self.g.node("Mul", &[&xs, &ws], &[], name);
-            self.g.node("Mul", &[&yf, &s], &[], name)
+            let y = self.g.node("Mul", &[&yf, &xs], &[], name);
+            self.g.node("Mul", &[&y, &ws], &[], name)
         } else {
             let wt = self.g.f32(&format!("{name}.weight_t"), &dims, &t);
             self.g.node("MatMul", &[x, &wt], &[], name)
         };
         let bias = self.g.f32(&format!("{name}.bias"), &[out as i64], b);
         self.g.node("Add", &[&y, &bias], &[], name)
+    }
+
+    /// Symmetric int8 quantization of `x` [batch, seq, features] with one scale per token:
+    /// (x / s rounded half to even and clipped to ±127, s [batch, seq, 1]).
+    fn quantize_per_token(&mut self, x: &str, name: &str) -> [String; 2] {
+        let abs = self.g.node("Abs", &[x], &[], name);
+        let max =
+            self.g.node("ReduceMax", &[&abs], &[("axes", Attr::Ints(vec![-1])), ("keepdims", Attr::Int(1))], name);
+        let levels = self.g.f32(&format!("{name}.int8_levels"), &[], &[127.0]);
+        let scale = self.g.node("Div", &[&max, &levels], &[], name);
+        // An all-zero token keeps a positive scale (its values quantize to 0 anyway).
+        let tiny = self.g.f32(&format!("{name}.int8_min_scale"), &[], &[f32::MIN_POSITIVE]);
+        let scale = self.g.node("Max", &[&scale, &tiny], &[], name);
+        let scaled = self.g.node("Div", &[x, &scale], &[], name);
+        let rounded = self.g.node("Round", &[&scaled], &[], name);
+        let (lo, hi) = (
+            self.g.f32(&format!("{name}.int8_lo"), &[], &[-127.0]),
+            self.g.f32(&format!("{name}.int8_hi"), &[], &[127.0]),
+        );
+        let clipped = self.g.node("Clip", &[&rounded, &lo, &hi], &[], name);
+        let q = self.g.node("Cast", &[&clipped], &[("to", Attr::Int(INT8))], name);
+        [q, scale]
     }
 
     /// Scaled dot-product attention over projected q, k, v [batch, seq, hidden] → the

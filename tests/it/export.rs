@@ -345,13 +345,31 @@ fn shards_are_disjoint_and_cover_the_input() {
 #[test]
 fn int8_agrees_with_fp32() {
     let m = models();
-    let sm = summary(&m.tapt_export);
-    let int8 = &sm["int8"];
-    assert!(int8["items"].as_u64().unwrap() >= 50, "{int8}");
-    for (head, h) in int8["heads"].as_object().unwrap() {
-        assert!(h["agreement"].as_f64().unwrap() >= 0.99, "{head}: {h}");
-        assert!(h["max_prob_diff"].as_f64().unwrap() < 0.2, "{head}: {h}");
+    // Both files predict the test split; the agreement is computed here from their outputs.
+    let dir = tempdir();
+    let mut rows = Vec::new();
+    for variant in ["fp32", "int8"] {
+        let out = dir.path().join(variant);
+        let model = format!("model={variant}");
+        let args = ["predict", "-i", s(&m.tapt_export), "-i", s(&parents().prep), "-o", s(&out)];
+        taft_run(&[&args[..], &["--set", "split=test", "--set", &model, "--set", "threads=1"]].concat()).ok();
+        rows.push(predictions(&out.join("predictions.parquet")));
     }
+    let (fp32, int8) = (&rows[0], &rows[1]);
+    assert!(fp32.len() >= 50 && fp32.len() == int8.len(), "{} and {} rows", fp32.len(), int8.len());
+    let (mut same, mut worst) = (0usize, 0f64);
+    for (key, heads) in fp32 {
+        let (label, probs) = &heads["status"];
+        let (label8, probs8) = &int8[key]["status"];
+        same += usize::from(label == label8);
+        worst = worst.max(max_diff(probs, probs8));
+    }
+    let agreement = same as f64 / fp32.len() as f64;
+    assert!(agreement >= 0.97, "int8 agrees with fp32 on {agreement} of the test split");
+    assert!(worst < 0.2, "largest probability difference {worst}");
+    // The step's own check said the same.
+    let sm = summary(&m.tapt_export);
+    assert!(sm["int8"]["heads"]["status"]["agreement"].as_f64().unwrap() >= 0.97, "{}", sm["int8"]);
     let fp32_bytes = std::fs::metadata(m.tapt_export.join("model.onnx")).unwrap().len();
     let int8_bytes = std::fs::metadata(m.tapt_export.join("model.int8.onnx")).unwrap().len();
     assert!(int8_bytes < fp32_bytes, "{int8_bytes} vs {fp32_bytes}");
@@ -468,4 +486,55 @@ fn an_unmasked_adaptive_layer_scores_a_conversation_alike_alone_and_in_a_batch()
         let d = max_diff(probs, probs2);
         assert!(label == label2 && d <= 1e-6, "predict {head}: alone {probs:?}, in a batch {probs2:?}");
     }
+}
+
+#[test]
+fn an_int8_prediction_does_not_depend_on_the_rest_of_its_batch() {
+    use taft::infer::{Exported, Variant};
+    let dir = &models().tapt_export;
+    let read = |name: &str| std::fs::read(dir.join(name)).unwrap();
+    let url = dir.display().to_string();
+    let int8 = Exported::from_bytes(
+        &url,
+        &read("model.int8.onnx"),
+        &read("tokenizer.json"),
+        &read("taft.json"),
+        Variant::Int8,
+        Some(1),
+    )
+    .unwrap();
+    // A long text, and 31 others made of its words in other orders: the same number of
+    // tokens, so all 32 run together without padding, with other activations.
+    let words: Vec<&str> = "bonjour conseiller ma box ne fonctionne plus depuis hier soir et le voyant reste rouge \
+        malgré le redémarrage que vous m'aviez conseillé la semaine dernière pour mon dossier urgent"
+        .split(' ')
+        .filter(|w| !w.is_empty())
+        .collect();
+    let probe = words.join(" ");
+    let width = int8.ids(&[&probe]).unwrap()[0].len();
+    let mut texts = vec![probe.clone()];
+    let mut k = 1usize;
+    while texts.len() < 32 && k < 10_000 {
+        let mut w = words.clone();
+        w.rotate_left(k % words.len());
+        if k / words.len() % 2 == 1 {
+            w.reverse();
+        }
+        w.swap(0, k % words.len());
+        let t = w.join(" ");
+        if !texts.contains(&t) && int8.ids(&[&t]).unwrap()[0].len() == width {
+            texts.push(t);
+        }
+        k += 1;
+    }
+    assert_eq!(texts.len(), 32, "texts of {width} tokens");
+    let alone = int8.probabilities(&[&probe], 1).unwrap();
+    let together = int8.probabilities(&texts, 32).unwrap();
+    for (h, (head, _)) in int8.heads.iter().enumerate() {
+        let (a, b) = (&alone[h][0], &together[h][0]);
+        assert_eq!(taft::infer::argmax(a), taft::infer::argmax(b), "{head}");
+        assert!(max_diff(a, b) <= 1e-6, "{head}: alone {a:?}, in a batch {b:?}");
+    }
+    // The other rows did differ: the check compares a batch of distinct activations.
+    assert!(together[0].iter().skip(1).any(|p| max_diff(p, &together[0][0]) > 1e-4));
 }
