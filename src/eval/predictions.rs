@@ -26,7 +26,8 @@ pub struct TaskPredictions<'a> {
 
 /// Writes the rows as a Parquet file (zstd).
 pub fn write(ids: &[ConvId], utterances: Option<&[i32]>, tasks: &[TaskPredictions]) -> Result<Bytes> {
-    let batch = batch(ids, utterances, tasks)?;
+    let string_ids = !ids.iter().all(|id| matches!(id, ConvId::Int(_)));
+    let batch = batch(ids, string_ids, utterances, tasks)?;
     let perr = |source| Error::Parquet { url: "predictions.parquet".into(), source };
     let mut out = Vec::new();
     let mut writer = ArrowWriter::try_new(&mut out, batch.schema(), Some(properties())).map_err(perr)?;
@@ -43,11 +44,20 @@ pub fn properties() -> parquet::file::properties::WriterProperties {
         .build()
 }
 
-/// The rows as one record batch.
-pub fn batch(ids: &[ConvId], utterances: Option<&[i32]>, tasks: &[TaskPredictions]) -> Result<RecordBatch> {
+/// The rows as one record batch; the `id` column is a string column with `string_ids`
+/// (integer ids written as text), else an integer one (every id must be an integer).
+pub fn batch(
+    ids: &[ConvId],
+    string_ids: bool,
+    utterances: Option<&[i32]>,
+    tasks: &[TaskPredictions],
+) -> Result<RecordBatch> {
     let mut fields = Vec::new();
     let mut columns: Vec<ArrayRef> = Vec::new();
-    if ids.iter().all(|id| matches!(id, ConvId::Int(_))) {
+    if !string_ids {
+        if let Some(id) = ids.iter().find(|id| !matches!(id, ConvId::Int(_))) {
+            return Err(Error::Other(format!("predictions: id {id} in an integer id column")));
+        }
         let mut b = Int64Builder::with_capacity(ids.len());
         for id in ids {
             if let ConvId::Int(i) = id {

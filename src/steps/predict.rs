@@ -101,8 +101,10 @@ struct Record {
 /// A conversation to predict: its id, texts and (optionally) authors.
 type Line = (ConvId, Vec<String>, Option<Vec<u8>>);
 
-/// Parses one JSON line; the error names the field.
-fn parse_line(line: &[u8], number: u64) -> std::result::Result<Line, String> {
+/// Parses line `number` of the file `file`; a line without an id gets the string id
+/// `file:number` (never a number, which could be another line's id). The error names the
+/// field.
+fn parse_line(line: &[u8], file: &str, number: u64) -> std::result::Result<Line, String> {
     let de = &mut serde_json::Deserializer::from_slice(line);
     let r: Record = serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
@@ -114,7 +116,7 @@ fn parse_line(line: &[u8], number: u64) -> std::result::Result<Line, String> {
         }
     })?;
     let id = match r.id {
-        None => ConvId::Int(number as i64),
+        None => ConvId::Str(format!("{file}:{number}")),
         Some(serde_json::Value::Number(n)) if n.is_i64() => ConvId::Int(n.as_i64().expect("checked")),
         Some(serde_json::Value::String(s)) if !s.is_empty() => ConvId::Str(s),
         Some(other) => return Err(format!("field `id`: expected an integer or a non-empty string, got {other}")),
@@ -162,32 +164,32 @@ mod stream {
         let mut sink = Sink { writer: None, rows: 0, conversations: 0, skipped: 0 };
         let mut chunk: Vec<Item> = Vec::new();
         let chunk_items = config.batch_size * CHUNK_BATCHES;
+        // Whether the ids are integers: one kind in a file (the `id` column's type), known
+        // even when no conversation falls in this shard or split.
         let mut id_kind: Option<bool> = None;
-        let mut accept = |id: &ConvId,
-                          texts: &[String],
-                          authors: Option<&[u8]>,
-                          chunk: &mut Vec<Item>,
-                          sink: &mut Sink,
-                          at: &str| {
+        let kind_of = |id_kind: &mut Option<bool>, id: &ConvId, at: &str| {
             let is_int = matches!(id, ConvId::Int(_));
-            match id_kind {
-                None => id_kind = Some(is_int),
+            match *id_kind {
+                None => *id_kind = Some(is_int),
                 Some(k) if k != is_int => {
                     return Err(Error::input(format!(
-                        "{at}: field `id`: {id} is {} but the ids before it are {}",
+                        "{at}: field `id`: {} is {} but the ids before it are {} (a line without `id` has the string id FILE:LINE): give every line an id of one kind, or none",
+                        id,
                         if is_int { "an integer" } else { "a string" },
                         if k { "integers" } else { "strings" }
                     )))
                 }
                 Some(_) => {}
             }
+            Ok(())
+        };
+        let accept = |id: &ConvId, texts: &[String], authors: Option<&[u8]>, chunk: &mut Vec<Item>, sink: &mut Sink| {
             if shard.is_some_and(|s| !s.holds(id)) {
                 sink.skipped += 1;
-                return Ok(());
+                return;
             }
             sink.conversations += 1;
             chunk.extend(items::of_conversation(id, texts, authors, model.utterance_level, &model.tokenizer));
-            Ok(())
         };
         if prep {
             let committed = Committed::open(&data_url).await?;
@@ -198,19 +200,22 @@ mod stream {
             let url = committed.store.url_of(CONVERSATIONS);
             for batch in conversation_batches(bytes, &url)? {
                 for c in batch? {
+                    kind_of(&mut id_kind, &c.id, &url)?;
                     if config.split.is_some_and(|s| s != c.split) {
                         continue;
                     }
                     let texts: Vec<String> = c.utterances.iter().map(|u| u.text.clone()).collect();
                     let authors: Vec<u8> = c.utterances.iter().map(|u| u.speaker).collect();
-                    accept(&c.id, &texts, Some(&authors), &mut chunk, &mut sink, &url)?;
+                    accept(&c.id, &texts, Some(&authors), &mut chunk, &mut sink);
                 }
                 if chunk.len() >= chunk_items {
-                    sink.score(out, &model, std::mem::take(&mut chunk), config.batch_size).await?;
+                    let string_ids = id_kind != Some(true);
+                    sink.score(out, &model, std::mem::take(&mut chunk), string_ids, config.batch_size).await?;
                 }
             }
         } else {
             let mut lines = LineReader::open(&data_url).await?;
+            let file = data_url.rsplit('/').next().unwrap_or(&data_url).to_string();
             let mut buf = Vec::new();
             while let Some((number, length)) = lines.next_line(&mut buf, MAX_LINE).await? {
                 let at = format!("{data_url}:{number}");
@@ -220,15 +225,19 @@ mod stream {
                 if buf.iter().all(u8::is_ascii_whitespace) {
                     continue;
                 }
-                let (id, texts, authors) = parse_line(&buf, number).map_err(|e| Error::input(format!("{at}: {e}")))?;
-                accept(&id, &texts, authors.as_deref(), &mut chunk, &mut sink, &at)?;
+                let (id, texts, authors) =
+                    parse_line(&buf, &file, number).map_err(|e| Error::input(format!("{at}: {e}")))?;
+                kind_of(&mut id_kind, &id, &at)?;
+                accept(&id, &texts, authors.as_deref(), &mut chunk, &mut sink);
                 if chunk.len() >= chunk_items {
-                    sink.score(out, &model, std::mem::take(&mut chunk), config.batch_size).await?;
+                    let string_ids = id_kind != Some(true);
+                    sink.score(out, &model, std::mem::take(&mut chunk), string_ids, config.batch_size).await?;
                 }
             }
         }
+        // An empty shard writes the schema a full one has.
         if !chunk.is_empty() || sink.writer.is_none() {
-            sink.score(out, &model, chunk, config.batch_size).await?;
+            sink.score(out, &model, chunk, id_kind != Some(true), config.batch_size).await?;
         }
         let writer = sink.writer.take().expect("created by score");
         let seconds = started.elapsed().as_secs_f64();
@@ -305,6 +314,7 @@ mod stream {
             out: &mut Output,
             model: &Arc<Exported>,
             chunk: Vec<Item>,
+            string_ids: bool,
             batch_size: usize,
         ) -> Result<()> {
             let m = Arc::clone(model);
@@ -321,7 +331,7 @@ mod stream {
                 .zip(&probs)
                 .map(|((head, classes), p)| TaskPredictions { head, classes, labels: None, probs: p })
                 .collect();
-            let batch = predictions::batch(&ids, utterances.as_deref(), &tasks)?;
+            let batch = predictions::batch(&ids, string_ids, utterances.as_deref(), &tasks)?;
             if self.writer.is_none() {
                 let file = out.create("predictions.parquet").await?;
                 let w =
@@ -342,9 +352,12 @@ mod tests {
 
     #[test]
     fn json_lines_name_the_field() {
+        let parse_line = |line: &[u8], number| super::parse_line(line, "c.jsonl", number);
         let (id, texts, authors) = parse_line(br#"{"id": "a", "texts": ["x", "y"], "authors": [2, 3]}"#, 1).unwrap();
         assert_eq!((id, texts.len(), authors), (ConvId::Str("a".into()), 2, Some(vec![2, 3])));
-        assert_eq!(parse_line(br#"{"texts": ["x"]}"#, 7).unwrap().0, ConvId::Int(7));
+        assert_eq!(parse_line(br#"{"id": 7, "texts": ["x"]}"#, 1).unwrap().0, ConvId::Int(7));
+        // No id: the file and line, as a string that no integer id can equal.
+        assert_eq!(parse_line(br#"{"texts": ["x"]}"#, 7).unwrap().0, ConvId::Str("c.jsonl:7".into()));
         let e = parse_line(br#"{"texts": ["x", 3]}"#, 1).unwrap_err();
         assert!(e.contains("texts[1]"), "{e}");
         assert!(parse_line(br#"{"texts": []}"#, 1).unwrap_err().contains("texts"));

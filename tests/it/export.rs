@@ -538,3 +538,43 @@ fn an_int8_prediction_does_not_depend_on_the_rest_of_its_batch() {
     // The other rows did differ: the check compares a batch of distinct activations.
     assert!(together[0].iter().skip(1).any(|p| max_diff(p, &together[0][0]) > 1e-4));
 }
+
+#[test]
+fn predict_ids_are_never_invented_numbers_and_an_empty_shard_keeps_the_schema() {
+    let m = models();
+    let dir = tempdir();
+    let id_type = |path: &Path| {
+        let file = std::fs::File::open(path.join("predictions.parquet")).unwrap();
+        let builder = ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
+        builder.schema().field_with_name("id").unwrap().data_type().clone()
+    };
+    // A line without an id gets FILE:LINE, a string.
+    let lines = write_lines(
+        dir.path(),
+        "calls.jsonl",
+        &[r#"{"id": "2", "texts": ["bonjour", "ma box ne marche plus"]}"#, r#"{"texts": ["merci, tout fonctionne"]}"#],
+    );
+    let out = dir.path().join("p");
+    taft_run(&["predict", "-i", s(&m.tapt_export), "-i", s(&lines), "-o", s(&out)]).ok();
+    let ids: Vec<String> = predictions(&out.join("predictions.parquet")).keys().map(|(id, _)| id.clone()).collect();
+    assert_eq!(ids, ["2", "calls.jsonl:2"]);
+    assert_eq!(id_type(&out), arrow_schema::DataType::Utf8);
+    // Integer ids and a line without one do not mix: refused, naming the line.
+    let mixed = write_lines(dir.path(), "mixed.jsonl", &[r#"{"id": 1, "texts": ["a"]}"#, r#"{"texts": ["b"]}"#]);
+    let r = taft_run(&["predict", "-i", s(&m.tapt_export), "-i", s(&mixed), "-o", s(&dir.path().join("q"))]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("mixed.jsonl:2") && r.stderr.contains("field `id`"), "{}", r.stderr);
+    // One conversation with a string id, two shards: one of them is empty, and both have a
+    // string id column.
+    let one = write_lines(dir.path(), "one.jsonl", &[r#"{"id": "c-1", "texts": ["bonjour"]}"#]);
+    let mut sizes = Vec::new();
+    for i in 0..2 {
+        let out = dir.path().join(format!("shard-{i}"));
+        let shard = format!("{i}/2");
+        taft_run(&["predict", "-i", s(&m.tapt_export), "-i", s(&one), "-o", s(&out), "--shard", &shard]).ok();
+        assert_eq!(id_type(&out), arrow_schema::DataType::Utf8, "shard {shard}");
+        sizes.push(predictions(&out.join("predictions.parquet")).len());
+    }
+    sizes.sort();
+    assert_eq!(sizes, [0, 1]);
+}

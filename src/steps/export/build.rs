@@ -255,7 +255,8 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f64 {
     a.iter()
         .zip(b)
         .map(|(x, y)| f64::from((x - y).abs()))
-        .fold(0.0, |m, d| if d.is_nan() { f64::NAN } else { m.max(d) })
+        // f64::max drops a NaN: once one is seen the result stays NaN.
+        .fold(0.0, |m: f64, d| if m.is_nan() || d.is_nan() { f64::NAN } else { m.max(d) })
 }
 
 /// The int8 model against fp32 on the validation split: argmax agreement per head (each at
@@ -308,4 +309,20 @@ fn agreement(
     Ok(
         serde_json::json!({"items": texts.len(), "heads": heads, "max_prob_diff": max_diff, "min_agreement": config.min_agreement}),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::max_abs_diff;
+
+    #[test]
+    fn a_nan_anywhere_makes_the_difference_nan() {
+        assert_eq!(max_abs_diff(&[1.0, 2.0], &[1.5, 2.0]), 0.5);
+        for at in 0..3 {
+            let mut a = vec![1.0f32, 2.0, 3.0];
+            a[at] = f32::NAN;
+            assert!(max_abs_diff(&a, &[1.0, 2.0, 3.0]).is_nan(), "NaN at {at}");
+        }
+        assert_eq!(max_abs_diff(&[1.0], &[1.0, 2.0]), f64::INFINITY);
+    }
 }
