@@ -42,6 +42,10 @@ pub enum Error {
     /// Another run holds the output being written (its lease). Retry later.
     #[error("{0}")]
     Busy(String),
+    /// SIGTERM or Ctrl-C stopped the step (a pod preempted, a node drained): retry; a
+    /// training step resumes from the checkpoint it wrote.
+    #[error("{0}")]
+    Interrupted(String),
     /// A step of a workflow failed; the exit code is the cause's.
     #[error("step `{step}`")]
     Step {
@@ -80,7 +84,7 @@ impl Error {
         use object_store::Error as S;
         match self {
             Error::Config(_) | Error::Input(_) => ExitKind::BadInput,
-            Error::Busy(_) => ExitKind::Transient,
+            Error::Busy(_) | Error::Interrupted(_) => ExitKind::Transient,
             Error::Child { code, .. } => match code {
                 Some(2) => ExitKind::BadInput,
                 Some(3) => ExitKind::Transient,

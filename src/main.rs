@@ -70,7 +70,7 @@ impl Drop for Redacted {
 
 fn run(command: Command, json: bool) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    match command {
+    let outcome = match command {
         Command::Step(cli::StepCommand { kind, args }) => runtime.block_on(step(kind, args)),
         Command::Run(args) => runtime.block_on(workflow(args, json)),
         Command::Render(target) => render(target),
@@ -81,7 +81,10 @@ fn run(command: Command, json: bool) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&taft::runtime::describe())?);
             Ok(())
         }
-    }
+    };
+    // A step given up after SIGTERM may leave work on a blocking thread: do not wait for it.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+    outcome
 }
 
 async fn step(kind: StepKind, args: cli::StepArgs) -> anyhow::Result<()> {

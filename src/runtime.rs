@@ -1,7 +1,41 @@
 //! The compute back ends this build carries: libtorch through `tch` (training) and ONNX
 //! Runtime through `ort` (inference), and where each was found.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use serde_json::{json, Value};
+
+/// Set once SIGTERM or Ctrl-C has come: long computations stop at their next safe point.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+/// Asks long computations (training loops) to stop at their next safe point.
+pub fn request_stop() {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+/// Whether SIGTERM or Ctrl-C asked this process to stop.
+pub fn stop_requested() -> bool {
+    STOP.load(Ordering::SeqCst)
+}
+
+/// Resolves when SIGTERM or Ctrl-C comes (never, where no handler can be installed).
+pub async fn terminated() {
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return std::future::pending().await,
+        };
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = tokio::signal::ctrl_c() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
 
 /// The libtorch version this binary was built against (checked by build.rs).
 pub const LIBTORCH_VERSION: Option<&str> = option_env!("TAFT_LIBTORCH_VERSION");

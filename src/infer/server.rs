@@ -182,7 +182,7 @@ async fn accept(listener: tokio::net::TcpListener, app: Router, state: Arc<AppSt
     let config = &state.config;
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let slots = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
-    let signal = terminated();
+    let signal = crate::runtime::terminated();
     tokio::pin!(signal);
     let mut close_at: Option<tokio::time::Instant> = None;
     loop {
@@ -239,24 +239,6 @@ async fn accept(listener: tokio::net::TcpListener, app: Router, state: Arc<AppSt
         tracing::warn!("connections still open after request_timeout_ms: closing them");
     }
     Ok(())
-}
-
-async fn terminated() {
-    #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => return std::future::pending().await,
-        };
-        tokio::select! {
-            _ = term.recv() => {},
-            _ = tokio::signal::ctrl_c() => {},
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }
 
 fn router(state: Arc<AppState>) -> Router {

@@ -222,7 +222,7 @@ pub async fn drive<S: Step>(raw: &RawConfig, overrides: &Overrides) -> Result<Re
             }
             Begin::Fresh(mut output) => {
                 tracing::info!(fingerprint = %output.fingerprint(), pid = std::process::id(), "started");
-                let summary = match S::run(&config, &mut output).await {
+                let summary = match until_stopped(S::run(&config, &mut output)).await {
                     Ok(summary) => summary,
                     Err(e) => {
                         output.abandon().await;
@@ -237,6 +237,38 @@ pub async fn drive<S: Step>(raw: &RawConfig, overrides: &Overrides) -> Result<Re
     }
     .instrument(span)
     .await
+}
+
+/// How long a step has after SIGTERM to reach a safe point (a training step writes a
+/// checkpoint there) before it is given up: `TAFT_STOP_GRACE_S`, else 20 s (within
+/// Kubernetes' default 30 s grace period).
+fn stop_grace() -> std::time::Duration {
+    let seconds = std::env::var("TAFT_STOP_GRACE_S").ok().and_then(|v| v.parse::<f64>().ok());
+    std::time::Duration::from_secs_f64(seconds.filter(|s| s.is_finite() && *s >= 0.0).unwrap_or(20.0))
+}
+
+/// Runs a step's work; on SIGTERM or Ctrl-C it asks the work to stop at its next safe point
+/// and waits for it at most [`stop_grace`]. Either way the step ends with
+/// [`Error::Interrupted`] (exit 3: retry), unless its work finished meanwhile.
+async fn until_stopped<F: std::future::Future<Output = Result<serde_json::Value>>>(
+    work: F,
+) -> Result<serde_json::Value> {
+    tokio::pin!(work);
+    tokio::select! {
+        r = &mut work => r,
+        _ = crate::runtime::terminated() => {
+            crate::runtime::request_stop();
+            let grace = stop_grace();
+            tracing::warn!(grace_s = grace.as_secs_f64(), "SIGTERM: stopping at the next safe point");
+            match tokio::time::timeout(grace, &mut work).await {
+                Ok(r) => r,
+                Err(_) => Err(Error::Interrupted(format!(
+                    "stopped by SIGTERM: no safe point within {} s; nothing was committed",
+                    grace.as_secs_f64()
+                ))),
+            }
+        }
+    }
 }
 
 /// The largest resident set of this process so far, in MiB (`VmHWM`; `None` off Linux).

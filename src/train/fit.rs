@@ -220,6 +220,15 @@ pub fn fit(config: &TrainConfig, vs: &nn::VarStore, objective: &dyn Objective, w
         {
             work.save(vs, &optimizer, &state)?;
         }
+        // SIGTERM (a pod preempted or drained): a checkpoint now, so the retry resumes here.
+        if crate::runtime::stop_requested() && state.step < total && !state.stopped {
+            work.save(vs, &optimizer, &state)?;
+            progress.finish();
+            return Err(Error::Interrupted(format!(
+                "stopped by SIGTERM after training step {} of {total}: checkpoint written; a retry resumes from it",
+                state.step
+            )));
+        }
     }
     progress.finish();
 

@@ -169,6 +169,44 @@ fn same_seed_same_run_and_a_killed_run_resumes_to_the_same_result() {
     assert_ne!(records(&a), records(&d));
 }
 
+#[test]
+fn sigterm_mid_training_writes_a_checkpoint_exits_3_and_the_retry_resumes() {
+    let dir = tempdir();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    // No periodic checkpoint: the only one is written on SIGTERM.
+    let sets = ["train.checkpoint_every=0", "train.epochs=3"];
+    run(&mut dapt(&a, &sets)).ok();
+    let log = dir.path().join("b.log");
+    let mut child = dapt(&b, &sets)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    // SIGTERM once the first of three epochs has been evaluated.
+    while !std::fs::read_to_string(&log).unwrap().contains("\"evaluated\"") {
+        assert!(child.try_wait().unwrap().is_none(), "ended before its first evaluation");
+        assert!(started.elapsed() < Duration::from_secs(60), "no evaluation within a minute");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let term = Instant::now();
+    std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let status = child.wait().unwrap();
+    let stderr = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(status.code(), Some(3), "SIGTERM is retryable: {stderr}");
+    assert!(term.elapsed() < Duration::from_secs(10), "took {:?} to stop", term.elapsed());
+    assert!(stderr.contains("stopped by SIGTERM after training step"), "{stderr}");
+    assert!(manifest(&b).is_none(), "nothing committed");
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(b.join("_work/state.json")).expect("a checkpoint on SIGTERM")).unwrap();
+    let stopped_at = state["step"].as_u64().unwrap();
+    // The lease was released: the retry starts at once and resumes from that checkpoint.
+    let r = run(&mut dapt(&b, &sets)).ok();
+    assert_eq!(resumed_from(&r.stderr), stopped_at);
+    assert_eq!(records(&a), records(&b), "the resumed run ends as the uninterrupted one");
+    assert!(std::fs::read(a.join("model.safetensors")).unwrap() == std::fs::read(b.join("model.safetensors")).unwrap());
+}
+
 /// Starts `cmd`, SIGKILLs it a moment after its checkpoint `state` (a file on disk) reaches
 /// `min_step`, and returns the step of that checkpoint.
 pub fn kill_after_checkpoint(cmd: &mut std::process::Command, state: &Path, min_step: u64) -> u64 {
