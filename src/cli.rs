@@ -188,12 +188,20 @@ pub struct RenderArgs {
     /// The namespace to run in.
     #[arg(long)]
     pub namespace: Option<String>,
-    /// The service account the step pods run as.
+    /// The service account the step pods run as (Argo: by default `taft`, which the Helm
+    /// chart creates with the rights Argo's executor needs; `''`: the namespace's default).
     #[arg(long)]
     pub service_account: Option<String>,
-    /// A node label `gpu: true` steps require (repeatable; default nvidia.com/gpu.present=true).
+    /// A Secret for pulling the image from a private registry (repeatable).
+    #[arg(long = "image-pull-secret", value_name = "NAME")]
+    pub image_pull_secrets: Vec<String>,
+    /// A node label `gpu: true` steps require (repeatable; by default none: the
+    /// `nvidia.com/gpu` limit places them on GPU nodes).
     #[arg(long = "gpu-node-selector", value_name = "KEY=VALUE")]
     pub gpu_node_selector: Vec<String>,
+    /// Steps running at once at most.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub parallelism: u32,
     /// Write here instead of standard output.
     #[arg(long, short, value_name = "FILE")]
     pub output: Option<PathBuf>,

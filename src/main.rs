@@ -153,6 +153,8 @@ fn render(target: cli::RenderTarget) -> anyhow::Result<()> {
     t.secret = common.secret.clone();
     t.namespace = common.namespace.clone();
     t.service_account = common.service_account.clone();
+    t.image_pull_secrets = common.image_pull_secrets.clone();
+    t.parallelism = common.parallelism;
     if !common.gpu_node_selector.is_empty() {
         t.gpu_node_selector = common
             .gpu_node_selector

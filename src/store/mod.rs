@@ -31,6 +31,10 @@ use crate::error::{Error, Result};
 /// (exit code 3). Long enough to ride out the restart of an S3-compatible server.
 const DEFAULT_RETRY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The URL schemes of object stores, which pods on different machines can share (the
+/// renderers and the Helm chart's values schema accept these and no others).
+pub const REMOTE_SCHEMES: [&str; 4] = ["s3", "gs", "az", "azure"];
+
 /// A prefix inside an object store, addressed by a URL.
 #[derive(Clone)]
 pub struct Store {
@@ -149,7 +153,8 @@ impl Store {
             ),
             other => {
                 return Err(Error::config(format!(
-                    "{url}: unsupported scheme `{other}` (expected a path, file://, memory://, s3://, gs:// or az://)"
+                    "{url}: unsupported scheme `{other}` (expected a path, file://, memory://, {})",
+                    REMOTE_SCHEMES.map(|s| format!("{s}://")).join(", ")
                 )))
             }
         };

@@ -38,7 +38,8 @@ def main():
                     continue
                 gpu = task.task_id in expected["gpu"]
                 limits = task.container_resources.limits
-                if gpu != ("nvidia.com/gpu" in limits) or gpu != bool(task.node_selector) or gpu != bool(task.tolerations):
+                # The GPU limit places a GPU step; no node selector unless one is asked for.
+                if gpu != ("nvidia.com/gpu" in limits) or task.node_selector or gpu != bool(task.tolerations):
                     problems.append(f"{task.task_id}: gpu {gpu} but limits {limits}, node selector {task.node_selector}")
                 if not task.env_from or task.env_from[0].secret_ref.name != expected["secret"]:
                     problems.append(f"{task.task_id}: store secret missing: {task.env_from}")

@@ -23,6 +23,7 @@ spec.loader.exec_module(argo_check)
 
 GPU = {
     "pipeline": {
+        "enabled": True,
         "gpu": {
             "nodeSelector": {"cloud.google.com/gke-accelerator": "nvidia-l4"},
             "tolerations": [{"key": "gpu", "operator": "Equal", "value": "l4", "effect": "NoSchedule"}],
@@ -37,9 +38,14 @@ GPU = {
     },
 }
 S3 = {
-    "image": {"repository": "registry.example/ml/taft", "tag": "v2"},
+    "image": {"repository": "registry.example/ml/taft", "tag": "v2", "pullSecrets": [{"name": "regcred"}]},
     "store": {"url": "s3://acme-ml/taft/exp1", "secretName": "minio-creds"},
-    "pipeline": {"parameters": {"conversations": "s3://acme-ml/data/calls.jsonl.gz"}},
+    "pipeline": {
+        "enabled": True,
+        "parameters": {"conversations": "s3://acme-ml/data/calls.jsonl.gz"},
+        "serviceAccount": {"annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::1:role/taft"}},
+    },
+    "global": {"imageRegistry": "registry.example"},
     "serve": {
         "modelUrl": "s3://acme-ml/taft/exp1/export",
         "settings": {"model": "int8", "max_batch_size": 64, "drain_delay_s": 15, "request_timeout_ms": 60000},
@@ -49,6 +55,8 @@ S3 = {
 BAD = [
     ({"serve": {"replicas": "two"}}, "replicas"),
     ({"store": {"url": "/local/runs"}}, "url"),
+    ({"store": {"url": "https://host/runs"}}, "url"),
+    ({"pipeline": {"enabled": "yes"}}, "enabled"),
     ({"serve": {"settings": {"model": "fp16"}}}, "model"),
     ({"serve": {"portt": 80}}, "portt"),
     ({"image": {"repository": ""}}, "repository"),
@@ -86,18 +94,41 @@ def check(chart_dir, schema, name, values, problems):
 def main():
     chart_dir, schema = sys.argv[1], argo_check.widen(json.load(open(sys.argv[2])))
     problems = []
+    # By default the pipeline renders only where Argo's CRDs are served (not in this
+    # cluster-less render): a serve-only install.
     objs, kinds = check(chart_dir, schema, "default", {}, problems)
-    want = ["Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget", "Service", "WorkflowTemplate"]
+    want = ["Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget", "Service"]
     if kinds != want:
         problems.append(f"default: kinds {kinds}, want {want}")
+    serve_only = objs
+    objs, kinds = check(chart_dir, schema, "pipeline", {"pipeline": {"enabled": True}}, problems)
+    want = sorted(want + ["Role", "RoleBinding", "ServiceAccount", "WorkflowTemplate"])
+    if kinds != want:
+        problems.append(f"pipeline: kinds {kinds}, want {want}")
     wt = objs["WorkflowTemplate"]
+    sa = objs["ServiceAccount"]["metadata"]["name"]
+    if wt["spec"]["serviceAccountName"] != sa or sa != "ml-taft-workflow":
+        problems.append(f"pipeline: service account {wt['spec'].get('serviceAccountName')} vs {sa}")
+    if objs["RoleBinding"]["subjects"][0]["name"] != sa or objs["RoleBinding"]["roleRef"]["name"] != objs["Role"]["metadata"]["name"]:
+        problems.append("pipeline: the RoleBinding does not bind the Role to the service account")
+    rule = objs["Role"]["rules"][0]
+    if (rule["apiGroups"], rule["resources"], sorted(rule["verbs"])) != (["argoproj.io"], ["workflowtaskresults"], ["create", "patch"]):
+        problems.append(f"pipeline: Role rules {objs['Role']['rules']}")
+    if any("nodeSelector" in t for t in wt["spec"]["templates"]):
+        problems.append("pipeline: a node selector by default (the GPU limit places GPU steps)")
     params = {p["name"]: p.get("value") for p in wt["spec"]["arguments"]["parameters"]}
     if params["image"] != "ghcr.io/taft-project/taft" or params["tag"] != "0.1.0" or params["secret"] != "taft-store":
         problems.append(f"default: parameters {params}")
     if len(wt["spec"]["templates"][0]["dag"]["tasks"]) != 26:
         problems.append("default: the pipeline is not the paper's 26 steps")
-    pod = objs["Deployment"]["spec"]["template"]
+    pod = serve_only["Deployment"]["spec"]["template"]
     c = pod["spec"]["containers"][0]
+    restricted = pod["spec"]["securityContext"]
+    if not restricted["runAsNonRoot"] or restricted["seccompProfile"]["type"] != "RuntimeDefault":
+        problems.append(f"default: pod securityContext {restricted}")
+    sc = c["securityContext"]
+    if sc["allowPrivilegeEscalation"] or sc["capabilities"]["drop"] != ["ALL"]:
+        problems.append(f"default: container securityContext {sc}")
     if c["livenessProbe"]["httpGet"]["path"] != "/health" or c["readinessProbe"]["httpGet"]["path"] != "/ready":
         problems.append("default: probes")
     if c["lifecycle"]["preStop"]["exec"]["command"] != ["sleep", "5"]:
@@ -106,13 +137,13 @@ def main():
         problems.append(f"default: grace period {pod['spec']['terminationGracePeriodSeconds']}")
     if pod["metadata"]["annotations"].get("prometheus.io/path") != "/metrics":
         problems.append("default: scrape annotations")
-    if "replicas" in objs["Deployment"]["spec"]:
+    if "replicas" in serve_only["Deployment"]["spec"]:
         problems.append("default: replicas set although the autoscaler owns them")
-    if objs["Service"]["spec"]["selector"] != objs["Deployment"]["spec"]["selector"]["matchLabels"]:
+    if serve_only["Service"]["spec"]["selector"] != serve_only["Deployment"]["spec"]["selector"]["matchLabels"]:
         problems.append("default: the Service does not select the serving pods")
 
     objs, kinds = check(chart_dir, schema, "gpu", GPU, problems)
-    gpu_templates = [t for t in objs["WorkflowTemplate"]["spec"]["templates"] if "nodeSelector" in t]
+    gpu_templates = [t for t in objs["WorkflowTemplate"]["spec"]["templates"] if t["name"].endswith("-gpu")]
     # Helm merges maps with the defaults (a key set to null removes one).
     want = GPU["pipeline"]["gpu"]["nodeSelector"].items()
     if len(gpu_templates) != 3 or any(not want <= t["nodeSelector"].items() for t in gpu_templates):
@@ -141,6 +172,11 @@ def main():
         problems.append(f"s3: server args {c['args']}")
     if c["envFrom"][0]["secretRef"]["name"] != "minio-creds":
         problems.append("s3: the server's Secret")
+    pull = [{"name": "regcred"}]
+    if objs["WorkflowTemplate"]["spec"].get("imagePullSecrets") != pull or objs["Deployment"]["spec"]["template"]["spec"].get("imagePullSecrets") != pull:
+        problems.append("s3: image pull secrets")
+    if objs["ServiceAccount"]["metadata"].get("annotations") != S3["pipeline"]["serviceAccount"]["annotations"]:
+        problems.append(f"s3: service account annotations {objs['ServiceAccount']['metadata'].get('annotations')}")
     grace = objs["Deployment"]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
     if c["lifecycle"]["preStop"]["exec"]["command"] != ["sleep", "8"] or grace != 8 + 15 + 60 + 10:
         problems.append(f"s3: preStop {c['lifecycle']}, grace period {grace}")

@@ -22,3 +22,17 @@ app.kubernetes.io/name: {{ .Chart.Name }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: serve
 {{- end -}}
+
+{{/* "true" when the pipeline renders: `pipeline.enabled: true`, or `auto` (the default) on a
+     cluster that serves Argo's WorkflowTemplate (a serve-only install needs no Argo). */}}
+{{- define "taft.pipeline" -}}
+{{- $on := toString .Values.pipeline.enabled -}}
+{{- if or (eq $on "true") (and (eq $on "auto") (.Capabilities.APIVersions.Has "argoproj.io/v1alpha1/WorkflowTemplate")) -}}
+true
+{{- end -}}
+{{- end -}}
+
+{{/* The service account of the pipeline's pods. */}}
+{{- define "taft.pipelineServiceAccount" -}}
+{{- .Values.pipeline.serviceAccount.name | default (printf "%s-workflow" (include "taft.fullname" .)) -}}
+{{- end -}}

@@ -61,7 +61,10 @@ pub fn render(workflow: &Workflow, target: &Target, mode: &Mode) -> Result<Strin
             out.push_str(&format!("IMAGE = {}\n", string(&format!("{}:{}", target.image, target.tag))));
             out.push_str(&format!("SECRET = {}\n", string(&target.secret)));
             out.push_str(&format!("NAMESPACE = {}\n", string(target.namespace.as_deref().unwrap_or("default"))));
-            out.push_str(&format!("SERVICE_ACCOUNT = json.loads({})\n", literal(&json!(target.service_account))));
+            out.push_str(&format!(
+                "SERVICE_ACCOUNT = json.loads({})\n",
+                literal(&json!(target.service_account.as_deref().filter(|s| !s.is_empty())))
+            ));
             let selector: serde_json::Map<String, Value> =
                 target.gpu_node_selector.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
             out.push_str(&format!("GPU_NODE_SELECTOR = json.loads({})\n", literal(&Value::Object(selector))));

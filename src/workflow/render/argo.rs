@@ -3,7 +3,10 @@
 
 use serde_json::{json, Value};
 
-use super::{dns_name, object_store_root, resources, step_config, Target, RETRIES, RETRY_DELAY_S, RETRY_EXIT_CODE};
+use super::{
+    deadline_s, dns_name, object_store_root, on_gpu, resources, step_config, Target, MAX_RETRY_DELAY_S, RETRIES,
+    RETRY_DELAY_S, RETRY_EXIT_CODE, RUN_AS_USER,
+};
 use crate::error::{Error, Result};
 use crate::workflow::{join_url, Workflow};
 
@@ -26,7 +29,10 @@ pub fn render(workflow: &Workflow, target: &Target, kind: Kind) -> Result<Value>
         if !kinds.iter().any(|(name, _)| *name == template) {
             kinds.push((template.clone(), step));
         }
-        let config = step_config(workflow, step, store)?;
+        let mut config = step_config(workflow, step, store)?;
+        if step.gpu {
+            config = on_gpu(step.kind, config);
+        }
         let mut task = json!({
             "name": dns_name(&step.name),
             "template": template,
@@ -70,11 +76,28 @@ pub fn render(workflow: &Workflow, target: &Target, kind: Kind) -> Result<Value>
     let mut spec = json!({
         "entrypoint": "main",
         "arguments": {"parameters": parameters},
+        "parallelism": target.parallelism,
+        // Pods of failed steps stay for their logs until the workflow is deleted, a day
+        // after success or a week after failure.
         "podGC": {"strategy": "OnPodSuccess"},
+        "ttlStrategy": {"secondsAfterSuccess": 24 * 3600, "secondsAfterFailure": 7 * 24 * 3600},
+        // Pod Security Standards, "restricted".
+        "securityContext": {
+            "runAsNonRoot": true,
+            "runAsUser": RUN_AS_USER,
+            "runAsGroup": RUN_AS_USER,
+            "fsGroup": RUN_AS_USER,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
         "templates": templates,
     });
-    if let Some(sa) = &target.service_account {
+    let sa = target.service_account.as_deref().unwrap_or(super::SERVICE_ACCOUNT);
+    if !sa.is_empty() {
         spec["serviceAccountName"] = json!(sa);
+    }
+    if !target.image_pull_secrets.is_empty() {
+        spec["imagePullSecrets"] =
+            json!(target.image_pull_secrets.iter().map(|s| json!({"name": s})).collect::<Vec<_>>());
     }
     let name = dns_name(&workflow.name);
     let mut metadata = json!({"labels": {"app.kubernetes.io/name": "taft", "app.kubernetes.io/part-of": name}});
@@ -100,30 +123,51 @@ fn template_name(kind: &str, gpu: bool) -> String {
     }
 }
 
+/// What Argo retries: exit code 3 (transient), a pod stopped by SIGTERM before it could
+/// say so (143), and node-level errors (a pod evicted, deleted or lost with its node).
+pub const RETRY_EXPRESSION: &str =
+    "asInt(lastRetry.exitCode) == 3 || asInt(lastRetry.exitCode) == 143 || lastRetry.status == \"Error\"";
+
 /// The container template of one step kind: `taft <kind> --out … --config-yaml …`, retried
-/// with backoff on exit code 3 only.
+/// with backoff on exit code 3 and pod-level errors only.
 fn container_template(name: &str, kind: &str, step: &crate::workflow::Planned, target: &Target) -> Value {
+    debug_assert!(RETRY_EXPRESSION.contains(&format!("== {RETRY_EXIT_CODE} ")));
     let mut template = json!({
         "name": name,
         "inputs": {"parameters": [{"name": "out"}, {"name": "config"}]},
+        "activeDeadlineSeconds": deadline_s(step.kind),
         "retryStrategy": {
             "limit": RETRIES,
-            "retryPolicy": "OnFailure",
-            "expression": format!("asInt(lastRetry.exitCode) == {RETRY_EXIT_CODE}"),
-            "backoff": {"duration": format!("{RETRY_DELAY_S}s"), "factor": 2, "cap": "10m"},
+            "retryPolicy": "Always",
+            "expression": RETRY_EXPRESSION,
+            "backoff": {"duration": format!("{RETRY_DELAY_S}s"), "factor": 2, "cap": format!("{MAX_RETRY_DELAY_S}s")},
         },
         "container": {
             "image": "{{workflow.parameters.image}}:{{workflow.parameters.tag}}",
+            // The entrypoint is named: no registry look-up of the image's.
+            "command": ["taft"],
             "args": [kind, "--out", "{{inputs.parameters.out}}", "--config-yaml", "{{inputs.parameters.config}}"],
-            "env": [{"name": "TAFT_LOG_FORMAT", "value": "json"}],
+            "env": [
+                {"name": "TAFT_LOG_FORMAT", "value": "json"},
+                // Threads default to the CPUs requested (a step's `threads` setting wins).
+                {"name": "TAFT_THREADS", "valueFrom": {"resourceFieldRef": {
+                    "containerName": "main", "resource": "requests.cpu", "divisor": "1",
+                }}},
+            ],
             "envFrom": [{"secretRef": {"name": "{{workflow.parameters.secret}}"}}],
             "resources": resources(step.kind, step.gpu),
+            "securityContext": {
+                "allowPrivilegeEscalation": false,
+                "capabilities": {"drop": ["ALL"]},
+            },
         },
     });
     if step.gpu {
-        let selector: serde_json::Map<String, Value> =
-            target.gpu_node_selector.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
-        template["nodeSelector"] = Value::Object(selector);
+        if !target.gpu_node_selector.is_empty() {
+            let selector: serde_json::Map<String, Value> =
+                target.gpu_node_selector.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+            template["nodeSelector"] = Value::Object(selector);
+        }
         template["tolerations"] = json!([{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]);
     }
     template

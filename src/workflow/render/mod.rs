@@ -15,9 +15,42 @@ use crate::steps::StepKind;
 
 /// The exit code a scheduler retries (DESIGN.md: 3 = transient infrastructure failure).
 pub const RETRY_EXIT_CODE: i32 = 3;
-/// Retries of a step that exits 3, with exponential backoff from [`RETRY_DELAY_S`].
+/// Retries of a step that exits 3, with exponential backoff from [`RETRY_DELAY_S`] (doubling,
+/// up to [`MAX_RETRY_DELAY_S`], which the last retry reaches).
 pub const RETRIES: u32 = 4;
 pub const RETRY_DELAY_S: u32 = 30;
+pub const MAX_RETRY_DELAY_S: u32 = RETRY_DELAY_S << (RETRIES - 1);
+/// The user id the images run as (non-root).
+pub const RUN_AS_USER: u32 = 10001;
+
+/// How long a step's pod may run before it is stopped (seconds), by step kind: training days,
+/// scoring hours, the rest less.
+pub fn deadline_s(kind: StepKind) -> u64 {
+    match kind.name() {
+        "dapt" | "role" | "finetune" => 3 * 24 * 3600,
+        "evaluate" | "export" | "predict" => 12 * 3600,
+        _ => 2 * 3600,
+    }
+}
+
+/// A step's config as a `gpu: true` step runs it: on CUDA (`train.device`, or `device` for
+/// evaluate), so that a pod without a working GPU fails at once instead of training on CPU.
+pub fn on_gpu(kind: StepKind, mut config: Value) -> Value {
+    let Some(map) = config.as_object_mut() else { return config };
+    match kind.name() {
+        "dapt" | "role" | "finetune" => {
+            let train = map.entry("train").or_insert_with(|| json!({}));
+            if let Some(train) = train.as_object_mut() {
+                train.entry("device").or_insert_with(|| json!("cuda"));
+            }
+        }
+        "evaluate" => {
+            map.entry("device").or_insert_with(|| json!("cuda"));
+        }
+        _ => {}
+    }
+    config
+}
 
 /// What a rendered workflow needs beyond the workflow file.
 #[derive(Debug, Clone)]
@@ -29,15 +62,25 @@ pub struct Target {
     /// `AWS_ACCESS_KEY_ID`, `GOOGLE_SERVICE_ACCOUNT_KEY`, `AZURE_STORAGE_ACCOUNT_KEY`, …).
     pub secret: String,
     pub namespace: Option<String>,
+    /// The step pods' service account (Argo: [`SERVICE_ACCOUNT`] when not given; `""`: the
+    /// namespace's default).
     pub service_account: Option<String>,
-    /// Node labels a `gpu: true` step must run on.
+    /// Secrets for pulling the image from a private registry.
+    pub image_pull_secrets: Vec<String>,
+    /// Node labels a `gpu: true` step must run on (none by default: the `nvidia.com/gpu`
+    /// limit is what places a pod on a GPU node).
     pub gpu_node_selector: Vec<(String, String)>,
+    /// Steps running at once at most.
+    pub parallelism: u32,
     /// More workflow parameters (name, default), for configs that name them.
     pub params: Vec<(String, String)>,
 }
 
 /// The default step image.
 pub const IMAGE: &str = "ghcr.io/taft-project/taft";
+/// The default service account of step pods (the Helm chart creates it, with the rights
+/// Argo's executor needs).
+pub const SERVICE_ACCOUNT: &str = "taft";
 
 impl Target {
     pub fn new(workflow: &Workflow) -> Target {
@@ -47,7 +90,9 @@ impl Target {
             secret: "taft-store".into(),
             namespace: None,
             service_account: None,
-            gpu_node_selector: vec![("nvidia.com/gpu.present".into(), "true".into())],
+            image_pull_secrets: Vec::new(),
+            gpu_node_selector: Vec::new(),
+            parallelism: 8,
             params: Vec::new(),
         }
     }
@@ -73,12 +118,15 @@ pub fn resources(kind: StepKind, gpu: bool) -> Value {
 /// The store root of a rendered workflow: an object-store URL (pods share no disk).
 pub fn object_store_root(workflow: &Workflow) -> Result<&str> {
     let root = workflow.store.as_str();
-    if ["s3://", "gs://", "az://", "azure://", "abfs://", "abfss://", "https://"].iter().any(|p| root.starts_with(p)) {
+    let remote =
+        crate::store::REMOTE_SCHEMES.iter().any(|s| root.strip_prefix(s).is_some_and(|r| r.starts_with("://")));
+    if remote {
         Ok(root)
     } else {
         Err(Error::config(format!(
-            "workflow {}: store `{root}` is not an object-store URL; steps in containers share no disk: give `--store s3://bucket/prefix` (or gs://, az://)",
-            workflow.source
+            "workflow {}: store `{root}` is not an object-store URL ({}); steps in containers share no disk: give `--store s3://bucket/prefix`",
+            workflow.source,
+            crate::store::REMOTE_SCHEMES.map(|s| format!("{s}://")).join(", ")
         )))
     }
 }
