@@ -236,6 +236,9 @@ pub struct AirflowArgs {
     /// The taft binary local mode runs (default: this one).
     #[arg(long, value_name = "PATH")]
     pub taft: Option<PathBuf>,
+    /// The Airflow pool the tasks take slots of.
+    #[arg(long)]
+    pub pool: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

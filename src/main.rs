@@ -181,6 +181,7 @@ fn render(target: cli::RenderTarget) -> anyhow::Result<()> {
             serde_yaml::to_string(&render::argo::render(&wf, &t, kind)?)?
         }
         cli::RenderTarget::Airflow(a) => {
+            t.pool = a.pool.clone();
             let mode = match a.mode {
                 cli::AirflowMode::Kubernetes => render::airflow::Mode::Kubernetes,
                 cli::AirflowMode::Local => render::airflow::Mode::Local(match &a.taft {

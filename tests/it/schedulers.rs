@@ -425,3 +425,38 @@ fn the_dockerfile_builds_non_root_images_from_paths_that_exist() {
     let build = &stages[0].1;
     assert!(build.iter().any(|l| l.contains("--no-default-features --features serve")), "the serving build");
 }
+
+#[cfg(feature = "train")]
+#[test]
+fn airflow_local_tasks_fail_at_once_on_exit_2_and_retry_on_exit_3() {
+    let af = Airflow::new();
+    let dir = tempdir();
+    // Real steps: a missing input (exit 2), an object store that does not answer (exit 3),
+    // and one that works.
+    let wf = dir.path().join("exits.yaml");
+    std::fs::write(
+        &wf,
+        format!(
+            "name: exits\nstore: {}\nsteps:\n  - name: bad\n    kind: prep\n    config: {{inputs: [{}]}}\n  - name: flaky\n    kind: prep\n    config: {{inputs: ['s3://nobucket/in.jsonl']}}\n  - name: good\n    kind: prep\n    config: {{synthetic: {{train: 4, val: 2, test: 2, unlabeled: 4}}}}\n",
+            s(&dir.path().join("store")),
+            s(&dir.path().join("missing.jsonl"))
+        ),
+    )
+    .unwrap();
+    let dag = af.dags().join("exits.py");
+    taft_run(&["render", "airflow", s(&wf), "--mode", "local", "-o", s(&dag)]).ok();
+    let mut cmd = af.cmd("python");
+    cmd.arg(root().join("tests/sched/airflow_exits.py")).arg(&dag).arg("exits").envs([
+        ("AWS_ENDPOINT_URL", "http://127.0.0.1:9"),
+        ("AWS_ALLOW_HTTP", "true"),
+        ("AWS_ACCESS_KEY_ID", "x"),
+        ("AWS_SECRET_ACCESS_KEY", "y"),
+        ("AWS_REGION", "us-east-1"),
+        ("TAFT_STORE_RETRY_TIMEOUT", "1"),
+    ]);
+    let r = run(&mut cmd);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let outcomes: BTreeMap<&str, &str> =
+        r.stdout.lines().filter_map(|l| l.strip_prefix("outcome ")?.split_once(' ')).collect();
+    assert_eq!(outcomes, BTreeMap::from([("bad", "fail"), ("flaky", "retry"), ("good", "ok")]), "{}", r.stderr);
+}

@@ -25,13 +25,17 @@ def main():
     if dag is None:
         problems.append(f"no DAG {expected['dag_id']!r} in {path} (found {sorted(bag.dags)})")
     else:
+        if dag.max_active_runs != 1:
+            problems.append(f"max_active_runs {dag.max_active_runs}: two runs would write the same outputs")
         got = {t.task_id: sorted(t.upstream_task_ids) for t in dag.tasks}
         want = {k: sorted(v) for k, v in expected["tasks"].items()}
         if got != want:
             problems.append(f"tasks differ: got {got}, want {want}")
         for task in dag.tasks:
-            if task.retries != 4 or not task.retry_exponential_backoff:
+            if task.retries != 4 or not task.retry_exponential_backoff or task.max_retry_delay is None:
                 problems.append(f"{task.task_id}: retries {task.retries}, backoff {task.retry_exponential_backoff}")
+            if task.execution_timeout is None or task.execution_timeout.total_seconds() < 3600:
+                problems.append(f"{task.task_id}: execution_timeout {task.execution_timeout}")
             if expected["mode"] == "kubernetes":
                 if not isinstance(task, KubernetesPodOperator):
                     problems.append(f"{task.task_id}: a {type(task).__mro__}")
@@ -45,6 +49,15 @@ def main():
                     problems.append(f"{task.task_id}: store secret missing: {task.env_from}")
                 if task.image != expected["image"] or task.arguments[0] != task.task_id and "--config-yaml" not in task.arguments:
                     problems.append(f"{task.task_id}: image {task.image}, arguments {task.arguments}")
+                if task.cmds != ["taft"] or task.deferrable:
+                    problems.append(f"{task.task_id}: cmds {task.cmds}, deferrable {task.deferrable}")
+                # Large images and GPU nodes that scale up take minutes to start.
+                if task.startup_timeout_seconds < (1800 if gpu else 600):
+                    problems.append(f"{task.task_id}: startup_timeout_seconds {task.startup_timeout_seconds}")
+                if task.namespace is not None:
+                    problems.append(f"{task.task_id}: namespace {task.namespace} (the connection's was not asked to be replaced)")
+                if gpu and json.loads(task.arguments[-1]).get("train", {}).get("device") != "cuda":
+                    problems.append(f"{task.task_id}: a GPU step that may train on the CPU: {task.arguments[-1][:200]}")
             elif not isinstance(task, BashOperator):
                 problems.append(f"{task.task_id}: a {type(task).__mro__}")
     if expected["mode"] == "kubernetes" and dag is not None:

@@ -4,7 +4,10 @@
 
 use serde_json::{json, Value};
 
-use super::{object_store_root, resources, step_config, Target, RETRIES, RETRY_DELAY_S, RETRY_EXIT_CODE};
+use super::{
+    deadline_s, object_store_root, on_gpu, resources, step_config, Target, MAX_RETRY_DELAY_S, RETRIES, RETRY_DELAY_S,
+    RETRY_EXIT_CODE, RUN_AS_USER,
+};
 use crate::error::{Error, Result};
 use crate::workflow::{join_url, Workflow};
 
@@ -26,14 +29,21 @@ pub fn render(workflow: &Workflow, target: &Target, mode: &Mode) -> Result<Strin
     for step in &workflow.steps {
         let mut after: Vec<&str> = step.deps.iter().map(|&d| workflow.steps[d].name.as_str()).collect();
         after.dedup();
+        let mut config = step_config(workflow, step, &root)?;
+        if step.gpu && matches!(mode, Mode::Kubernetes) {
+            config = on_gpu(step.kind, config);
+        }
         steps.push(json!({
             "task_id": step.name,
             "kind": step.kind.name(),
             "out": join_url(&root, &step.key),
-            "config": step_config(workflow, step, &root)?,
+            "config": config,
             "after": after,
             "resources": resources(step.kind, step.gpu),
             "gpu": step.gpu,
+            "timeout_s": deadline_s(step.kind),
+            // Pulling a large image, or a GPU node scaling up, takes minutes.
+            "startup_timeout_s": if step.gpu { 1800 } else { 600 },
         }));
     }
     let dag_id: String =
@@ -53,14 +63,20 @@ pub fn render(workflow: &Workflow, target: &Target, mode: &Mode) -> Result<Strin
     ));
     out.push_str(COMMON);
     out.push_str(&format!(
-        "RETRY_EXIT_CODE = {RETRY_EXIT_CODE}\nRETRIES = {RETRIES}\nRETRY_DELAY_S = {RETRY_DELAY_S}\n"
+        "RETRY_EXIT_CODE = {RETRY_EXIT_CODE}\nRETRIES = {RETRIES}\nRETRY_DELAY_S = {RETRY_DELAY_S}\nMAX_RETRY_DELAY_S = {MAX_RETRY_DELAY_S}\n"
+    ));
+    out.push_str(&format!(
+        "POOL = json.loads({})\n",
+        literal(&json!(target.pool.as_deref().filter(|s| !s.is_empty())))
     ));
     out.push_str(RETRY_RULE);
     match mode {
         Mode::Kubernetes => {
             out.push_str(&format!("IMAGE = {}\n", string(&format!("{}:{}", target.image, target.tag))));
             out.push_str(&format!("SECRET = {}\n", string(&target.secret)));
-            out.push_str(&format!("NAMESPACE = {}\n", string(target.namespace.as_deref().unwrap_or("default"))));
+            // No namespace: the Kubernetes connection's.
+            out.push_str(&format!("NAMESPACE = json.loads({})\n", literal(&json!(target.namespace))));
+            out.push_str(&format!("RUN_AS_USER = {RUN_AS_USER}\n"));
             out.push_str(&format!(
                 "SERVICE_ACCOUNT = json.loads({})\n",
                 literal(&json!(target.service_account.as_deref().filter(|s| !s.is_empty())))
@@ -78,8 +94,9 @@ pub fn render(workflow: &Workflow, target: &Target, mode: &Mode) -> Result<Strin
     }
     out.push_str(&format!("STEPS = json.loads({})\n\n", literal(&Value::Array(steps))));
     out.push_str(&format!(
-        "with DAG(\n    dag_id={},\n    schedule=None,\n    start_date=datetime(2024, 1, 1),\n    catchup=False,\n    max_active_tasks=8,\n    tags=[\"taft\"],\n) as dag:\n    tasks = {{s[\"task_id\"]: Step(step=s) for s in STEPS}}\n    for s in STEPS:\n        for upstream in s[\"after\"]:\n            tasks[upstream] >> tasks[s[\"task_id\"]]\n",
-        string(&dag_id)
+        "with DAG(\n    dag_id={},\n    schedule=None,\n    start_date=datetime(2024, 1, 1),\n    catchup=False,\n    max_active_tasks={},\n    # Two runs would write the same outputs: one at a time.\n    max_active_runs=1,\n    tags=[\"taft\"],\n) as dag:\n    tasks = {{s[\"task_id\"]: Step(step=s) for s in STEPS}}\n    for s in STEPS:\n        for upstream in s[\"after\"]:\n            tasks[upstream] >> tasks[s[\"task_id\"]]\n",
+        string(&dag_id),
+        target.parallelism
     ));
     Ok(out)
 }
@@ -106,14 +123,31 @@ import shlex
 from datetime import datetime, timedelta
 
 from airflow.sdk import DAG
-from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+try:
+    from airflow.sdk.exceptions import AirflowException, AirflowFailException
+except ImportError:  # Airflow 3.0
+    from airflow.exceptions import AirflowException, AirflowFailException
 
 "#;
 
 /// What both modes' operators share: the retry settings, and a failure that is not the
 /// transient exit code turned into one Airflow does not retry.
 const RETRY_RULE: &str = r#"
-RETRY = dict(retries=RETRIES, retry_delay=timedelta(seconds=RETRY_DELAY_S), retry_exponential_backoff=True)
+RETRY = dict(
+    retries=RETRIES,
+    retry_delay=timedelta(seconds=RETRY_DELAY_S),
+    retry_exponential_backoff=True,
+    max_retry_delay=timedelta(seconds=MAX_RETRY_DELAY_S),
+)
+
+
+def limits(step: dict) -> dict:
+    """A task's time limit and pool."""
+    out = dict(execution_timeout=timedelta(seconds=step["timeout_s"]))
+    if POOL:
+        out["pool"] = POOL
+    return out
 
 
 class RetriesExit3:
@@ -158,6 +192,7 @@ class Step(RetriesExit3, BashOperator):
             append_env=True,
             skip_on_exit_code=None,
             **RETRY,
+            **limits(step),
             **kwargs,
         )
 
@@ -180,8 +215,20 @@ def exit_code(pod) -> int | None:
     return None
 
 
+RESTRICTED_POD = k8s.V1PodSecurityContext(
+    run_as_non_root=True,
+    run_as_user=RUN_AS_USER,
+    run_as_group=RUN_AS_USER,
+    fs_group=RUN_AS_USER,
+    seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault"),
+)
+RESTRICTED_CONTAINER = k8s.V1SecurityContext(
+    allow_privilege_escalation=False, capabilities=k8s.V1Capabilities(drop=["ALL"])
+)
+
+
 class Step(RetriesExit3, KubernetesPodOperator):
-    """One taft step in a pod of the step image (entrypoint `taft`)."""
+    """One taft step in a pod of the step image (command `taft`)."""
 
     # The arguments are literal: configs hold braces.
     template_fields = tuple(f for f in KubernetesPodOperator.template_fields if f != "arguments")
@@ -193,8 +240,20 @@ class Step(RetriesExit3, KubernetesPodOperator):
             name=step["task_id"].lower().replace("_", "-"),
             namespace=NAMESPACE,
             image=IMAGE,
+            cmds=["taft"],
             arguments=[step["kind"], "--out", step["out"], "--config-yaml", json.dumps(step["config"])],
-            env_vars=[k8s.V1EnvVar(name="TAFT_LOG_FORMAT", value="json")],
+            env_vars=[
+                k8s.V1EnvVar(name="TAFT_LOG_FORMAT", value="json"),
+                # Threads default to the CPUs requested (a step's `threads` setting wins).
+                k8s.V1EnvVar(
+                    name="TAFT_THREADS",
+                    value_from=k8s.V1EnvVarSource(
+                        resource_field_ref=k8s.V1ResourceFieldSelector(
+                            container_name="base", resource="requests.cpu", divisor="1"
+                        )
+                    ),
+                ),
+            ],
             env_from=[k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=SECRET))],
             container_resources=k8s.V1ResourceRequirements(
                 requests=step["resources"]["requests"], limits=step["resources"]["limits"]
@@ -202,12 +261,25 @@ class Step(RetriesExit3, KubernetesPodOperator):
             node_selector=GPU_NODE_SELECTOR if gpu else None,
             tolerations=[k8s.V1Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")] if gpu else None,
             service_account_name=SERVICE_ACCOUNT,
+            security_context=RESTRICTED_POD,
+            container_security_context=RESTRICTED_CONTAINER,
             get_logs=True,
-            # A failed pod stays for its exit code (and for whoever debugs it).
+            startup_timeout_seconds=step["startup_timeout_s"],
+            # The exit code is read from the pod: never deferred to a trigger.
+            deferrable=False,
+            # A failed pod stays for its exit code (and for whoever debugs it); one that never
+            # started is deleted (see `cleanup`).
             on_finish_action="delete_succeeded_pod",
             **RETRY,
+            **limits(step),
             **kwargs,
         )
+
+    def cleanup(self, pod, remote_pod, *args, **kwargs):
+        phase = getattr(getattr(remote_pod, "status", None), "phase", None)
+        if phase == "Pending":  # never started (no node, no image): nothing in it to keep
+            self.process_pod_deletion(remote_pod, reraise=False)
+        return super().cleanup(pod, remote_pod, *args, **kwargs)
 
     def exit_code_of(self, error):
         try:

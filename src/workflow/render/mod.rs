@@ -72,6 +72,8 @@ pub struct Target {
     pub gpu_node_selector: Vec<(String, String)>,
     /// Steps running at once at most.
     pub parallelism: u32,
+    /// The Airflow pool the tasks take slots of.
+    pub pool: Option<String>,
     /// More workflow parameters (name, default), for configs that name them.
     pub params: Vec<(String, String)>,
 }
@@ -93,6 +95,7 @@ impl Target {
             image_pull_secrets: Vec::new(),
             gpu_node_selector: Vec::new(),
             parallelism: 8,
+            pool: None,
             params: Vec::new(),
         }
     }
