@@ -1,10 +1,15 @@
 # syntax=docker/dockerfile:1
 # Container images of taft (no Python interpreter at run time):
 #   runtime (default)  the step image: every step, `taft run`, `taft serve`; libtorch (CUDA
-#                      build, runs on CPU nodes too) and ONNX Runtime from the pinned PyPI wheels
+#                      build, runs on CPU nodes too) and ONNX Runtime from the pinned PyPI
+#                      wheels. Needs an NVIDIA driver >= 580 for CUDA 13.0 (torch 2.11.0).
+#   runtime-cpu        the step image for CPU nodes: libtorch's CPU library only, without the
+#                      CUDA compute libraries (cuBLAS, cuDNN, ...: 2.7 GB); only the CUDA
+#                      runtime and CUPTI that libtorch_cpu links (5 MB) are kept
 #   serve              the serving build only (export's ONNX model on ONNX Runtime), no libtorch
 #
 #   docker build -t REGISTRY/taft:TAG .
+#   docker build --target runtime-cpu -t REGISTRY/taft:TAG-cpu .
 #   docker build --target serve -t REGISTRY/taft:TAG-serve .
 #   docker push REGISTRY/taft:TAG && docker push REGISTRY/taft:TAG-serve
 
@@ -26,14 +31,21 @@ COPY .cargo .cargo
 COPY src src
 COPY tests tests
 COPY bench bench
-RUN cargo build --release --locked --features "${FEATURES}" \
+# The CPU build first (into /opt/taft/cpu), then the step image's build in the same target
+# directory (only taft itself is rebuilt), then the serving build.
+RUN cargo build --release --locked \
+    && mkdir -p /opt/taft/lib /opt/taft/serve-lib /opt/taft/cpu/lib \
+    && cp target/release/taft /opt/taft/cpu/taft \
+    && cargo build --release --locked --features "${FEATURES}" \
     && cargo build --release --locked --no-default-features --features serve --target-dir target/serve \
-    && mkdir -p /opt/taft/lib /opt/taft/serve-lib \
     && site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') \
     && cp -a "$site"/torch/lib/. /opt/taft/lib/ \
     && for d in "$site"/nvidia/*/lib; do [ -d "$d" ] && cp -a "$d"/. /opt/taft/lib/; done; \
     cp -aL .venv/libonnxruntime.so /opt/taft/lib/libonnxruntime.so \
-    && cp -aL .venv/libonnxruntime.so /opt/taft/serve-lib/libonnxruntime.so
+    && cp -aL .venv/libonnxruntime.so /opt/taft/serve-lib/libonnxruntime.so \
+    && cp -a "$site"/torch/lib/libtorch_cpu.so "$site"/torch/lib/libc10.so /opt/taft/cpu/lib/ \
+    && cp -aL "$site"/nvidia/cu13/lib/libcudart.so.13 "$site"/nvidia/cu13/lib/libcupti.so.13 /opt/taft/cpu/lib/ \
+    && cp -aL .venv/libonnxruntime.so /opt/taft/cpu/lib/
 
 # Serving image: the ONNX Runtime build and its library.
 FROM ${BASE_IMAGE} AS serve
@@ -50,14 +62,31 @@ EXPOSE 8080
 ENTRYPOINT ["taft"]
 CMD ["serve", "--help"]
 
+# Step image for CPU nodes: libtorch_cpu and the two CUDA libraries it links, ONNX Runtime.
+FROM ${BASE_IMAGE} AS runtime-cpu
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates libgomp1 \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --uid 10001 --create-home --shell /usr/sbin/nologin taft
+COPY --from=build /opt/taft/cpu/lib /opt/taft/lib
+COPY --from=build /opt/taft/cpu/taft /usr/local/bin/taft
+ENV LD_LIBRARY_PATH=/opt/taft/lib${LD_LIBRARY_PATH:+:${LD_LIBRARY_PATH}} \
+    ORT_DYLIB_PATH=/opt/taft/lib/libonnxruntime.so \
+    TAFT_LOG_FORMAT=json
+USER 10001
+WORKDIR /home/taft
+ENTRYPOINT ["taft"]
+CMD ["--help"]
+
 # Step image: libtorch's libraries (and the CUDA ones its wheel depends on), ONNX Runtime.
+# The driver's libraries come from the node: the NVIDIA container toolkit puts them on the
+# linker's path, GKE mounts them at /usr/local/nvidia.
 FROM ${BASE_IMAGE} AS runtime
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates libgomp1 \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --uid 10001 --create-home --shell /usr/sbin/nologin taft
 COPY --from=build /opt/taft/lib /opt/taft/lib
 COPY --from=build /src/target/release/taft /usr/local/bin/taft
-ENV LD_LIBRARY_PATH=/opt/taft/lib \
+ENV LD_LIBRARY_PATH=/opt/taft/lib:/usr/local/nvidia/lib64:/usr/local/nvidia/lib${LD_LIBRARY_PATH:+:${LD_LIBRARY_PATH}} \
     ORT_DYLIB_PATH=/opt/taft/lib/libonnxruntime.so \
     TAFT_LOG_FORMAT=json
 USER 10001
