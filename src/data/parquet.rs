@@ -225,6 +225,156 @@ pub fn conversation_batches(bytes: Bytes, url: &str) -> Result<impl Iterator<Ite
     Ok(reader.map(move |batch| from_batch(&batch.map_err(|e| bad(&e, &url))?, &url)))
 }
 
+/// A committed `conversations.parquet` read a row group at a time with ranged reads: the
+/// footer first, then each row group's bytes, in file order, through a sha256 that is checked
+/// against the manifest once the last bytes are read (a changed file is an input error, so
+/// nothing made from it is committed). Memory holds one row group, not the file.
+pub struct RowGroups<'a> {
+    committed: &'a crate::store::manifest::Committed,
+    name: String,
+    url: String,
+    size: u64,
+    metadata: parquet::arrow::arrow_reader::ArrowReaderMetadata,
+    next: usize,
+    /// Bytes hashed so far (a prefix of the file).
+    pos: u64,
+    hasher: sha2::Sha256,
+}
+
+impl<'a> RowGroups<'a> {
+    pub async fn open(committed: &'a crate::store::manifest::Committed, name: &str) -> Result<RowGroups<'a>> {
+        use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
+        use parquet::file::metadata::ParquetMetaDataReader;
+        let url = committed.store.url_of(name);
+        let size = committed.entry(name)?.size;
+        let bad = |what: &dyn std::fmt::Display| {
+            Error::input(format!("{url}: not a readable Parquet file of conversations: {what}"))
+        };
+        if size < 12 {
+            return Err(bad(&format!("{size} bytes")));
+        }
+        let tail = committed.store.get_range(name, size - 8..size).await?;
+        if &tail[4..] != b"PAR1" {
+            return Err(bad(&"no Parquet footer"));
+        }
+        let footer_len = u64::from(u32::from_le_bytes(tail[..4].try_into().expect("4 bytes")));
+        if footer_len + 12 > size {
+            return Err(bad(&format!("a footer of {footer_len} bytes in a file of {size}")));
+        }
+        let footer = committed.store.get_range(name, size - 8 - footer_len..size - 8).await?;
+        let metadata = ParquetMetaDataReader::decode_metadata(&footer).map_err(|e| bad(&e))?;
+        let metadata =
+            ArrowReaderMetadata::try_new(Arc::new(metadata), ArrowReaderOptions::default()).map_err(|e| bad(&e))?;
+        Ok(RowGroups {
+            committed,
+            name: name.to_string(),
+            url,
+            size,
+            metadata,
+            next: 0,
+            pos: 0,
+            hasher: sha2::Digest::new(),
+        })
+    }
+
+    /// Reads `pos..end` into the hash (and returns the bytes).
+    async fn read_to(&mut self, end: u64) -> Result<Bytes> {
+        let bytes = self.committed.store.get_range(&self.name, self.pos..end).await?;
+        sha2::Digest::update(&mut self.hasher, &bytes);
+        self.pos = end;
+        Ok(bytes)
+    }
+
+    /// The conversations of the next row group; `None` after the last, once the whole file
+    /// has been checked against the manifest.
+    pub async fn next(&mut self) -> Result<Option<Vec<Conversation>>> {
+        let groups = self.metadata.metadata().num_row_groups();
+        if self.next == groups {
+            if self.pos <= self.size {
+                self.read_to(self.size).await?;
+                let sha256 = hex::encode(sha2::Digest::finalize_reset(&mut self.hasher));
+                self.pos = self.size + 1;
+                self.committed.verify(&self.name, self.size, &sha256)?;
+            }
+            return Ok(None);
+        }
+        let group = self.metadata.metadata().row_group(self.next);
+        let (start, end) = group
+            .columns()
+            .iter()
+            .map(|c| c.byte_range())
+            .fold((u64::MAX, 0), |(s, e), (cs, cl)| (s.min(cs), e.max(cs + cl)));
+        if start < self.pos || end > self.size {
+            return Err(Error::input(format!(
+                "{}: row group {} at bytes {start}..{end} is not laid out in file order",
+                self.url, self.next
+            )));
+        }
+        // The bytes before this row group (the leading magic, or anything between groups).
+        if start > self.pos {
+            self.read_to(start).await?;
+        }
+        let bytes = self.read_to(end).await?;
+        let span = Span { start, bytes, len: self.size };
+        let url = self.url.clone();
+        let bad = |e: &dyn std::fmt::Display| {
+            Error::input(format!("{url}: not a readable Parquet file of conversations: {e}"))
+        };
+        let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(span, self.metadata.clone())
+            .with_row_groups(vec![self.next])
+            .build()
+            .map_err(|e| bad(&e))?;
+        let mut out = Vec::new();
+        for batch in reader {
+            out.extend(from_batch(&batch.map_err(|e| bad(&e))?, &self.url)?);
+        }
+        self.next += 1;
+        Ok(Some(out))
+    }
+}
+
+/// The bytes of one row group, read at their offsets in a file of `len` bytes.
+struct Span {
+    start: u64,
+    bytes: Bytes,
+    len: u64,
+}
+
+impl Span {
+    fn slice(&self, start: u64, length: usize) -> parquet::errors::Result<Bytes> {
+        let from = start.checked_sub(self.start).map(|o| o as usize);
+        match from {
+            Some(from) if from + length <= self.bytes.len() => Ok(self.bytes.slice(from..from + length)),
+            _ => Err(parquet::errors::ParquetError::General(format!(
+                "bytes {start}..{} are outside the row group read ({}..{})",
+                start + length as u64,
+                self.start,
+                self.start + self.bytes.len() as u64
+            ))),
+        }
+    }
+}
+
+impl parquet::file::reader::Length for Span {
+    fn len(&self) -> u64 {
+        self.len
+    }
+}
+
+impl parquet::file::reader::ChunkReader for Span {
+    type T = bytes::buf::Reader<Bytes>;
+
+    fn get_read(&self, start: u64) -> parquet::errors::Result<Self::T> {
+        let end = self.start + self.bytes.len() as u64;
+        let length = end.saturating_sub(start) as usize;
+        Ok(bytes::Buf::reader(self.slice(start, length)?))
+    }
+
+    fn get_bytes(&self, start: u64, length: usize) -> parquet::errors::Result<Bytes> {
+        self.slice(start, length)
+    }
+}
+
 fn column<'a, T: 'static>(batch: &'a RecordBatch, name: &str, url: &str) -> Result<&'a T> {
     batch
         .column_by_name(name)

@@ -140,7 +140,7 @@ mod stream {
 
     use super::{parse_line, PredictConfig, CHUNK_BATCHES};
     use crate::data::ingest::LineReader;
-    use crate::data::parquet::{conversation_batches, CONVERSATIONS};
+    use crate::data::parquet::{RowGroups, CONVERSATIONS};
     use crate::data::ConvId;
     use crate::error::{Error, Result};
     use crate::eval::predictions::{self, TaskPredictions};
@@ -196,10 +196,10 @@ mod stream {
             if !committed.has(CONVERSATIONS) {
                 return Err(Error::input(format!("{data_url}: no {CONVERSATIONS}: not a prep output")));
             }
-            let bytes = committed.read(CONVERSATIONS).await?;
             let url = committed.store.url_of(CONVERSATIONS);
-            for batch in conversation_batches(bytes, &url)? {
-                for c in batch? {
+            let mut groups = RowGroups::open(&committed, CONVERSATIONS).await?;
+            while let Some(group) = groups.next().await? {
+                for c in group {
                     kind_of(&mut id_kind, &c.id, &url)?;
                     if config.split.is_some_and(|s| s != c.split) {
                         continue;

@@ -115,30 +115,43 @@ impl Committed {
         self.manifest.file(name).is_some()
     }
 
+    /// The manifest entry of a file of the output (an input error when it lists none).
+    pub fn entry(&self, name: &str) -> Result<&FileEntry> {
+        self.manifest.file(name).ok_or_else(|| {
+            Error::input(format!(
+                "{}: not in the output (its {MANIFEST} does not list it; made by `taft {}`)",
+                self.store.url_of(name),
+                self.manifest.step
+            ))
+        })
+    }
+
+    /// Checks bytes read of `name` (whole, or streamed through a hasher) against its
+    /// manifest entry.
+    pub fn verify(&self, name: &str, size: u64, sha256: &str) -> Result<()> {
+        let entry = self.entry(name)?;
+        if size != entry.size || sha256 != entry.sha256 {
+            return Err(Error::input(format!(
+                "{}: {size} bytes with sha256 {}, but {MANIFEST} lists {} bytes with sha256 {}: the output changed after it was committed; run the step that makes it again",
+                self.store.url_of(name),
+                &sha256[..sha256.len().min(16)],
+                entry.size,
+                &entry.sha256[..entry.sha256.len().min(16)]
+            )));
+        }
+        Ok(())
+    }
+
     /// Reads a file of the output and checks it against its manifest entry.
     pub async fn read(&self, name: &str) -> Result<Bytes> {
         let url = self.store.url_of(name);
-        let entry = self.manifest.file(name).ok_or_else(|| {
-            Error::input(format!(
-                "{url}: not in the output (its {MANIFEST} does not list it; made by `taft {}`)",
-                self.manifest.step
-            ))
-        })?;
+        self.entry(name)?;
         let bytes = self
             .store
             .get(name)
             .await?
             .ok_or_else(|| Error::input(format!("{url}: listed in {MANIFEST} but missing")))?;
-        let sha256 = hex::encode(Sha256::digest(&bytes));
-        if bytes.len() as u64 != entry.size || sha256 != entry.sha256 {
-            return Err(Error::input(format!(
-                "{url}: {} bytes with sha256 {}, but {MANIFEST} lists {} bytes with sha256 {}: the output changed after it was committed; run the step that makes it again",
-                bytes.len(),
-                &sha256[..16],
-                entry.size,
-                &entry.sha256[..entry.sha256.len().min(16)]
-            )));
-        }
+        self.verify(name, bytes.len() as u64, &hex::encode(Sha256::digest(&bytes)))?;
         Ok(bytes)
     }
 }

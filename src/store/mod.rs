@@ -208,6 +208,15 @@ impl Store {
         }
     }
 
+    /// Reads the bytes `range` of an object (a ranged GET); a missing object is an input error.
+    pub async fn get_range(&self, name: &str, range: std::ops::Range<u64>) -> Result<Bytes> {
+        let url = self.url_of(name);
+        self.inner.get_range(&self.path(name), range).await.map_err(|e| match e {
+            object_store::Error::NotFound { .. } => Error::input(format!("{url}: no such file")),
+            e => Error::store("read", url.clone(), e),
+        })
+    }
+
     /// Streams an object; a missing object is an input error.
     pub async fn reader(&self, name: &str) -> Result<impl AsyncBufRead + Send + Unpin + 'static> {
         let url = self.url_of(name);

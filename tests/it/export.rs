@@ -578,3 +578,46 @@ fn predict_ids_are_never_invented_numbers_and_an_empty_shard_keeps_the_schema() 
     sizes.sort();
     assert_eq!(sizes, [0, 1]);
 }
+
+#[test]
+fn predict_reads_a_prep_output_a_row_group_at_a_time_and_checks_its_hash() {
+    let m = models();
+    let dir = tempdir();
+    // More conversations than one row group holds (4096).
+    let prep = dir.path().join("prep");
+    let synthetic =
+        r#"synthetic={"train": 0, "val": 0, "test": 40, "unlabeled": 8300, "min_utterances": 1, "max_utterances": 2}"#;
+    taft_run(&["prep", "-o", s(&prep), "--set", synthetic]).ok();
+    let groups = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let committed = taft::store::manifest::Committed::open(s(&prep)).await.unwrap();
+        let mut groups = taft::data::parquet::RowGroups::open(&committed, "conversations.parquet").await.unwrap();
+        let mut sizes = Vec::new();
+        while let Some(g) = groups.next().await.unwrap() {
+            sizes.push(g.len());
+        }
+        sizes
+    });
+    assert!(groups.len() >= 3 && groups.iter().sum::<usize>() == 8340, "{groups:?}");
+    // The test split, found in the last row group, scored as from a file of JSON lines.
+    let out = dir.path().join("p");
+    taft_run(&["predict", "-i", s(&m.tapt_export), "-i", s(&prep), "-o", s(&out), "--set", "split=test"]).ok();
+    let streamed = predictions(&out.join("predictions.parquet"));
+    assert_eq!(streamed.len(), 40);
+    // A byte changed in the last row group after the commit: refused once the hash is
+    // known, naming the file; nothing is committed.
+    let file = prep.join("conversations.parquet");
+    let mut bytes = std::fs::read(&file).unwrap();
+    let at = bytes.len() * 9 / 10;
+    bytes[at] ^= 0x01;
+    std::fs::write(&file, &bytes).unwrap();
+    let bad = dir.path().join("q");
+    let r = taft_run(&["predict", "-i", s(&m.tapt_export), "-i", s(&prep), "-o", s(&bad), "--set", "split=test"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("conversations.parquet") && r.stderr.contains("changed after it was committed")
+            || r.stderr.contains("not a readable Parquet file"),
+        "{}",
+        r.stderr
+    );
+    assert!(manifest(&bad).is_none());
+}
