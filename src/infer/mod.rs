@@ -72,6 +72,8 @@ pub struct Exported {
     /// `taft.json` of the export.
     pub taft: serde_json::Value,
     pub variant: Variant,
+    /// ONNX Runtime's intra-op threads.
+    pub threads: usize,
     session: Mutex<Session>,
 }
 
@@ -124,7 +126,8 @@ impl Exported {
         // max_length: so are its inputs here, whatever else a run holds.
         let fixed_width = taft["adaptive"]["mask_padding"] == serde_json::json!(false);
         let tokenizer = TextTokenizer::from_bytes(tokenizer, &format!("{url}/{TOKENIZER}"))?;
-        let session = session(model, threads, &format!("{url}/{}", variant.file()))?;
+        let threads = threads.unwrap_or_else(crate::runtime::cpus);
+        let session = session(model, Some(threads), &format!("{url}/{}", variant.file()))?;
         let exported = Exported {
             url: url.to_string(),
             encoder: tokenizer.batches(max_length, truncation)?,
@@ -135,6 +138,7 @@ impl Exported {
             max_length,
             taft,
             variant,
+            threads,
             session: Mutex::new(session),
         };
         // A warm-up run: every head's outputs must be there with `taft.json`'s classes, or

@@ -160,7 +160,7 @@ pub async fn serve(model_url: &str, config: ServeConfig) -> Result<()> {
         async move {
             let started = Instant::now();
             let model = Exported::open(&url, state.config.model, state.config.threads).await?;
-            tracing::info!(model = %url, heads = ?model.head_names(), seconds = started.elapsed().as_secs_f64(), "model loaded");
+            tracing::info!(model = %url, heads = ?model.head_names(), threads = model.threads, seconds = started.elapsed().as_secs_f64(), "model loaded");
             let _ = state.model.set(Arc::new(model));
             state.metrics.ready.set(1);
             std::future::pending::<Result<()>>().await
@@ -383,7 +383,9 @@ async fn ready(State(state): State<Arc<AppState>>) -> Response {
         return error(StatusCode::SERVICE_UNAVAILABLE, "the model runner stopped", None);
     }
     match state.model.get() {
-        Some(m) => Json(json!({"status": "ready", "model": m.url, "variant": m.variant})).into_response(),
+        Some(m) => {
+            Json(json!({"status": "ready", "model": m.url, "variant": m.variant, "threads": m.threads})).into_response()
+        }
         None => error(StatusCode::SERVICE_UNAVAILABLE, "the model is loading", None),
     }
 }

@@ -446,3 +446,41 @@ fn a_model_whose_outputs_disagree_with_its_taft_json_is_refused_at_load() {
     assert!(err.to_string().contains("output `probs_status` has"), "{err}");
     assert_eq!(taft::error::exit_code(&anyhow::Error::new(err)), 2);
 }
+
+/// ONNX Runtime's threads default to the CPUs the process may use (here its affinity, as a
+/// container's cgroup quota would be), not the machine's cores.
+#[test]
+fn onnx_runtime_threads_default_to_the_cpus_the_process_may_use() {
+    if std::process::Command::new("taskset").arg("-V").output().is_err() {
+        panic!("taskset (util-linux) is needed to pin the server to one CPU");
+    }
+    let mut child = Command::new("taskset")
+        .args(["-c", "0"])
+        .arg(serve_bin())
+        .args(["serve", "--input", s(&models().tapt_export), "--port", "0"])
+        .env("TAFT_LOG_FORMAT", "json")
+        .current_dir(root())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let url = line.trim().strip_prefix("serve: listening on ").unwrap_or_else(|| panic!("{line:?}")).to_string();
+    let rt = http::runtime();
+    let ready = rt.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(r) = reqwest::get(format!("{url}/ready")).await {
+                if r.status() == 200 {
+                    break r.json::<Value>().await.unwrap();
+                }
+            }
+            assert!(Instant::now() < deadline, "never ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(ready["threads"], 1, "{ready}");
+}
