@@ -112,6 +112,11 @@ impl Graph {
         self.raw(name, Elem::I8, dims, data.iter().map(|&v| v as u8).collect())
     }
 
+    /// A uint8 initializer.
+    pub fn u8(&mut self, name: &str, dims: &[i64], data: &[u8]) -> String {
+        self.raw(name, Elem::U8, dims, data.to_vec())
+    }
+
     /// A scalar constant (named after its value, shared by every use).
     pub fn scalar_f32(&mut self, value: f32) -> String {
         let name = format!("const/f32/{value:e}");

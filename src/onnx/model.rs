@@ -6,10 +6,11 @@
 //!
 //! With `int8`, every linear layer's weight is quantized as ONNX Runtime's dynamic quantizer
 //! does with `per_channel=True` (symmetric int8, one scale per output column, zero point 0).
-//! The activations are quantized per token (symmetric int8, scale = max |x| / 127 over the
-//! token's features), not per tensor as DynamicQuantizeLinear does: a token's scale never
-//! depends on the other rows of its batch, so neither does a prediction. Then MatMulInteger →
-//! rescale by the token's scale times the column's weight scale. The pooler and the
+//! The activations are quantized per token (symmetric, scale = max |x| / 127 over the token's
+//! features, stored as uint8 with the fixed zero point 128 so that MatMulInteger takes ONNX
+//! Runtime's fast uint8 × int8 path), not per tensor as DynamicQuantizeLinear does: a token's
+//! scale never depends on the other rows of its batch, so neither does a prediction. Then
+//! MatMulInteger → rescale by the token's scale times the column's weight scale. The pooler and the
 //! classifiers stay fp32 (as the quantizer's `nodes_to_exclude` would keep them).
 
 use std::collections::{BTreeMap, HashMap};
@@ -41,8 +42,8 @@ pub struct Spec<'a> {
 const MASKED: f32 = -1e9;
 /// TensorProto data types for Cast.
 const FLOAT: i64 = 1;
-/// TensorProto.DataType INT8.
-const INT8: i64 = 3;
+/// TensorProto.DataType UINT8.
+const UINT8: i64 = 2;
 const INT64: i64 = 7;
 
 /// Builds the model's graph from its parameters (named as `model::heads::Classifier` names them).
@@ -142,8 +143,9 @@ struct Builder<'a> {
     g: Graph,
     params: &'a BTreeMap<String, Param>,
     int8: bool,
-    /// Per-token quantized activations and their scales by input (q, k and v share theirs).
-    quantized: HashMap<String, [String; 2]>,
+    /// Per-token quantized activations, their zero point and their scales by input (q, k and
+    /// v share theirs).
+    quantized: HashMap<String, [String; 3]>,
 }
 
 impl<'a> Builder<'a> {
@@ -209,7 +211,7 @@ impl<'a> Builder<'a> {
             let wq = self.g.i8(&format!("{name}.weight_quantized"), &dims, &q);
             let wzp = self.g.i8(&format!("{name}.weight_zero_point"), &[out as i64], &vec![0; out]);
             let ws = self.g.f32(&format!("{name}.weight_scale"), &[out as i64], &scales);
-            let [xq, xs] = match self.quantized.get(x) {
+            let [xq, xzp, xs] = match self.quantized.get(x) {
                 Some(q) => q.clone(),
                 None => {
                     let q = self.quantize_per_token(x, name);
@@ -217,7 +219,7 @@ impl<'a> Builder<'a> {
                     q
                 }
             };
-            let yi = self.g.node("MatMulInteger", &[&xq, &wq, "", &wzp], &[], name);
+            let yi = self.g.node("MatMulInteger", &[&xq, &wq, &xzp, &wzp], &[], name);
             let yf = self.g.node("Cast", &[&yi], &[("to", Attr::Int(FLOAT))], name);
             let y = self.g.node("Mul", &[&yf, &xs], &[], name);
             self.g.node("Mul", &[&y, &ws], &[], name)
@@ -229,9 +231,10 @@ impl<'a> Builder<'a> {
         self.g.node("Add", &[&y, &bias], &[], name)
     }
 
-    /// Symmetric int8 quantization of `x` [batch, seq, features] with one scale per token:
-    /// (x / s rounded half to even and clipped to ±127, s [batch, seq, 1]).
-    fn quantize_per_token(&mut self, x: &str, name: &str) -> [String; 2] {
+    /// Symmetric quantization of `x` [batch, seq, features] with one scale per token: x / s
+    /// rounded half to even and clipped to ±127 (s [batch, seq, 1]), stored as uint8 plus the
+    /// zero point 128. Returns (values, zero point, scale).
+    fn quantize_per_token(&mut self, x: &str, name: &str) -> [String; 3] {
         let abs = self.g.node("Abs", &[x], &[], name);
         let max =
             self.g.node("ReduceMax", &[&abs], &[("axes", Attr::Ints(vec![-1])), ("keepdims", Attr::Int(1))], name);
@@ -247,8 +250,11 @@ impl<'a> Builder<'a> {
             self.g.f32(&format!("{name}.int8_hi"), &[], &[127.0]),
         );
         let clipped = self.g.node("Clip", &[&rounded, &lo, &hi], &[], name);
-        let q = self.g.node("Cast", &[&clipped], &[("to", Attr::Int(INT8))], name);
-        [q, scale]
+        let zero = self.g.f32(&format!("{name}.uint8_zero"), &[], &[128.0]);
+        let shifted = self.g.node("Add", &[&clipped, &zero], &[], name);
+        let q = self.g.node("Cast", &[&shifted], &[("to", Attr::Int(UINT8))], name);
+        let zero_point = self.g.u8(&format!("{name}.uint8_zero_point"), &[], &[128]);
+        [q, zero_point, scale]
     }
 
     /// Scaled dot-product attention over projected q, k, v [batch, seq, hidden] → the
