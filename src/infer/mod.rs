@@ -14,7 +14,7 @@ use ort::value::TensorRef;
 use crate::error::{Error, Result};
 use crate::model::dir::{TAFT_JSON, TOKENIZER};
 use crate::store::manifest::Committed;
-use crate::text::{BatchEncoder, Encoded, TextTokenizer};
+use crate::text::{BatchEncoder, Encoded, Segments, TextTokenizer};
 
 pub use crate::onnx::{Variant, MODEL, MODEL_INT8};
 
@@ -148,7 +148,7 @@ impl Exported {
     }
 
     /// Token ids of texts as the model was trained on them (truncated as in training).
-    pub fn ids<S: AsRef<str>>(&self, texts: &[S]) -> Result<Vec<Vec<i64>>> {
+    pub fn ids<T: Segments>(&self, texts: &[T]) -> Result<Vec<Vec<i64>>> {
         self.encoder.ids(texts)
     }
 
@@ -163,7 +163,7 @@ impl Exported {
     }
 
     /// Class probabilities of each text, per head: `[head][item][class]`, in the texts' order.
-    pub fn probabilities<S: AsRef<str>>(&self, texts: &[S], batch_size: usize) -> Result<Probs> {
+    pub fn probabilities<T: Segments>(&self, texts: &[T], batch_size: usize) -> Result<Probs> {
         self.probabilities_with(texts, batch_size, |_, _| {})
     }
 
@@ -172,7 +172,7 @@ impl Exported {
     /// padding stays within [`MAX_PADDING`] of their tokens.
     pub fn probabilities_with<S, F>(&self, texts: &[S], batch_size: usize, mut done: F) -> Result<Probs>
     where
-        S: AsRef<str>,
+        S: Segments,
         F: FnMut(&[usize], &Probs),
     {
         let ids = self.encoder.ids(texts)?;

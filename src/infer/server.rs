@@ -275,7 +275,7 @@ struct AppState {
 
 /// One request's items waiting for the batcher.
 struct Job {
-    texts: Vec<String>,
+    texts: Vec<Vec<String>>,
     /// Its items still count in the queue: whoever clears this (the batcher taking the job,
     /// or the request giving up) releases them.
     queued: Arc<AtomicBool>,
@@ -486,7 +486,7 @@ async fn predict(State(state): State<Arc<AppState>>, req: Request) -> Response {
         Ok(x) => x,
         Err(r) => return r,
     };
-    let texts: Vec<String> = items.into_iter().map(|i| i.text).collect();
+    let texts: Vec<Vec<String>> = items.into_iter().map(|i| i.text).collect();
     let n = texts.len();
     let probs = if n == 0 {
         // A speaker-role request without customer or operator utterances: nothing to score.
@@ -504,7 +504,7 @@ async fn predict(State(state): State<Arc<AppState>>, req: Request) -> Response {
 /// `deadline`; the error is the response to send.
 async fn queue_and_wait(
     state: &AppState,
-    texts: Vec<String>,
+    texts: Vec<Vec<String>>,
     deadline: tokio::time::Instant,
 ) -> std::result::Result<super::Probs, Response> {
     let limits = &state.config;
@@ -628,7 +628,7 @@ fn request_items(
             let mut items = Vec::with_capacity(texts.len());
             for (i, t) in texts.into_iter().enumerate() {
                 check_text(&t, format!("texts[{i}]"))?;
-                items.push(Item { id: ConvId::Int(i as i64), utterance: None, text: t });
+                items.push(Item { id: ConvId::Int(i as i64), utterance: None, text: vec![t] });
             }
             Ok((items, Shape::Flat, Vec::new()))
         }
@@ -667,13 +667,7 @@ fn request_items(
                 ids.push(conv.id);
                 let id = ConvId::Int(c as i64);
                 let start = items.len();
-                items.extend(items::of_conversation(
-                    &id,
-                    &conv.texts,
-                    conv.authors.as_deref(),
-                    model.utterance_level,
-                    &model.tokenizer,
-                ));
+                items.extend(items::of_conversation(&id, &conv.texts, conv.authors.as_deref(), model.utterance_level));
                 groups.push((start..items.len()).map(|k| (items[k].utterance.unwrap_or(0), k)).collect::<Vec<_>>());
             }
             // A speaker-role model scores each customer and operator utterance: those count.
@@ -757,7 +751,7 @@ async fn batcher(state: Arc<AppState>, mut rx: mpsc::Receiver<Job>) {
             }
             continue;
         };
-        let texts: Vec<String> = jobs.iter().flat_map(|j| j.texts.iter().cloned()).collect();
+        let texts: Vec<Vec<String>> = jobs.iter().flat_map(|j| j.texts.iter().cloned()).collect();
         // Each request is answered as soon as its items are scored (short ones run first).
         let mut owner = Vec::with_capacity(texts.len());
         let mut pending: Vec<(usize, usize, Option<Reply>)> = Vec::with_capacity(jobs.len());

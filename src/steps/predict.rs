@@ -189,7 +189,7 @@ mod stream {
                 return;
             }
             sink.conversations += 1;
-            chunk.extend(items::of_conversation(id, texts, authors, model.utterance_level, &model.tokenizer));
+            chunk.extend(items::of_conversation(id, texts, authors, model.utterance_level));
         };
         if prep {
             let committed = Committed::open(&data_url).await?;
@@ -318,7 +318,7 @@ mod stream {
             batch_size: usize,
         ) -> Result<()> {
             let m = Arc::clone(model);
-            let texts: Vec<String> = chunk.iter().map(|i| i.text.clone()).collect();
+            let texts: Vec<Vec<String>> = chunk.iter().map(|i| i.text.clone()).collect();
             let probs = tokio::task::spawn_blocking(move || m.probabilities(&texts, batch_size))
                 .await
                 .map_err(|e| Error::Other(format!("predict: {e}")))??;

@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::model::checkpoint;
 use crate::model::dir::{ModelDir, TAFT_JSON, TOKENIZER};
 use crate::store::commit::Output;
-use crate::text::{TextTokenizer, Truncation};
+use crate::text::{Segments, TextTokenizer, Truncation};
 use crate::train::loss::validation_loss;
 use crate::train::work::WorkDir;
 use crate::train::Fit;
@@ -146,13 +146,13 @@ pub struct Items {
 }
 
 impl Items {
-    pub fn new(
+    pub fn new<T: Segments>(
         tokenizer: &TextTokenizer,
-        rows: Vec<(String, i64)>,
+        rows: Vec<(T, i64)>,
         max_length: usize,
         truncation: Truncation,
     ) -> Result<Items> {
-        let (texts, labels): (Vec<String>, Vec<i64>) = rows.into_iter().unzip();
+        let (texts, labels): (Vec<T>, Vec<i64>) = rows.into_iter().unzip();
         let encoder = tokenizer.batches(max_length, truncation)?;
         let mut ids = Vec::with_capacity(texts.len());
         for chunk in texts.chunks(4096) {

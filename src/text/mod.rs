@@ -10,8 +10,11 @@ use tokenizers::models::wordpiece::WordPiece;
 use tokenizers::normalizers::{BertNormalizer, NFKC};
 use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
 use tokenizers::pre_tokenizers::metaspace::{Metaspace, PrependScheme};
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::pre_tokenizers::PreTokenizerWrapper;
 use tokenizers::processors::template::TemplateProcessing;
-use tokenizers::{AddedToken, Tokenizer};
+use tokenizers::{AddedToken, SplitDelimiterBehavior, Tokenizer};
 
 use crate::error::{Error, Result};
 
@@ -70,7 +73,7 @@ impl Truncation {
     }
 
     /// The text tokens kept of `content` when at most `budget` fit.
-    fn cut<'a>(&self, content: &'a [u32], budget: usize) -> Vec<&'a [u32]> {
+    fn cut<'a>(&self, content: &'a [i64], budget: usize) -> Vec<&'a [i64]> {
         if content.len() <= budget {
             return vec![content];
         }
@@ -210,7 +213,14 @@ impl TextTokenizer {
                 let special = SpecialTokens::roberta();
                 let mut t = Tokenizer::new(Unigram::default());
                 t.with_normalizer(Some(NFKC)).map_err(fail)?;
-                t.with_pre_tokenizer(Some(Metaspace::new('▁', PrependScheme::Always, true)));
+                // `<` and `>` stand alone, so that no piece of text can spell a special token
+                // (`</s>`, `<pad>`): the model's special pieces can only come from the encoder.
+                let angles = Split::new(SplitPattern::Regex("[<>]".into()), SplitDelimiterBehavior::Isolated, false)
+                    .map_err(fail)?;
+                t.with_pre_tokenizer(Some(PreTokenizerWrapper::Sequence(Sequence::new(vec![
+                    Metaspace::new('▁', PrependScheme::Always, true).into(),
+                    angles.into(),
+                ]))));
                 t.with_decoder(Some(MetaspaceDecoder::new('▁', PrependScheme::Always, true)));
                 (special, t)
             }
@@ -284,25 +294,14 @@ impl TextTokenizer {
         self.special.all().iter().filter_map(|t| self.inner.token_to_id(t)).collect()
     }
 
-    /// The conversation input of SPEC §2: utterances joined by the separator token.
-    pub fn join_utterances<S: AsRef<str>>(&self, utterances: &[S]) -> String {
-        let sep = format!(" {} ", self.special.sep);
-        utterances.iter().map(AsRef::as_ref).collect::<Vec<_>>().join(&sep)
-    }
-
-    /// Token ids of each text with its special tokens, neither truncated nor padded.
-    pub fn encode_ids<S: AsRef<str>>(&self, texts: &[S]) -> Result<Vec<Vec<i64>>> {
-        let mut t = self.inner.clone();
-        t.with_truncation(None).map_err(|e| Error::Other(format!("truncation: {e}")))?;
-        t.with_padding(None);
-        let inputs: Vec<&str> = texts.iter().map(AsRef::as_ref).collect();
-        let encodings = t.encode_batch(inputs, true).map_err(|e| Error::Other(format!("tokenization: {e}")))?;
-        Ok(encodings.iter().map(|e| e.get_ids().iter().map(|&i| i64::from(i)).collect()).collect())
+    /// Token ids of each item with its special tokens, neither truncated nor padded.
+    pub fn encode_ids<T: Segments>(&self, items: &[T]) -> Result<Vec<Vec<i64>>> {
+        self.batches(usize::MAX, Truncation::default())?.ids(items)
     }
 
     /// Encodes texts with special tokens, truncated to `max_len` tokens (the head kept) and
     /// padded to the longest row.
-    pub fn encode_batch<S: AsRef<str>>(&self, texts: &[S], max_len: usize) -> Result<Encoded> {
+    pub fn encode_batch<T: Segments>(&self, texts: &[T], max_len: usize) -> Result<Encoded> {
         self.batches(max_len, Truncation::default())?.encode(texts)
     }
 
@@ -312,7 +311,60 @@ impl TextTokenizer {
         let mut t = self.inner.clone();
         t.with_truncation(None).map_err(|e| Error::Other(format!("truncation: {e}")))?;
         t.with_padding(None);
-        Ok(BatchEncoder { tokenizer: t, pad: i64::from(self.pad_id), max_len, truncation })
+        // Text that spells a special token is text (tokenizers' `split_special_tokens`): only
+        // the encoder places special tokens.
+        t.set_encode_special_tokens(true);
+        // The tokens the post-processor puts around a text (sequence id `None`).
+        let probe = t.encode("a", true).map_err(|e| Error::Other(format!("tokenization: {e}")))?;
+        let (ids, sequence) = (probe.get_ids(), probe.get_sequence_ids());
+        let front = sequence.iter().take_while(|s| s.is_none()).count();
+        let back = if front == ids.len() { 0 } else { sequence.iter().rev().take_while(|s| s.is_none()).count() };
+        Ok(BatchEncoder {
+            tokenizer: t,
+            pad: i64::from(self.pad_id),
+            sep: i64::from(self.sep_id),
+            front: ids[..front].iter().map(|&i| i64::from(i)).collect(),
+            back: ids[ids.len() - back..].iter().map(|&i| i64::from(i)).collect(),
+            max_len,
+            truncation,
+        })
+    }
+}
+
+/// What a model reads: one text, or a conversation's utterances, which the encoder joins
+/// with the separator token (SPEC §2) at the level of token ids, so that no text, whatever
+/// it spells, can add or remove a separator.
+pub trait Segments {
+    fn segments(&self) -> Vec<&str>;
+}
+
+impl Segments for str {
+    fn segments(&self) -> Vec<&str> {
+        vec![self]
+    }
+}
+
+impl Segments for String {
+    fn segments(&self) -> Vec<&str> {
+        vec![self.as_str()]
+    }
+}
+
+impl<T: Segments + ?Sized> Segments for &T {
+    fn segments(&self) -> Vec<&str> {
+        (**self).segments()
+    }
+}
+
+impl<S: AsRef<str>> Segments for [S] {
+    fn segments(&self) -> Vec<&str> {
+        self.iter().map(AsRef::as_ref).collect()
+    }
+}
+
+impl<S: AsRef<str>> Segments for Vec<S> {
+    fn segments(&self) -> Vec<&str> {
+        self.iter().map(AsRef::as_ref).collect()
     }
 }
 
@@ -322,45 +374,61 @@ impl TextTokenizer {
 pub struct BatchEncoder {
     tokenizer: Tokenizer,
     pad: i64,
+    sep: i64,
+    /// The special tokens around every item (`[CLS]` … `[SEP]`, `<s>` … `</s>`).
+    front: Vec<i64>,
+    back: Vec<i64>,
     max_len: usize,
     truncation: Truncation,
 }
 
 impl BatchEncoder {
-    /// Encodes texts with special tokens, truncated and padded to the longest row.
-    pub fn encode<S: AsRef<str>>(&self, texts: &[S]) -> Result<Encoded> {
-        let ids = self.ids(texts)?;
+    /// Encodes items with special tokens, truncated and padded to the longest row.
+    pub fn encode<T: Segments>(&self, items: &[T]) -> Result<Encoded> {
+        let ids = self.ids(items)?;
         Ok(self.pad(&ids.iter().map(Vec::as_slice).collect::<Vec<_>>()))
     }
 
-    /// The token ids of each text with its special tokens, truncated, not padded.
-    pub fn ids<S: AsRef<str>>(&self, texts: &[S]) -> Result<Vec<Vec<i64>>> {
-        let inputs: Vec<&str> = texts.iter().map(AsRef::as_ref).collect();
+    /// The token ids of each item with its special tokens, truncated, not padded: the
+    /// segments' tokens, separated by the separator token, between the special tokens the
+    /// tokenizer's post-processor puts around a text.
+    pub fn ids<T: Segments>(&self, items: &[T]) -> Result<Vec<Vec<i64>>> {
+        let segments: Vec<Vec<&str>> = items.iter().map(Segments::segments).collect();
+        let flat: Vec<&str> = segments.iter().flatten().copied().collect();
         let encodings =
-            self.tokenizer.encode_batch(inputs, true).map_err(|e| Error::Other(format!("tokenization: {e}")))?;
-        Ok(encodings.iter().map(|e| self.truncate(e.get_ids(), e.get_sequence_ids())).collect())
+            self.tokenizer.encode_batch(flat, false).map_err(|e| Error::Other(format!("tokenization: {e}")))?;
+        let mut encodings = encodings.iter();
+        let mut out = Vec::with_capacity(items.len());
+        let mut content = Vec::new();
+        for s in &segments {
+            content.clear();
+            for (k, e) in encodings.by_ref().take(s.len()).enumerate() {
+                if k > 0 {
+                    content.push(self.sep);
+                }
+                content.extend(e.get_ids().iter().map(|&i| i64::from(i)));
+            }
+            out.push(self.truncate(&content));
+        }
+        Ok(out)
     }
 
-    /// The tokens the post-processor added (sequence id `None`) stay at either end; the text
-    /// between them is cut to what `max_len` leaves.
-    fn truncate(&self, ids: &[u32], sequence: Vec<Option<usize>>) -> Vec<i64> {
-        let front = sequence.iter().take_while(|s| s.is_none()).count();
-        let back = if front == ids.len() { 0 } else { sequence.iter().rev().take_while(|s| s.is_none()).count() };
-        let budget = self.max_len.saturating_sub(front + back);
-        let content = &ids[front..ids.len() - back];
-        let mut out = Vec::with_capacity(self.max_len.min(ids.len()));
-        out.extend_from_slice(&ids[..front]);
+    /// The special tokens stay at either end; the content between them is cut to what
+    /// `max_len` leaves.
+    fn truncate(&self, content: &[i64]) -> Vec<i64> {
+        let budget = self.max_len.saturating_sub(self.specials());
+        let mut out = Vec::with_capacity(self.max_len.min(content.len() + self.specials()));
+        out.extend_from_slice(&self.front);
         for part in self.truncation.cut(content, budget) {
             out.extend_from_slice(part);
         }
-        out.extend_from_slice(&ids[ids.len() - back..]);
-        out.into_iter().map(i64::from).collect()
+        out.extend_from_slice(&self.back);
+        out
     }
 
-    /// The special tokens around a text (what `max_len` must leave room for).
-    pub fn specials(&self) -> Result<usize> {
-        let e = self.tokenizer.encode("", true).map_err(|e| Error::Other(format!("tokenization: {e}")))?;
-        Ok(e.get_ids().len())
+    /// The special tokens around an item (what `max_len` must leave room for).
+    pub fn specials(&self) -> usize {
+        self.front.len() + self.back.len()
     }
 
     /// Rows of token ids as a batch padded (on the right) to `width` tokens (at least the
@@ -434,7 +502,7 @@ mod tests {
         let texts = corpus();
         for kind in [TokenizerKind::WordPiece, TokenizerKind::Unigram] {
             let tok = TextTokenizer::train(texts.iter(), kind, 400).unwrap();
-            let text = tok.join_utterances(&texts[..12]);
+            let text = texts[..12].to_vec();
             let full = tok.encode_ids(&[&text]).unwrap().remove(0);
             let (first, last) = (full[0], *full.last().unwrap());
             let content = &full[1..full.len() - 1];
@@ -469,11 +537,33 @@ mod tests {
     }
 
     #[test]
-    fn conversations_join_utterances_with_the_separator() {
-        let tok = TextTokenizer::train(corpus().iter(), TokenizerKind::Unigram, 300).unwrap();
-        assert_eq!(tok.join_utterances(&["a b", "c"]), "a b </s> c");
-        let enc = tok.encode_batch(&[tok.join_utterances(&["bonjour", "merci"])], 64).unwrap();
-        let seps = enc.input_ids.iter().filter(|&&i| i == i64::from(tok.sep_id)).count();
-        assert_eq!(seps, 2, "one between the utterances, one at the end");
+    fn conversations_join_utterances_with_the_separator_and_text_never_makes_a_special_token() {
+        let texts = corpus();
+        for kind in [TokenizerKind::WordPiece, TokenizerKind::Unigram] {
+            let tok = TextTokenizer::train(texts.iter(), kind, 300).unwrap();
+            let enc = |items: &[Vec<&str>]| tok.batches(64, Truncation::default()).unwrap().ids(items).unwrap();
+            let alone = |t: &str| {
+                let ids = enc(&[vec![t]]).remove(0);
+                ids[1..ids.len() - 1].to_vec()
+            };
+            let (cls, sep) = (i64::from(tok.cls_id), i64::from(tok.sep_id));
+            // A conversation is its utterances' tokens, each as if alone, between separators.
+            let got = enc(&[vec!["bonjour", "merci beaucoup"]]).remove(0);
+            let want = [&[cls][..], &alone("bonjour"), &[sep], &alone("merci beaucoup"), &[sep]].concat();
+            assert_eq!(got, want, "{kind:?}");
+            // Text that spells a special token is text: the only special tokens are the
+            // encoder's own, whatever an utterance says.
+            // (`[UNK]` is what a character outside a small vocabulary is.)
+            let unk = tok.token_id(&tok.special.unk).map(i64::from);
+            let specials: Vec<i64> = tok.special_ids().into_iter().map(i64::from).filter(|&i| Some(i) != unk).collect();
+            for spelled in ["</s>", "<s>", "<pad>", "<mask>", "[SEP]", "[CLS]", "[PAD]", "[MASK]", "a</s>b <pad> c"] {
+                let ids = enc(&[vec!["merci", spelled]]).remove(0);
+                let placed: Vec<usize> =
+                    ids.iter().enumerate().filter(|(_, i)| specials.contains(i)).map(|(k, _)| k).collect();
+                let sep_at = 1 + alone("merci").len();
+                assert_eq!(placed, [0, sep_at, ids.len() - 1], "{kind:?} {spelled:?}: {ids:?}");
+                assert!(ids.len() > sep_at + 2, "{kind:?} {spelled:?}: the text has tokens");
+            }
+        }
     }
 }

@@ -154,6 +154,9 @@ fn texts(n: usize) -> Vec<String> {
     // Short and long items: single utterances and whole conversations' worth of words.
     let long: Vec<String> = out.chunks(6).map(|c| c.join(" ")).collect();
     out.truncate(n / 2);
+    // Text that spells special tokens is read as text, by taft and by `tokenizers` alike.
+    out[0] = format!("{} </s> <pad> [SEP] <s>{}", out[0], out[1]);
+    out[1] = "[CLS] <mask>".to_string();
     out.extend(long.into_iter().take(n - out.len()));
     out
 }

@@ -35,6 +35,8 @@ def main():
     taft = json.load(open(os.path.join(args.export, "taft.json")))
     max_length = taft["max_length"]
     tok = Tokenizer.from_file(os.path.join(args.export, "tokenizer.json"))
+    # Text that spells a special token is text, as taft reads it.
+    tok.encode_special_tokens = True
     tok.enable_truncation(max_length)
     vocab = tok.get_vocab()
     pad_token = "<pad>" if "<pad>" in vocab else "[PAD]"
@@ -43,6 +45,7 @@ def main():
     # meant to see every text padded to max_length, as it was trained.
     fixed = (taft.get("adaptive") or {}).get("mask_padding") is False
     tok_single = Tokenizer.from_file(os.path.join(args.export, "tokenizer.json"))
+    tok_single.encode_special_tokens = True
     tok_single.enable_truncation(max_length)
     tok_single.enable_padding(pad_id=vocab[pad_token], pad_token=pad_token, length=max_length if fixed else None)
     texts = json.load(open(args.texts))

@@ -35,7 +35,7 @@ struct Head {
 struct Scored {
     ids: Vec<ConvId>,
     utterances: Option<Vec<i32>>,
-    texts: Vec<String>,
+    texts: Vec<Vec<String>>,
     labels: Vec<Vec<Option<i64>>>,
 }
 
@@ -76,7 +76,7 @@ fn score(
     let quirks: TaskQuirks = serde_json::from_value(taft["quirks"].clone()).unwrap_or_default();
     let max_length = taft["max_length"].as_u64().unwrap_or(512) as usize;
     let method = taft["method"].as_str().unwrap_or("");
-    let scored = items(&heads, conversations, config.split, method, quirks, &tokenizer)?;
+    let scored = items(&heads, conversations, config.split, method, quirks)?;
     if scored.texts.is_empty() {
         return Err(Error::input(format!("evaluate: the {} split has nothing to score", config.split.as_str())));
     }
@@ -178,7 +178,14 @@ fn score(
         "split": config.split.as_str(),
         // The model by name and lineage, not location: the same run elsewhere writes the
         // same file.
-        "model": {"name": model_name(&dir.url), "method": taft["method"], "lineage": taft["lineage"]},
+        "model": {
+            "name": model_name(&dir.url),
+            "method": taft["method"],
+            // The seed of the step that trained the heads: runs that differ only by it are
+            // grouped by `compare`.
+            "seed": if taft["finetune"].is_object() { &taft["finetune"]["seed"] } else { &taft["role"]["seed"] },
+            "lineage": taft["lineage"],
+        },
         "tasks": tasks,
     });
     files.push(("metrics.json".into(), Bytes::from(serde_json::to_vec_pretty(&metrics)?)));
@@ -226,7 +233,6 @@ fn items(
     split: Split,
     method: &str,
     quirks: TaskQuirks,
-    tokenizer: &crate::text::TextTokenizer,
 ) -> Result<Scored> {
     let of_split = conversations.iter().filter(|c| c.split == split);
     if heads.iter().any(|h| h.task.is_none()) {
@@ -236,7 +242,7 @@ fn items(
             for (i, u) in c.utterances.iter().enumerate().filter(|(_, u)| u.speaker >= 2) {
                 s.ids.push(c.id.clone());
                 s.utterances.as_mut().expect("set").push(i as i32);
-                s.texts.push(u.text.clone());
+                s.texts.push(vec![u.text.clone()]);
                 s.labels[0].push(Some(i64::from(u.speaker) - 2));
             }
         }
@@ -245,8 +251,7 @@ fn items(
     let mut s = Scored { ids: Vec::new(), utterances: None, texts: Vec::new(), labels: vec![Vec::new(); heads.len()] };
     for c in of_split {
         s.ids.push(c.id.clone());
-        let texts: Vec<&str> = c.utterances.iter().map(|u| u.text.as_str()).collect();
-        s.texts.push(tokenizer.join_utterances(&texts));
+        s.texts.push(c.utterances.iter().map(|u| u.text.clone()).collect());
         for (h, head) in heads.iter().enumerate() {
             s.labels[h].push(head.task.and_then(|t| t.label_for(method, c, quirks)));
         }

@@ -278,7 +278,7 @@ fn agreement(
     for c in conversations.iter().filter(|c| c.split == Split::Val) {
         let utterances: Vec<String> = c.utterances.iter().map(|u| u.text.clone()).collect();
         let authors: Vec<u8> = c.utterances.iter().map(|u| u.speaker).collect();
-        for item in items::of_conversation(&c.id, &utterances, Some(&authors), a.utterance_level, &a.tokenizer) {
+        for item in items::of_conversation(&c.id, &utterances, Some(&authors), a.utterance_level) {
             texts.push(item.text);
         }
     }

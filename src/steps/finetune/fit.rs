@@ -113,13 +113,12 @@ impl TaskData {
         all: &[Conversation],
         width: Option<usize>,
     ) -> Result<TaskData> {
-        let rows = |split: Split| -> Vec<(String, i64)> {
+        let rows = |split: Split| -> Vec<(Vec<String>, i64)> {
             all.iter()
                 .filter(|c| c.split == split)
                 .filter_map(|c| {
                     let label = task.label_for(config.method.name(), c, config.quirks)?;
-                    let texts: Vec<&str> = c.utterances.iter().map(|u| u.text.as_str()).collect();
-                    Some((tokenizer.join_utterances(&texts), label))
+                    Some((c.utterances.iter().map(|u| u.text.clone()).collect(), label))
                 })
                 .collect()
         };
@@ -285,7 +284,7 @@ fn train_once(
     let device = config.train.device()?;
     let (encoder_config, family, tokenizer) = src.read_model()?;
     encoder_config.check_length("max_length", config.max_length, &src.url)?;
-    let specials = tokenizer.batches(config.max_length, config.truncation())?.specials()?;
+    let specials = tokenizer.batches(config.max_length, config.truncation())?.specials();
     config.truncation().check(config.max_length, specials).map_err(Error::config)?;
     // The original's unmasked adaptive layer saw every conversation padded to max_length.
     let width = adaptive.as_ref().filter(|a| !a.mask_padding).map(|_| config.max_length);
@@ -354,13 +353,14 @@ fn train_once(
         "truncation": config.truncation,
         "head_tail": config.head_tail,
         "quirks": config.quirks,
-        "finetune": {"best": fit.best, "test": headlines(&test)},
+        "finetune": {"seed": config.train.seed, "best": fit.best, "test": headlines(&test)},
     });
     if write {
         training::write_model_dir(job, &vs, &encoder_config, Arch::Base, fields)?;
     }
     let summary = serde_json::json!({
         "method": config.method.name(),
+        "seed": config.train.seed,
         "data": data,
         "test": test,
         "single_class_batches": objective.single_class.get(),
