@@ -124,19 +124,35 @@ pub struct Series {
     pub points: Vec<(f64, f64)>,
 }
 
-/// Two panels side by side: `left` (losses) and `right` (validation metrics), against the
-/// optimizer step, each series with its legend.
+/// The losses (`left`) in one panel, and the validation metrics (`right`) in one panel per
+/// task (series named `eval TASK/METRIC`), against the optimizer step, two panels a row.
 pub fn curves_png(title: &str, left: &[Series], right: &[Series]) -> Result<Vec<u8>> {
     font()?;
-    let size = (1200u32, 500u32);
+    let mut panels: Vec<(String, Vec<Series>)> = vec![("loss".into(), left.to_vec())];
+    for s in right {
+        let (task, metric) = match s.name.split_once('/') {
+            Some((task, metric)) => (task.trim_start_matches("eval ").to_string(), metric.to_string()),
+            None => ("validation".to_string(), s.name.trim_start_matches("eval ").to_string()),
+        };
+        let series = Series { name: metric, points: s.points.clone() };
+        match panels.iter_mut().find(|(t, _)| *t == task) {
+            Some((_, list)) => list.push(series),
+            None => panels.push((task, vec![series])),
+        }
+    }
+    let rows = panels.len().div_ceil(2) as u32;
+    let size = (1200u32, 50 + 420 * rows);
     let mut buffer = vec![0u8; (size.0 * size.1 * 3) as usize];
     {
         let root = BitMapBackend::with_buffer(&mut buffer, size).into_drawing_area();
         root.fill(&WHITE).map_err(draw_error)?;
         let root = root.titled(title, (FAMILY, 24)).map_err(draw_error)?;
-        let (a, b) = root.split_horizontally(size.0 / 2);
-        panel(&a, "loss", left, SeriesLabelPosition::UpperRight)?;
-        panel(&b, "validation", right, SeriesLabelPosition::LowerRight)?;
+        let areas = root.split_evenly((rows as usize, 2));
+        for (k, (name, series)) in panels.iter().enumerate() {
+            let legend = if k == 0 { SeriesLabelPosition::UpperRight } else { SeriesLabelPosition::LowerRight };
+            let y_desc = if k == 0 { name.clone() } else { format!("validation: {name}") };
+            panel(&areas[k], &y_desc, series, legend)?;
+        }
         root.present().map_err(draw_error)?;
     }
     png(buffer, size)
@@ -168,6 +184,15 @@ fn panel(
     chart
         .configure_mesh()
         .x_desc("optimizer step")
+        // Steps are whole numbers: ticks between them stay unlabelled.
+        .x_labels((x_max as usize + 1).min(10))
+        .x_label_formatter(&|x| {
+            if (x - x.round()).abs() < 1e-6 {
+                format!("{}", x.round() as i64)
+            } else {
+                String::new()
+            }
+        })
         .y_desc(y_desc)
         .label_style((FAMILY, 14))
         .axis_desc_style((FAMILY, 16))
@@ -196,66 +221,125 @@ fn panel(
     Ok(())
 }
 
-/// Grouped bars: one group per entry of `groups`, one bar per series (its values by group),
-/// scores up to 1 (negative ones, such as a kappa below chance, drawn down from 0).
-pub fn bars_png(title: &str, groups: &[String], series: &[(String, Vec<f64>)]) -> Result<Vec<u8>> {
+/// One task's panel in [`score_panels_png`]: two bars per label (macro F1, kappa), each the
+/// mean over runs with its 95 % interval as an error bar.
+#[derive(Debug, Clone)]
+pub struct ScorePanel {
+    pub title: String,
+    pub labels: Vec<String>,
+    pub f1: Vec<crate::eval::stats::Spread>,
+    pub kappa: Vec<crate::eval::stats::Spread>,
+    /// The majority baseline's macro F1, drawn as a red line.
+    pub baseline: Option<f64>,
+}
+
+/// A chart and the text drawn into it (titles, axis labels, legend entries).
+pub struct Rendered {
+    pub png: Vec<u8>,
+    pub text: Vec<String>,
+}
+
+/// One panel per task, one above the other: for each label (on the axis) two bars, macro F1
+/// and Cohen's kappa, each at its mean over runs with the 95 % interval as an error bar (none
+/// for a single run); the majority baseline's macro F1 as a red line, chance (0) as a grey one.
+pub fn score_panels_png(title: &str, panels: &[ScorePanel]) -> Result<Rendered> {
     font()?;
-    // Each group takes one slot per series and an empty one between groups.
-    let per_group = series.len() as i32 + 1;
-    let slots = (groups.len() as i32 * per_group).max(1);
-    let size = ((260 + 30 * slots as u32).max(700), 520u32);
+    let bars = panels.iter().map(|p| p.labels.len()).max().unwrap_or(1).max(1) as u32;
+    let longest = panels.iter().flat_map(|p| p.labels.iter()).map(|l| l.chars().count()).max().unwrap_or(4) as u32;
+    // Each label's slot as wide as the label (about 8 px a character at 14 px), at least 90 px.
+    let width = (110 + bars * (8 * longest + 16).max(90)).max(640);
+    let size = (width, 80 + 320 * panels.len().max(1) as u32);
+    let text = std::cell::RefCell::new(vec![title.to_string()]);
     let mut buffer = vec![0u8; (size.0 * size.1 * 3) as usize];
     {
         let root = BitMapBackend::with_buffer(&mut buffer, size).into_drawing_area();
         root.fill(&WHITE).map_err(draw_error)?;
-        let low = series.iter().flat_map(|(_, v)| v.iter()).copied().filter(|v| v.is_finite()).fold(0.0f64, f64::min);
-        let mut chart = ChartBuilder::on(&root)
-            .caption(title, (FAMILY, 24))
-            .margin(16)
-            .x_label_area_size(50)
-            .y_label_area_size(60)
-            .build_cartesian_2d((0..slots - 1).into_segmented(), (low - 0.05).min(0.0)..1.05)
-            .map_err(draw_error)?;
-        let middle = (series.len() as i32 - 1) / 2;
-        chart
-            .configure_mesh()
-            .disable_x_mesh()
-            .x_labels(slots as usize)
-            .x_label_formatter(&|v| match v {
-                SegmentValue::CenterOf(i) if i % per_group == middle => {
-                    groups.get((i / per_group) as usize).cloned().unwrap_or_default()
+        let root = root.titled(title, (FAMILY, 24)).map_err(draw_error)?;
+        // One legend for every panel, under the title.
+        let (band, body) = root.split_vertically(30);
+        let f1_color = Palette99::pick(0).to_rgba().mix(0.8);
+        let kappa_color = Palette99::pick(1).to_rgba().mix(0.8);
+        let keys =
+            ["macro F1", "kappa", "bars: mean over runs; error bars: 95 % interval", "majority baseline (macro F1)"];
+        let mut x = 60;
+        for (k, name) in keys.iter().enumerate() {
+            let y = 12;
+            match k {
+                0 | 1 => {
+                    let color = if k == 0 { f1_color } else { kappa_color };
+                    band.draw(&Rectangle::new([(x, y - 6), (x + 16, y + 6)], color.filled()))
                 }
-                _ => String::new(),
-            })
-            .x_label_style((FAMILY, 12))
-            .y_desc("score")
-            .label_style((FAMILY, 14))
-            .axis_desc_style((FAMILY, 16))
-            .draw()
+                2 => band.draw(&PathElement::new(vec![(x + 8, y - 7), (x + 8, y + 7)], BLACK.stroke_width(2))),
+                _ => band.draw(&PathElement::new(vec![(x, y), (x + 16, y)], RED.stroke_width(2))),
+            }
             .map_err(draw_error)?;
-        for (j, (name, values)) in series.iter().enumerate() {
-            let color = Palette99::pick(j).to_rgba();
-            let bars = values.iter().enumerate().filter(|(_, v)| v.is_finite()).map(|(g, &v)| {
-                let slot = g as i32 * per_group + j as i32;
-                Rectangle::new([(SegmentValue::Exact(slot), 0.0), (SegmentValue::Exact(slot + 1), v)], color.filled())
-            });
-            chart
-                .draw_series(bars)
-                .map_err(draw_error)?
-                .label(name.clone())
-                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 14, y + 5)], color.filled()));
+            band.draw(&Text::new(name.to_string(), (x + 22, 4), (FAMILY, 14))).map_err(draw_error)?;
+            text.borrow_mut().push(name.to_string());
+            x += 22 + 8 * name.chars().count() as i32 + 24;
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .label_font((FAMILY, 14))
-            .draw()
-            .map_err(draw_error)?;
+        let rows = body.split_evenly((panels.len().max(1), 1));
+        for (area, p) in rows.iter().zip(panels) {
+            text.borrow_mut().push(p.title.clone());
+            let n = p.labels.len().max(1) as f64;
+            let all = p.f1.iter().chain(&p.kappa);
+            let low = all.flat_map(|s| [s.mean, s.lo]).filter(|v| v.is_finite()).fold(0.0f64, f64::min);
+            let mut chart = ChartBuilder::on(area)
+                .caption(&p.title, (FAMILY, 18))
+                .margin(12)
+                .x_label_area_size(34)
+                .y_label_area_size(56)
+                .build_cartesian_2d(-0.5..n - 0.5, (low - 0.05).min(0.0)..1.05)
+                .map_err(draw_error)?;
+            chart
+                .configure_mesh()
+                .disable_x_mesh()
+                .x_labels(2 * p.labels.len() + 1)
+                .x_label_formatter(&|x| {
+                    let k = x.round();
+                    match p.labels.get(k as usize).filter(|_| (x - k).abs() < 1e-6 && k >= 0.0) {
+                        Some(label) => {
+                            text.borrow_mut().push(label.clone());
+                            label.clone()
+                        }
+                        None => String::new(),
+                    }
+                })
+                .x_label_style((FAMILY, 14))
+                .y_label_formatter(&|y| format!("{:.1}", if y.abs() < 1e-9 { 0.0 } else { *y }))
+                .y_desc("score")
+                .label_style((FAMILY, 14))
+                .axis_desc_style((FAMILY, 15))
+                .draw()
+                .map_err(draw_error)?;
+            let lines = [(p.baseline, RED.stroke_width(2)), (Some(0.0), BLACK.mix(0.4).stroke_width(1))];
+            for (y, style) in lines {
+                let Some(y) = y else { continue };
+                chart
+                    .draw_series(std::iter::once(PathElement::new(vec![(-0.5, y), (n - 0.5, y)], style)))
+                    .map_err(draw_error)?;
+            }
+            for (j, values) in [&p.f1, &p.kappa].into_iter().enumerate() {
+                let color = if j == 0 { f1_color } else { kappa_color };
+                // F1 left of the label, kappa right of it.
+                let (from, to) = if j == 0 { (-0.36, -0.02) } else { (0.02, 0.36) };
+                let finite = || values.iter().enumerate().filter(|(_, s)| s.mean.is_finite());
+                chart
+                    .draw_series(finite().map(|(k, s)| {
+                        Rectangle::new([(k as f64 + from, 0.0), (k as f64 + to, s.mean)], color.filled())
+                    }))
+                    .map_err(draw_error)?;
+                chart
+                    .draw_series(finite().filter(|(_, s)| s.lo.is_finite()).map(|(k, s)| {
+                        let x = k as f64 + (from + to) / 2.0;
+                        ErrorBar::new_vertical(x, s.lo, s.mean, s.hi, BLACK.stroke_width(2), 10)
+                    }))
+                    .map_err(draw_error)?;
+            }
+        }
         root.present().map_err(draw_error)?;
     }
-    png(buffer, size)
+    let text = text.into_inner();
+    Ok(Rendered { png: png(buffer, size)?, text })
 }
 
 /// The series of a run's `metrics.jsonl` records: the training loss and each evaluation's
@@ -315,10 +399,38 @@ mod tests {
         assert_eq!(right.len(), 1);
         assert_eq!(right[0].points.len(), 4);
         let img = decode(&curves_png("run", &left, &right).unwrap());
-        assert_eq!(img.dimensions(), (1200, 500));
-        let groups = vec!["taft status".to_string(), "tapt status".to_string()];
-        let series = vec![("accuracy".to_string(), vec![0.6, 0.7]), ("kappa".to_string(), vec![-0.1, 0.4])];
-        let bars = bars_png("comparison", &groups, &series).unwrap();
-        assert_eq!(decode(&bars).dimensions(), (700, 520));
+        assert_eq!(img.dimensions(), (1200, 50 + 420), "the losses and one task's metrics: one row");
+        use crate::eval::stats::spread;
+        let panels = vec![
+            ScorePanel {
+                title: "status (test)".into(),
+                labels: ["taft-status", "noadapt-status", "tapt-status", "dapt-status", "other-status"]
+                    .map(String::from)
+                    .to_vec(),
+                f1: [&[0.7, 0.75, 0.72][..], &[0.3], &[0.6, 0.5], &[0.6, 0.62], &[0.5]].map(spread).to_vec(),
+                kappa: [&[0.5, 0.6][..], &[-0.1], &[0.4, 0.3], &[0.4, 0.5], &[0.1]].map(spread).to_vec(),
+                baseline: Some(0.1),
+            },
+            ScorePanel {
+                title: "satis3 (test)".into(),
+                labels: vec!["dapt-satis3".into()],
+                f1: vec![spread(&[0.6, 0.62])],
+                kappa: vec![spread(&[0.4, 0.45])],
+                baseline: None,
+            },
+        ];
+        let chart = score_panels_png("comparison", &panels).unwrap();
+        let img = decode(&chart.png);
+        // A panel per task, as wide as five 14-character labels need.
+        assert_eq!(img.dimensions(), (110 + 5 * (8 * 14 + 16), 80 + 2 * 320));
+        for label in panels.iter().flat_map(|p| p.labels.iter()) {
+            assert!(chart.text.contains(label), "{label} is drawn: {:?}", chart.text);
+        }
+        for caption in ["status (test)", "satis3 (test)", "macro F1", "kappa", "majority baseline (macro F1)"] {
+            assert!(chart.text.iter().any(|t| t == caption), "{caption}: {:?}", chart.text);
+        }
+        // Bars are drawn in colour (not only axes and text).
+        let coloured = img.pixels().filter(|p| p.0.iter().max().unwrap() - p.0.iter().min().unwrap() > 60).count();
+        assert!(coloured > 5000, "{coloured} coloured pixels");
     }
 }

@@ -5,3 +5,4 @@ pub mod charts;
 pub mod events;
 pub mod metrics;
 pub mod predictions;
+pub mod stats;

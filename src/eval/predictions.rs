@@ -119,3 +119,56 @@ pub fn batch(
     }
     Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?)
 }
+
+/// One task's scored items read back from a `predictions.parquet` that has its labels:
+/// each labeled item's key (`id`, or `id#utterance`), true label and predicted label.
+pub struct Labeled {
+    pub keys: Vec<String>,
+    pub truth: Vec<i64>,
+    pub pred: Vec<i64>,
+}
+
+/// Reads the labeled items of the task whose columns start with `head`; `url` names the
+/// file in errors.
+pub fn read_labeled(bytes: Bytes, url: &str, head: &str) -> Result<Labeled> {
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::{Int32Type, Int64Type};
+    use arrow_array::Array;
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let bad = |what: String| Error::input(format!("{url}: {what}"));
+    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .and_then(|b| b.build())
+        .map_err(|source| Error::Parquet { url: url.to_string(), source })?;
+    let mut out = Labeled { keys: Vec::new(), truth: Vec::new(), pred: Vec::new() };
+    for batch in reader {
+        let batch = batch?;
+        let column = |name: &str| batch.column_by_name(name).ok_or_else(|| bad(format!("no column `{name}`")));
+        let ids = column("id")?;
+        let id = |i: usize| -> Result<String> {
+            match ids.data_type() {
+                DataType::Int64 => Ok(ids.as_primitive::<Int64Type>().value(i).to_string()),
+                DataType::Utf8 => Ok(ids.as_string::<i32>().value(i).to_string()),
+                other => Err(bad(format!("column `id` is {other}, not an integer or a string"))),
+            }
+        };
+        let utterance = batch.column_by_name("utterance").map(|c| c.as_primitive_opt::<Int32Type>());
+        let int32 = |name: &str| -> Result<&arrow_array::Int32Array> {
+            column(name)?.as_primitive_opt::<Int32Type>().ok_or_else(|| bad(format!("column `{name}` is not int32")))
+        };
+        let (label, pred) = (int32(&format!("{head}_label"))?, int32(&format!("{head}_pred"))?);
+        for i in 0..batch.num_rows() {
+            if label.is_null(i) {
+                continue;
+            }
+            let key = match utterance {
+                Some(Some(u)) => format!("{}#{}", id(i)?, u.value(i)),
+                Some(None) => return Err(bad("column `utterance` is not int32".into())),
+                None => id(i)?,
+            };
+            out.keys.push(key);
+            out.truth.push(i64::from(label.value(i)));
+            out.pred.push(i64::from(pred.value(i)));
+        }
+    }
+    Ok(out)
+}

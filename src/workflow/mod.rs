@@ -41,7 +41,35 @@ pub struct WorkflowSpec {
     /// Container image for rendered workflows (Argo, Airflow).
     #[serde(default)]
     pub image: Option<String>,
+    /// Values named once and used by steps: a list as a `foreach`'s values
+    /// (`foreach: {train.seed: '${seeds}'}` with `vars: {seeds: [1, 2, 3]}`), a single value
+    /// inside an input's name (`inputs: ['taft-status-${export_seed}']`).
+    /// `--set vars.seeds=[4,5]` replaces one.
+    #[serde(default)]
+    pub vars: serde_yaml::Mapping,
     pub steps: Vec<StepSpec>,
+}
+
+/// `text` with each `${name}` replaced by the scalar `vars[name]`.
+fn placed_vars(text: &str, vars: &serde_yaml::Mapping) -> std::result::Result<String, String> {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        let end = rest[start..].find('}').ok_or("`${` without `}`")? + start;
+        let name = &rest[start + 2..end];
+        let value = match vars.get(name) {
+            Some(serde_yaml::Value::String(s)) => s.clone(),
+            Some(serde_yaml::Value::Number(n)) => n.to_string(),
+            Some(serde_yaml::Value::Bool(b)) => b.to_string(),
+            Some(_) => return Err(format!("`${{{name}}}` is not a single value")),
+            None => return Err(format!("`${{{name}}}` names no entry of `vars`")),
+        };
+        out.push_str(&rest[..start]);
+        out.push_str(&value);
+        rest = &rest[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
 }
 
 /// One step of a workflow.
@@ -124,7 +152,7 @@ impl Workflow {
     fn build(source: &str, text: &str, store: Option<&str>, sets: &[String]) -> Result<Workflow> {
         let err = |msg: String| Error::config(format!("workflow {source}: {msg}"));
         let de = serde_yaml::Deserializer::from_str(text);
-        let spec: WorkflowSpec = serde_path_to_error::deserialize(de).map_err(|e| {
+        let mut spec: WorkflowSpec = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
             err(if path == "." { e.inner().to_string() } else { format!("key `{path}`: {}", e.inner()) })
         })?;
@@ -134,7 +162,8 @@ impl Workflow {
         }
         let mut written = std::collections::HashSet::new();
         for step in &spec.steps {
-            let placeholders = |c: char| c == '{' || c == '}';
+            // `{key}` placeholders (`{train.seed}`); what is left after expansion is checked below.
+            let placeholders = |c: char| c == '{' || c == '}' || c == '.';
             if step.name.is_empty()
                 || !step.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || placeholders(c))
             {
@@ -142,6 +171,36 @@ impl Workflow {
             }
             if !written.insert(step.name.as_str()) {
                 return Err(err(format!("two steps are named `{}`", step.name)));
+            }
+        }
+        let (var_sets, sets): (Vec<&String>, Vec<&String>) = sets.iter().partition(|s| s.starts_with("vars."));
+        for set in var_sets {
+            let bad = |e: String| Error::config(format!("--set {set}: {e}"));
+            let (name, value) =
+                set["vars.".len()..].split_once('=').ok_or_else(|| bad("expected vars.NAME=VALUE".into()))?;
+            if !spec.vars.contains_key(name) {
+                return Err(bad(format!("the workflow has no var `{name}`")));
+            }
+            let value: serde_yaml::Value = serde_yaml::from_str(value).map_err(|e| bad(e.to_string()))?;
+            spec.vars.insert(serde_yaml::Value::String(name.to_string()), value);
+        }
+        for step in &mut spec.steps {
+            for input in step.inputs.iter_mut().filter(|i| i.contains("${")) {
+                *input = placed_vars(input, &spec.vars)
+                    .map_err(|e| err(format!("step `{}`: input `{input}`: {e}", step.name)))?;
+            }
+            for (key, value) in step.foreach.iter_mut() {
+                let Some(name) = value.as_str().and_then(|v| v.strip_prefix("${")).and_then(|v| v.strip_suffix('}'))
+                else {
+                    continue;
+                };
+                *value = spec.vars.get(name).cloned().ok_or_else(|| {
+                    err(format!(
+                        "step `{}`: foreach.{}: `${{{name}}}` names no entry of `vars`",
+                        step.name,
+                        key.as_str().unwrap_or("?")
+                    ))
+                })?;
             }
         }
         let mut steps = expand::expand(&spec.steps).map_err(err)?;
@@ -283,6 +342,29 @@ mod tests {
         assert!(err(&["c.x=1"]).contains("--set c.x=1: the workflow has no step named `c`"));
         assert!(err(&["a=1"]).contains("--set a=1: expected STEP.KEY=VALUE"));
         assert!(err(&["a.synthetic.sede=1"]).contains("sede"), "{}", err(&["a.synthetic.sede=1"]));
+    }
+
+    #[test]
+    fn vars_give_a_fan_out_its_values_and_an_input_its_name() {
+        let text = format!(
+            "name: w\nstore: /tmp/w\nvars: {{seeds: [1, 2], pick: 2}}\nsteps:\n  - name: a\n    {PREP}\n    foreach: {{synthetic.seed: '${{seeds}}'}}\n  - name: b\n    kind: prep\n    inputs: ['a-${{pick}}']\n"
+        );
+        let sets = |s: &[&str]| s.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let names = |wf: &Workflow| wf.steps.iter().map(|s| s.name.clone()).collect::<Vec<_>>();
+        let wf = Workflow::parse_with("w.yaml", &text, None, &[]).unwrap();
+        assert_eq!(names(&wf), ["a-1", "a-2", "b"]);
+        assert_eq!(wf.steps[1].config.value["synthetic"]["seed"], 2);
+        assert_eq!(wf.steps[2].deps.iter().map(|&d| wf.steps[d].name.as_str()).collect::<Vec<_>>(), ["a-2"]);
+        let wf = Workflow::parse_with("w.yaml", &text, None, &sets(&["vars.seeds=[5,6,7]", "vars.pick=7"])).unwrap();
+        assert_eq!(names(&wf), ["a-5", "a-6", "a-7", "b"]);
+        let err = |s: &[&str]| Workflow::parse_with("w.yaml", &text, None, &sets(s)).unwrap_err().to_string();
+        assert!(err(&["vars.seed=[1]"]).contains("the workflow has no var `seed`"));
+        assert!(err(&["vars.pick=3"]).contains("input `a-3` names no step"), "{}", err(&["vars.pick=3"]));
+        assert!(err(&["vars.pick=[1]"]).contains("`${pick}` is not a single value"));
+        assert!(err(&["vars.seeds=[]"]).contains("expected a non-empty list"));
+        let missing = text.replace("'${seeds}'", "'${sedes}'");
+        let e = Workflow::parse("w.yaml", &missing, None).unwrap_err().to_string();
+        assert!(e.contains("step `a`: foreach.synthetic.seed: `${sedes}` names no entry of `vars`"), "{e}");
     }
 
     #[test]

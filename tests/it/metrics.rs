@@ -75,3 +75,68 @@ fn metrics_match_scikit_learn() {
     }
     eprintln!("parity metrics vs scikit-learn: max abs diff {worst:.2e} over {} cases", cases.len());
 }
+
+/// Figures over seeds against scipy (exact), and the paired bootstrap against numpy and
+/// scikit-learn with their own random draws: the observed difference exactly, the interval
+/// and the p-value within what two sets of 10,000 draws can differ by.
+#[test]
+fn spreads_and_the_paired_bootstrap_match_scipy_and_numpy() {
+    use taft::eval::stats::{paired_bootstrap, spread};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+    let spreads = vec![vec![0.5, 0.7, 0.6], vec![0.81, 0.79, 0.84, 0.8, 0.77], vec![-0.1, 0.3]];
+    // Predictions right with probability `skill` (else a random class).
+    let mut guess = |truth: &[i64], skill: f64, classes: i64| -> Vec<i64> {
+        truth.iter().map(|&y| if rng.random_bool(skill) { y } else { rng.random_range(0..classes) }).collect()
+    };
+    let truth4: Vec<i64> = (0..240).map(|i| [0, 1, 3][i % 3]).collect(); // class 2 never true
+    let truth3: Vec<i64> = (0..150).map(|i| (i % 3) as i64).collect();
+    let truth2: Vec<i64> = (0..200).map(|i| (i % 5 == 0) as i64).collect();
+    let cases = [
+        // Three seeds, a clear gap; one seed each, a small gap; a null-ish pair.
+        (
+            truth4.clone(),
+            (0..3).map(|_| guess(&truth4, 0.8, 4)).collect::<Vec<_>>(),
+            (0..3).map(|_| guess(&truth4, 0.5, 4)).collect::<Vec<_>>(),
+        ),
+        (truth3.clone(), vec![guess(&truth3, 0.62, 3)], vec![guess(&truth3, 0.55, 3)]),
+        (
+            truth2.clone(),
+            vec![guess(&truth2, 0.6, 2), guess(&truth2, 0.6, 2)],
+            vec![guess(&truth2, 0.6, 2), guess(&truth2, 0.6, 2)],
+        ),
+    ];
+    let resamples = 10_000;
+    let dir = tempdir();
+    let input = dir.path().join("cases.json");
+    let paired: Vec<serde_json::Value> =
+        cases.iter().map(|(t, a, b)| serde_json::json!({"truth": t, "a": a, "b": b, "resamples": resamples})).collect();
+    std::fs::write(&input, serde_json::to_vec(&serde_json::json!({"spreads": spreads, "paired": paired})).unwrap())
+        .unwrap();
+    let out = dir.path().join("ref.json");
+    run(python().args([s(&root().join("tests/parity/stats_ref.py")), s(&input), s(&out)])).ok();
+    let reference: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    for (values, r) in spreads.iter().zip(reference["spreads"].as_array().unwrap()) {
+        let ours = spread(values);
+        let f = |k: &str| r[k].as_f64().unwrap();
+        assert_eq!(ours.n as u64, r["n"].as_u64().unwrap());
+        for (a, b, what) in [
+            (ours.mean, f("mean"), "mean"),
+            (ours.sd, f("sd"), "sd"),
+            (ours.lo, f("lo"), "lo"),
+            (ours.hi, f("hi"), "hi"),
+        ] {
+            assert!((a - b).abs() <= 1e-9, "{what} of {values:?}: {a} vs scipy {b}");
+        }
+    }
+    for ((t, a, b), r) in cases.iter().zip(reference["paired"].as_array().unwrap()) {
+        let a: Vec<&[i64]> = a.iter().map(Vec::as_slice).collect();
+        let b: Vec<&[i64]> = b.iter().map(Vec::as_slice).collect();
+        let classes = if t.contains(&3) { 4 } else { 3 };
+        let ours = paired_bootstrap(t, &a, &b, classes, resamples, 0);
+        let f = |k: &str| r[k].as_f64().unwrap();
+        assert!((ours.diff - f("diff")).abs() <= 1e-12, "diff {} vs {}", ours.diff, f("diff"));
+        assert!((ours.lo - f("lo")).abs() <= 0.01 && (ours.hi - f("hi")).abs() <= 0.01, "{ours:?} vs {r}");
+        assert!((ours.p - f("p")).abs() <= 0.05, "p {} vs {}", ours.p, f("p"));
+        assert_eq!((ours.seeds, ours.items, ours.resamples), (a.len(), t.len(), resamples));
+    }
+}

@@ -12,8 +12,12 @@ fn schema() -> std::path::PathBuf {
 }
 
 /// The tiny data the Airflow comparison runs on.
-const TINY_DEMO: [&str; 2] =
-    ["--set", "prep.synthetic={seed: 42, train: 200, val: 40, test: 40, unlabeled: 200, learnable: true}"];
+const TINY_DEMO: [&str; 4] = [
+    "--set",
+    "prep.synthetic={seed: 42, train: 200, val: 40, test: 40, unlabeled: 200, learnable: true}",
+    "--set",
+    "vars.seeds=[1]",
+];
 
 /// The paper workflow's inputs as object-store URLs.
 const PAPER_SETS: [&str; 4] = [
@@ -104,18 +108,24 @@ fn argo_resources_pass_the_schema_and_hold_the_workflow_graph() {
                 .collect();
             assert_eq!(dag, graph, "{file}");
             // Each task writes under the store parameter and reads its inputs from there.
-            let task = tasks.iter().find(|t| t["name"] == "evaluate-tapt-pc").unwrap();
+            // Step 2 runs once per seed: the paper's file 42, the tiny demo 1.
+            let tapt = if file.ends_with("taft.yaml") { "tapt-pc-42" } else { "tapt-pc-1" };
+            let evaluate = format!("evaluate-{tapt}");
+            let task = tasks.iter().find(|t| t["name"].as_str() == Some(evaluate.as_str())).unwrap();
             let args: BTreeMap<&str, &str> = task["arguments"]["parameters"]
                 .as_sequence()
                 .unwrap()
                 .iter()
                 .map(|p| (p["name"].as_str().unwrap(), p["value"].as_str().unwrap()))
                 .collect();
-            assert_eq!(args["out"], "{{workflow.parameters.store}}/evaluate-tapt-pc");
+            assert_eq!(args["out"], format!("{{{{workflow.parameters.store}}}}/{evaluate}"));
             let config: serde_json::Value = serde_json::from_str(args["config"]).unwrap();
             assert_eq!(
                 config["inputs"],
-                serde_json::json!(["{{workflow.parameters.store}}/tapt-pc", "{{workflow.parameters.store}}/prep"])
+                serde_json::json!([
+                    format!("{{{{workflow.parameters.store}}}}/{tapt}"),
+                    "{{workflow.parameters.store}}/prep"
+                ])
             );
             assert_eq!(config["test_resamples"], 5);
             // Containers: exit 3, SIGTERM and pod-level errors are retried (the backoff reaches

@@ -100,7 +100,7 @@ fn train_role(config: &RoleConfig, job: &TrainingJob) -> Result<(Fit, serde_json
         "heads": {"role": ROLES},
         "adaptive": adaptive,
         "max_length": config.max_length,
-        "role": {"variant": config.variant, "best": fit.best, "test": headline(&test)},
+        "role": {"variant": config.variant, "seed": config.train.seed, "best": fit.best, "test": headline(&test)},
     });
     training::write_model_dir(job, &vs, &encoder_config, Arch::Base, fields)?;
     let summary = serde_json::json!({
