@@ -12,6 +12,8 @@ mod cli;
 use cli::{Cli, Command, LogFormat};
 
 fn main() -> ExitCode {
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
     let cli = Cli::parse();
     let json = match cli.log_format {
         LogFormat::Json => true,

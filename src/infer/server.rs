@@ -244,7 +244,7 @@ async fn accept(listener: tokio::net::TcpListener, app: Router, state: Arc<AppSt
 fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/predict", post(predict))
-        .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .fallback(|req: Request| async move {
@@ -373,6 +373,15 @@ async fn track(State(state): State<Arc<AppState>>, req: Request, next: Next) -> 
         tracing::info!(method = %method, path = %path, status, ms = seconds * 1000.0, "request");
     }
     response
+}
+
+/// Liveness: the process serves, unless its model runner has ended, which nothing but a
+/// restart mends.
+async fn health(State(state): State<Arc<AppState>>) -> Response {
+    if !state.batcher_alive.load(Ordering::SeqCst) {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "the model runner stopped", None);
+    }
+    Json(json!({"status": "ok"})).into_response()
 }
 
 async fn ready(State(state): State<Arc<AppState>>) -> Response {
@@ -700,6 +709,7 @@ async fn batcher(state: Arc<AppState>, mut rx: mpsc::Receiver<Job>) {
     let max_batch = state.config.max_batch_size;
     let wait = Duration::from_millis(state.config.max_wait_ms);
     while let Some(first) = rx.recv().await {
+        fail::fail_point!("serve::batcher");
         let mut n = first.texts.len();
         let mut jobs = vec![first];
         let deadline = tokio::time::Instant::now() + wait;
@@ -761,6 +771,7 @@ async fn batcher(state: Arc<AppState>, mut rx: mpsc::Receiver<Job>) {
         }
         let mut left: Vec<usize> = pending.iter().map(|p| p.1).collect();
         let outcome = tokio::task::spawn_blocking(move || {
+            fail::fail_point!("serve::run");
             let result = model.probabilities_with(&texts, max_batch, |rows, probs| {
                 for &i in rows {
                     let j = owner[i];

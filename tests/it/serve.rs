@@ -29,7 +29,14 @@ struct Server {
 
 impl Server {
     fn start(export: &Path, sets: &[&str]) -> Server {
+        Self::start_with(export, sets, &[])
+    }
+
+    /// A server with environment variables (`FAILPOINTS`: faults injected into a binary
+    /// built with the `failpoints` feature, as `scripts/test` builds it).
+    fn start_with(export: &Path, sets: &[&str], env: &[(&str, &str)]) -> Server {
         let mut cmd = Command::new(serve_bin());
+        cmd.envs(env.iter().copied());
         cmd.env("TAFT_LOG_FORMAT", "json").current_dir(root());
         cmd.args(["serve", "--input", s(export), "--port", "0", "--set", "threads=1"]);
         for set in sets {
@@ -484,4 +491,46 @@ fn onnx_runtime_threads_default_to_the_cpus_the_process_may_use() {
     let _ = child.kill();
     let _ = child.wait();
     assert_eq!(ready["threads"], 1, "{ready}");
+}
+
+/// A model run that panics answers 500 to the requests it held, and the server goes on
+/// serving (its session lock is not left poisoned); a model runner that dies turns `/ready`
+/// and `/health` to 503 (a restart is the only cure) and requests get 503 at once.
+#[test]
+fn a_panic_in_a_model_run_fails_only_its_requests_and_a_dead_runner_fails_the_probes() {
+    let export = &models().tapt_export;
+    let no_faults = "the serving binary has no fail points: build it with `--features serve,failpoints` (scripts/test does) and set TAFT_SERVE_BIN";
+    let rt = http::runtime();
+    let server = Server::start_with(export, &["max_wait_ms=1"], &[("FAILPOINTS", "serve::run=1*panic(injected)")]);
+    let url = server.url.clone();
+    rt.block_on(async move {
+        let c = reqwest::Client::new();
+        let (status, v) = post(&c, &url, r#"{"texts": ["bonjour"]}"#).await;
+        assert_eq!(status, 500, "{no_faults}: {v}");
+        assert!(v["error"].as_str().unwrap().contains("the model run failed"), "{v}");
+        for _ in 0..3 {
+            let (status, v) = post(&c, &url, r#"{"texts": ["bonjour", "merci"]}"#).await;
+            assert_eq!(status, 200, "the next runs are served: {v}");
+        }
+        for probe in ["ready", "health"] {
+            assert_eq!(c.get(format!("{url}/{probe}")).send().await.unwrap().status(), 200, "{probe}");
+        }
+    });
+    let server = Server::start_with(export, &["max_wait_ms=1"], &[("FAILPOINTS", "serve::batcher=panic(injected)")]);
+    let url = server.url.clone();
+    rt.block_on(async move {
+        let c = reqwest::Client::new();
+        // The request that reaches the runner as it dies is not answered by it.
+        let (status, v) = post(&c, &url, r#"{"texts": ["bonjour"]}"#).await;
+        assert_eq!(status, 500, "{no_faults}: {v}");
+        for probe in ["ready", "health"] {
+            let r = c.get(format!("{url}/{probe}")).send().await.unwrap();
+            assert_eq!(r.status(), 503, "{probe}");
+            let v: Value = r.json().await.unwrap();
+            assert!(v["error"].as_str().unwrap().contains("the model runner stopped"), "{probe}: {v}");
+        }
+        let (status, v) = post(&c, &url, r#"{"texts": ["bonjour"]}"#).await;
+        assert_eq!(status, 503, "{v}");
+        assert!(v["error"].as_str().unwrap().contains("the model runner stopped"), "{v}");
+    });
 }
