@@ -121,7 +121,8 @@ fn reports_equal_scikit_learn_on_the_predictions_and_charts_are_pngs() {
         assert!(tsv.starts_with("class\tprecision\trecall\tf1-score\tsupport\n"));
     }
     eprintln!("parity evaluate reports vs scikit-learn: max abs diff {worst:.2e}");
-    assert_eq!(png_size(&out.join("curves.png")), (1200, 500));
+    // The losses, then a panel per task (status, satisfaction), two a row.
+    assert_eq!(png_size(&out.join("curves.png")), (1200, 50 + 2 * 420));
     // The same figures as finetune's own test report, for the same model and split.
     let ft = manifest(model()).unwrap();
     let status = &metrics["tasks"]["status"];
