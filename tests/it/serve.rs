@@ -493,21 +493,32 @@ fn onnx_runtime_threads_default_to_the_cpus_the_process_may_use() {
     assert_eq!(ready["threads"], 1, "{ready}");
 }
 
+/// A server with `fault` injected (`FAILPOINTS`), and its answer to a first one-text
+/// request: a 500 from the run the fault hit.
+fn faulty(export: &Path, fault: &str, rt: &tokio::runtime::Runtime) -> (Server, Value) {
+    let server = Server::start_with(export, &["max_wait_ms=1"], &[("FAILPOINTS", fault)]);
+    let url = server.url.clone();
+    let (status, v) =
+        rt.block_on(async move { post(&reqwest::Client::new(), &url, r#"{"texts": ["bonjour"]}"#).await });
+    assert_eq!(
+        status, 500,
+        "the serving binary has no fail points: build it with `--features serve,failpoints` (scripts/test does) and set TAFT_SERVE_BIN: {v}"
+    );
+    (server, v)
+}
+
 /// A model run that panics answers 500 to the requests it held, and the server goes on
 /// serving (its session lock is not left poisoned); a model runner that dies turns `/ready`
 /// and `/health` to 503 (a restart is the only cure) and requests get 503 at once.
 #[test]
 fn a_panic_in_a_model_run_fails_only_its_requests_and_a_dead_runner_fails_the_probes() {
     let export = &models().tapt_export;
-    let no_faults = "the serving binary has no fail points: build it with `--features serve,failpoints` (scripts/test does) and set TAFT_SERVE_BIN";
     let rt = http::runtime();
-    let server = Server::start_with(export, &["max_wait_ms=1"], &[("FAILPOINTS", "serve::run=1*panic(injected)")]);
+    let (server, v) = faulty(export, "serve::run=1*panic(injected)", &rt);
+    assert!(v["error"].as_str().unwrap().contains("the model run failed"), "{v}");
     let url = server.url.clone();
     rt.block_on(async move {
         let c = reqwest::Client::new();
-        let (status, v) = post(&c, &url, r#"{"texts": ["bonjour"]}"#).await;
-        assert_eq!(status, 500, "{no_faults}: {v}");
-        assert!(v["error"].as_str().unwrap().contains("the model run failed"), "{v}");
         for _ in 0..3 {
             let (status, v) = post(&c, &url, r#"{"texts": ["bonjour", "merci"]}"#).await;
             assert_eq!(status, 200, "the next runs are served: {v}");
@@ -516,13 +527,12 @@ fn a_panic_in_a_model_run_fails_only_its_requests_and_a_dead_runner_fails_the_pr
             assert_eq!(c.get(format!("{url}/{probe}")).send().await.unwrap().status(), 200, "{probe}");
         }
     });
-    let server = Server::start_with(export, &["max_wait_ms=1"], &[("FAILPOINTS", "serve::batcher=panic(injected)")]);
+    // The request that reaches the runner as it dies is not answered by it; then the probes
+    // and every request say the runner stopped.
+    let (server, _) = faulty(export, "serve::batcher=panic(injected)", &rt);
     let url = server.url.clone();
     rt.block_on(async move {
         let c = reqwest::Client::new();
-        // The request that reaches the runner as it dies is not answered by it.
-        let (status, v) = post(&c, &url, r#"{"texts": ["bonjour"]}"#).await;
-        assert_eq!(status, 500, "{no_faults}: {v}");
         for probe in ["ready", "health"] {
             let r = c.get(format!("{url}/{probe}")).send().await.unwrap();
             assert_eq!(r.status(), 503, "{probe}");
