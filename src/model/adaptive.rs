@@ -11,6 +11,7 @@ use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
 pub use super::config::AdaptiveConfig;
+use super::dropout::{attention, dropout};
 use super::heads::torch_linear;
 
 /// `nn.TransformerEncoderLayer(d_model, nhead, dim_feedforward, dropout, batch_first=True)`.
@@ -63,24 +64,15 @@ impl AdaptiveLayer {
         let qkv = x.linear(&self.in_proj_weight, Some(&self.in_proj_bias)).chunk(3, -1);
         let split = |y: &Tensor| y.view([b, t, heads, d / heads]).transpose(1, 2);
         let mask = self.cfg.mask_padding.then(|| attention_mask.to_kind(Kind::Bool).unsqueeze(1).unsqueeze(1));
-        let p = if train { self.cfg.dropout } else { 0.0 };
-        let context = Tensor::scaled_dot_product_attention(
-            &split(&qkv[0]),
-            &split(&qkv[1]),
-            &split(&qkv[2]),
-            mask.as_ref(),
-            p,
-            false,
-            None,
-            false,
-        )
-        .transpose(1, 2)
-        .contiguous()
-        .view([b, t, d]);
-        let attended = self.out_proj.forward(&context).dropout(self.cfg.dropout, train);
+        let p = self.cfg.dropout;
+        let context = attention(&split(&qkv[0]), &split(&qkv[1]), &split(&qkv[2]), mask.as_ref(), p, train)
+            .transpose(1, 2)
+            .contiguous()
+            .view([b, t, d]);
+        let attended = dropout(&self.out_proj.forward(&context), p, train);
         let x = self.norm1.forward(&(x + attended));
-        let ff = self.linear1.forward(&x).relu().dropout(self.cfg.dropout, train);
-        let ff = self.linear2.forward(&ff).dropout(self.cfg.dropout, train);
+        let ff = dropout(&self.linear1.forward(&x).relu(), p, train);
+        let ff = dropout(&self.linear2.forward(&ff), p, train);
         self.norm2.forward(&(x + ff))
     }
 }

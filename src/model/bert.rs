@@ -8,6 +8,7 @@ use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
 use super::config::{EncoderConfig, Family};
+use super::dropout::{attention, dropout};
 
 /// Word, position and token-type embeddings, LayerNorm, dropout (`BertEmbeddings`).
 #[derive(Debug)]
@@ -73,7 +74,7 @@ impl Embeddings {
         let x = self.word_embeddings.forward(input_ids)
             + self.position_embeddings.forward(&positions)
             + self.token_type_embeddings.forward(&types);
-        self.layer_norm.forward(&x).dropout(self.dropout, train)
+        dropout(&self.layer_norm.forward(&x), self.dropout, train)
     }
 }
 
@@ -118,12 +119,11 @@ impl Attention {
         let q = split(self.query.forward(x));
         let k = split(self.key.forward(x));
         let v = split(self.value.forward(x));
-        let p = if train { self.attention_dropout } else { 0.0 };
-        let context = Tensor::scaled_dot_product_attention(&q, &k, &v, Some(mask), p, false, None, false)
+        let context = attention(&q, &k, &v, Some(mask), self.attention_dropout, train)
             .transpose(1, 2)
             .contiguous()
             .view([b, t, h]);
-        let out = self.dense.forward(&context).dropout(self.dropout, train);
+        let out = dropout(&self.dense.forward(&context), self.dropout, train);
         self.layer_norm.forward(&(out + x))
     }
 }
@@ -164,7 +164,7 @@ impl Layer {
         let a = self.attention.forward_t(x, mask, train);
         let i = self.intermediate.forward(&a);
         let i = activate(&i, &self.activation);
-        let o = self.output.forward(&i).dropout(self.dropout, train);
+        let o = dropout(&self.output.forward(&i), self.dropout, train);
         self.output_norm.forward(&(o + a))
     }
 }

@@ -147,7 +147,7 @@ impl Classifier {
             hidden = adaptive.forward_t(&hidden, attention_mask, train);
         }
         let pooled = self.pooler.forward(&hidden);
-        let dropped = pooled.dropout(self.dropout, train);
+        let dropped = super::dropout::dropout(&pooled, self.dropout, train);
         let logits = self.classifiers.iter().map(|(name, c)| (name.clone(), c.forward(&dropped))).collect();
         ClassifierOutput { hidden, pooled, logits }
     }

@@ -11,6 +11,8 @@ pub mod checkpoint;
 pub mod config;
 pub mod dir;
 #[cfg(feature = "train")]
+pub mod dropout;
+#[cfg(feature = "train")]
 pub mod heads;
 
 use crate::error::{Error, Result};

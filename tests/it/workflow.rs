@@ -92,9 +92,9 @@ fn demo_workflow_runs_the_same_twice_then_is_up_to_date() {
     assert!(rows.iter().all(|r| r[4] == "3"), "three seeds each: {table}");
     let learns = [
         ("taft-status", "status"),
+        ("taft-pc", "pc"),
         ("taft-pc", "satis3"),
         ("tapt-status", "status"),
-        ("tapt-pc", "satis3"),
         ("dapt-status", "status"),
         ("dapt-pc", "pc"),
         ("dapt-satis3", "satis3"),
