@@ -1,8 +1,8 @@
 //! Dropout and attention for training on the CPU.
 //!
 //! libtorch draws a CPU dropout mask one element at a time from its Mersenne Twister
-//! (`bernoulli_`, serial on every CPU but Intel's MKL path), which costs more than the
-//! matrix products of a small layer: about half of a TAFT step 2 at the demo's size. Here
+//! (`bernoulli_`, a serial loop), and attention with dropout leaves the fused kernel for its
+//! math path: a quarter of a TAFT step 2 at the demo's size went to drawing masks. Here
 //! the mask comes from xoshiro256++ (a few bits per nanosecond) and is applied by vectorized
 //! tensor ops; it is seeded by one draw from libtorch's generator, so a run stays a function
 //! of `tch::manual_seed` (which the fit loop sets per batch) and a resumed run replays it.
@@ -55,7 +55,7 @@ pub fn dropout(x: &Tensor, p: f64, train: bool) -> Tensor {
         return x.zeros_like();
     }
     // Multiplying by the boolean mask keeps that mask (one byte an element) for the
-    // backward pass, as libtorch's own dropout does; a float mask would keep four.
+    // backward pass; a float mask, as libtorch's CPU dropout keeps, would take four.
     (x * keep_mask(&x.size(), p)) * (1.0 / (1.0 - p))
 }
 
