@@ -11,6 +11,8 @@ use super::proto::{
 pub const OPSET: i64 = 17;
 /// The IR version of opset 17.
 pub const IR_VERSION: i64 = 8;
+/// ONNX Runtime's contrib operators (version 1 of the domain).
+pub const MS_DOMAIN: &str = "com.microsoft";
 
 /// A dimension of a graph input or output.
 #[derive(Debug, Clone)]
@@ -80,6 +82,15 @@ impl Graph {
         self.node_n(op, inputs, attrs, hint, 1).pop().expect("one output")
     }
 
+    /// Adds a node of ONNX Runtime's contrib domain (`com.microsoft`), one output.
+    pub fn node_ms(&mut self, op: &str, inputs: &[&str], attrs: &[(&str, Attr)], hint: &str) -> String {
+        let y = self.node(op, inputs, attrs, hint);
+        if let Some(node) = self.nodes.last_mut() {
+            node.domain = Some(MS_DOMAIN.to_string());
+        }
+        y
+    }
+
     /// Adds a node of `n` outputs; returns their names.
     pub fn node_n(&mut self, op: &str, inputs: &[&str], attrs: &[(&str, Attr)], hint: &str, n: usize) -> Vec<String> {
         self.count += 1;
@@ -146,11 +157,16 @@ impl Graph {
         name.to_string()
     }
 
-    /// The model: this graph with opset 17 and the given metadata (`key`, `value` pairs).
+    /// The model: this graph with opset 17 (and `com.microsoft` 1 when a node uses it) and the
+    /// given metadata (`key`, `value` pairs).
     pub fn into_model(self, name: &str, metadata: &[(&str, String)]) -> ModelProto {
+        let mut opset_import = vec![OperatorSetIdProto { domain: Some(String::new()), version: Some(OPSET) }];
+        if self.nodes.iter().any(|n| n.domain.as_deref() == Some(MS_DOMAIN)) {
+            opset_import.push(OperatorSetIdProto { domain: Some(MS_DOMAIN.to_string()), version: Some(1) });
+        }
         ModelProto {
             ir_version: Some(IR_VERSION),
-            opset_import: vec![OperatorSetIdProto { domain: Some(String::new()), version: Some(OPSET) }],
+            opset_import,
             producer_name: Some("taft".into()),
             producer_version: Some(env!("CARGO_PKG_VERSION").into()),
             graph: Some(GraphProto {

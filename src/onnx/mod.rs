@@ -39,6 +39,27 @@ impl Variant {
     }
 }
 
+/// How the encoder is written: `fused` with the operators ONNX Runtime's CPU and CUDA
+/// providers implement for BERT-family models (`com.microsoft` Attention,
+/// SkipLayerNormalization, BiasGelu/FastGelu), `portable` with standard ONNX operators only
+/// (opset 17), for any runtime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GraphKind {
+    #[default]
+    Fused,
+    Portable,
+}
+
+impl GraphKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GraphKind::Fused => "fused",
+            GraphKind::Portable => "portable",
+        }
+    }
+}
+
 /// Token ids, int64 [batch, sequence].
 pub const INPUT_IDS: &str = "input_ids";
 /// 1 for tokens, 0 for padding, int64 [batch, sequence].

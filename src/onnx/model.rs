@@ -12,12 +12,19 @@
 //! scale never depends on the other rows of its batch, so neither does a prediction. Then
 //! MatMulInteger → rescale by the token's scale times the column's weight scale. The pooler and the
 //! classifiers stay fp32 (as the quantizer's `nodes_to_exclude` would keep them).
+//!
+//! The `fused` graph writes the same computation with ONNX Runtime's contrib operators:
+//! `Attention` (the q, k, v projections as one [hidden, 3·hidden] weight, the heads and the
+//! padding mask in one kernel, no transposes), `SkipLayerNormalization` (bias + residual +
+//! LayerNorm, also for the embeddings' sum), `BiasGelu` / `FastGelu` (bias + activation).
+//! Under int8 the projections stay quantized MatMulIntegers and the attention core stays
+//! standard operators; the rest is fused alike.
 
 use std::collections::{BTreeMap, HashMap};
 
 use super::graph::{Attr, Dim, Elem, Graph};
 use super::proto::ModelProto;
-use super::{logits_name, probs_name, ATTENTION_MASK, INPUT_IDS};
+use super::{logits_name, probs_name, GraphKind, ATTENTION_MASK, INPUT_IDS};
 use crate::error::{Error, Result};
 use crate::model::config::{AdaptiveConfig, EncoderConfig, Family};
 
@@ -36,6 +43,7 @@ pub struct Spec<'a> {
     /// The heads in output order: (task, number of classes).
     pub heads: &'a [(String, usize)],
     pub int8: bool,
+    pub graph: GraphKind,
 }
 
 /// Masked positions get this added to their attention scores (a zero weight after softmax).
@@ -44,11 +52,13 @@ const MASKED: f32 = -1e9;
 const FLOAT: i64 = 1;
 /// TensorProto.DataType UINT8.
 const UINT8: i64 = 2;
+const INT32: i64 = 6;
 const INT64: i64 = 7;
 
 /// Builds the model's graph from its parameters (named as `model::heads::Classifier` names them).
 pub fn classifier(spec: &Spec, params: &BTreeMap<String, Param>, metadata: &[(&str, String)]) -> Result<ModelProto> {
-    let mut b = Builder { g: Graph::default(), params, int8: spec.int8, quantized: HashMap::new() };
+    let fused = spec.graph == GraphKind::Fused;
+    let mut b = Builder { g: Graph::default(), params, int8: spec.int8, fused, quantized: HashMap::new() };
     let batch_seq = [Dim::Named("batch"), Dim::Named("sequence")];
     let ids = b.g.input(INPUT_IDS, Elem::I64, &batch_seq);
     let mask = b.g.input(ATTENTION_MASK, Elem::I64, &batch_seq);
@@ -80,46 +90,46 @@ pub fn classifier(spec: &Spec, params: &BTreeMap<String, Param>, metadata: &[(&s
     };
     let table = b.init("embeddings.position_embeddings.weight")?;
     let pos = b.g.node("Gather", &[&table, &positions], &[], "embeddings/positions");
-    let x = b.g.node("Add", &[&x, &pos], &[], "embeddings");
     let types = b.p("embeddings.token_type_embeddings.weight")?;
     let h = cfg.hidden_size as usize;
     if types.data.len() < h {
         return Err(Error::input("embeddings.token_type_embeddings.weight is empty".to_string()));
     }
     let type0 = b.g.f32("embeddings.token_type_embeddings.row0", &[h as i64], &types.data[..h]);
-    let x = b.g.node("Add", &[&x, &type0], &[], "embeddings");
-    let mut x = b.layer_norm(&x, "embeddings.LayerNorm", eps)?;
+    let mut x = b.add_bias_norm(&x, &pos, &type0, "embeddings.LayerNorm", eps)?;
 
-    // The additive attention mask [batch, 1, 1, seq]: 0 for tokens, MASKED for padding.
-    let m = b.g.node("Cast", &[&mask], &[("to", Attr::Int(FLOAT))], "mask");
-    let one = b.g.scalar_f32(1.0);
-    let m = b.g.node("Sub", &[&one, &m], &[], "mask");
-    let big = b.g.scalar_f32(MASKED);
-    let m = b.g.node("Mul", &[&m, &big], &[], "mask");
-    let axes = b.g.const_i64(&[2], &[1, 2]);
-    let bias = b.g.node("Unsqueeze", &[&m, &axes], &[], "mask");
+    let masks = if fused && !spec.int8 {
+        // The fused Attention's raw mask: int32 [batch, seq], 1 for tokens.
+        Masks::Raw(b.g.node("Cast", &[&mask], &[("to", Attr::Int(INT32))], "mask"))
+    } else {
+        // The additive attention mask [batch, 1, 1, seq]: 0 for tokens, MASKED for padding.
+        let m = b.g.node("Cast", &[&mask], &[("to", Attr::Int(FLOAT))], "mask");
+        let one = b.g.scalar_f32(1.0);
+        let m = b.g.node("Sub", &[&one, &m], &[], "mask");
+        let big = b.g.scalar_f32(MASKED);
+        let m = b.g.node("Mul", &[&m, &big], &[], "mask");
+        let axes = b.g.const_i64(&[2], &[1, 2]);
+        Masks::Additive(b.g.node("Unsqueeze", &[&m, &axes], &[], "mask"))
+    };
 
     let heads = cfg.num_attention_heads;
     for l in 0..cfg.num_hidden_layers {
         let p = format!("encoder.layer.{l}");
-        let qkv = [
-            b.linear_of(&x, &format!("{p}.attention.self.query"))?,
-            b.linear_of(&x, &format!("{p}.attention.self.key"))?,
-            b.linear_of(&x, &format!("{p}.attention.self.value"))?,
-        ];
-        let context = b.attention(&qkv, heads, cfg.hidden_size, Some(&bias), &p)?;
-        let a = b.linear_of(&context, &format!("{p}.attention.output.dense"))?;
-        let a = b.g.node("Add", &[&a, &x], &[], &p);
-        let a = b.layer_norm(&a, &format!("{p}.attention.output.LayerNorm"), eps)?;
-        let i = b.linear_of(&a, &format!("{p}.intermediate.dense"))?;
-        let i = b.activate(&i, &cfg.hidden_act, &p);
-        let o = b.linear_of(&i, &format!("{p}.output.dense"))?;
-        let o = b.g.node("Add", &[&o, &a], &[], &p);
-        x = b.layer_norm(&o, &format!("{p}.output.LayerNorm"), eps)?;
+        let s = format!("{p}.attention.self");
+        let (q, k, v) = (b.p(&format!("{s}.query.weight"))?, b.p(&format!("{s}.key.weight"))?, b.p(&format!("{s}.value.weight"))?);
+        let (qb, kb, vb) = (b.p(&format!("{s}.query.bias"))?, b.p(&format!("{s}.key.bias"))?, b.p(&format!("{s}.value.bias"))?);
+        let projections = [(&q.data[..], &qb.data[..]), (&k.data[..], &kb.data[..]), (&v.data[..], &vb.data[..])];
+        let context = b.self_attention(&x, &s, projections, heads, cfg.hidden_size, Some(&masks))?;
+        let dense = b.matmul_of(&context, &format!("{p}.attention.output.dense"))?;
+        let a = b.add_bias_norm(&dense.0, &x, &dense.1, &format!("{p}.attention.output.LayerNorm"), eps)?;
+        let i = b.matmul_of(&a, &format!("{p}.intermediate.dense"))?;
+        let i = b.bias_activate(&i, &cfg.hidden_act, &p);
+        let o = b.matmul_of(&i, &format!("{p}.output.dense"))?;
+        x = b.add_bias_norm(&o.0, &a, &o.1, &format!("{p}.output.LayerNorm"), eps)?;
     }
 
     if let Some(a) = spec.adaptive {
-        x = b.adaptive(&x, a, cfg.hidden_size, &bias)?;
+        x = b.adaptive(&x, a, cfg.hidden_size, &masks)?;
     }
 
     // Pooler: tanh(dense(h[:, 0])), then one classifier per task. These run on one row per
@@ -139,10 +149,19 @@ pub fn classifier(spec: &Spec, params: &BTreeMap<String, Param>, metadata: &[(&s
     Ok(b.g.into_model("taft_classifier", metadata))
 }
 
+/// The padding mask in the form the graph's attention takes.
+enum Masks {
+    /// Float [batch, 1, 1, seq]: 0 for tokens, MASKED for padding, added to the scores.
+    Additive(String),
+    /// Int32 [batch, seq]: 1 for tokens (the fused Attention's `mask_index`).
+    Raw(String),
+}
+
 struct Builder<'a> {
     g: Graph,
     params: &'a BTreeMap<String, Param>,
     int8: bool,
+    fused: bool,
     /// Per-token quantized activations, their zero point and their scales by input (q, k and
     /// v share theirs).
     quantized: HashMap<String, [String; 3]>,
@@ -172,6 +191,13 @@ impl<'a> Builder<'a> {
 
     /// `x · Wᵀ + b` for the torch Linear `prefix` (weight [out, in], bias [out]).
     fn linear_of(&mut self, x: &str, prefix: &str) -> Result<String> {
+        let (y, bias) = self.matmul_of(x, prefix)?;
+        Ok(self.g.node("Add", &[&y, &bias], &[], prefix))
+    }
+
+    /// `x · Wᵀ` for the torch Linear `prefix`, and its bias as an initializer (for a fused
+    /// node to add, or `linear_of`).
+    fn matmul_of(&mut self, x: &str, prefix: &str) -> Result<(String, String)> {
         let w = self.p(&format!("{prefix}.weight"))?;
         let b = self.p(&format!("{prefix}.bias"))?;
         if w.dims.len() != 2 || b.data.len() as i64 != w.dims[0] {
@@ -180,19 +206,23 @@ impl<'a> Builder<'a> {
                 w.dims, b.dims
             )));
         }
-        Ok(self.linear(x, prefix, &w.data, &b.data, w.dims[0] as usize, w.dims[1] as usize))
+        let y = self.matmul(x, prefix, &w.data, w.dims[0] as usize, w.dims[1] as usize);
+        let bias = self.g.f32(&format!("{prefix}.bias"), &[w.dims[0]], &b.data);
+        Ok((y, bias))
     }
 
     /// `x · Wᵀ + b` with `w` [out, in] row-major.
     fn linear(&mut self, x: &str, name: &str, w: &[f32], b: &[f32], out: usize, inp: usize) -> String {
-        let mut t = vec![0f32; w.len()];
-        for o in 0..out {
-            for i in 0..inp {
-                t[i * out + o] = w[o * inp + i];
-            }
-        }
+        let y = self.matmul(x, name, w, out, inp);
+        let bias = self.g.f32(&format!("{name}.bias"), &[out as i64], b);
+        self.g.node("Add", &[&y, &bias], &[], name)
+    }
+
+    /// `x · Wᵀ` with `w` [out, in] row-major (quantized under int8).
+    fn matmul(&mut self, x: &str, name: &str, w: &[f32], out: usize, inp: usize) -> String {
+        let t = transpose(w, out, inp);
         let dims = [inp as i64, out as i64];
-        let y = if self.int8 {
+        if self.int8 {
             // Symmetric int8 per output column: scale = max |w| / 127, zero point 0.
             let mut scales = vec![0f32; out];
             for i in 0..inp {
@@ -226,9 +256,86 @@ impl<'a> Builder<'a> {
         } else {
             let wt = self.g.f32(&format!("{name}.weight_t"), &dims, &t);
             self.g.node("MatMul", &[x, &wt], &[], name)
+        }
+    }
+
+    /// LayerNorm(x + skip + bias) with the parameters of `norm`: one SkipLayerNormalization
+    /// when fused.
+    fn add_bias_norm(&mut self, x: &str, skip: &str, bias: &str, norm: &str, eps: f32) -> Result<String> {
+        if self.fused {
+            let gamma = self.init(&format!("{norm}.weight"))?;
+            let beta = self.init(&format!("{norm}.bias"))?;
+            return Ok(self.g.node_ms(
+                "SkipLayerNormalization",
+                &[x, skip, &gamma, &beta, bias],
+                &[("epsilon", Attr::Float(eps))],
+                norm,
+            ));
+        }
+        let y = self.g.node("Add", &[x, bias], &[], norm);
+        let y = self.g.node("Add", &[&y, skip], &[], norm);
+        self.layer_norm(&y, norm, eps)
+    }
+
+    /// The activation `name` of `x + bias` (a `matmul_of` pair): BiasGelu or FastGelu when
+    /// fused.
+    fn bias_activate(&mut self, (x, bias): &(String, String), name: &str, hint: &str) -> String {
+        if self.fused {
+            match name {
+                "gelu_new" | "gelu_pytorch_tanh" => return self.g.node_ms("FastGelu", &[x, bias], &[], hint),
+                "relu" => {}
+                _ => return self.g.node_ms("BiasGelu", &[x, bias], &[], hint),
+            }
+        }
+        let y = self.g.node("Add", &[x, bias], &[], hint);
+        self.activate(&y, name, hint)
+    }
+
+    /// Multi-head self-attention of `x` with the q, k, v projections given as (weight [d, d],
+    /// bias [d]) → the context before the output projection. Fused (and not int8): one
+    /// `com.microsoft` Attention node over the concatenated [d, 3·d] weight.
+    fn self_attention(
+        &mut self,
+        x: &str,
+        name: &str,
+        projections: [(&[f32], &[f32]); 3],
+        heads: i64,
+        d: i64,
+        mask: Option<&Masks>,
+    ) -> Result<String> {
+        let du = d as usize;
+        for (w, b) in &projections {
+            if w.len() != du * du || b.len() != du {
+                return Err(Error::input(format!("{name}: a q/k/v projection is not [{d}, {d}]")));
+            }
+        }
+        if heads <= 0 || d % heads != 0 {
+            return Err(Error::input(format!("{name}: {heads} heads do not divide {d}")));
+        }
+        if self.fused && !self.int8 {
+            let rows: Vec<f32> = projections.iter().flat_map(|(w, _)| w.iter().copied()).collect();
+            let bias: Vec<f32> = projections.iter().flat_map(|(_, b)| b.iter().copied()).collect();
+            let w = self.g.f32(&format!("{name}.qkv.weight_t"), &[d, 3 * d], &transpose(&rows, 3 * du, du));
+            let b = self.g.f32(&format!("{name}.qkv.bias"), &[3 * d], &bias);
+            let attrs = [("num_heads", Attr::Int(heads)), ("mask_filter_value", Attr::Float(MASKED))];
+            let inputs: Vec<&str> = match mask {
+                Some(Masks::Raw(m)) => vec![x, &w, &b, m],
+                Some(Masks::Additive(_)) => return Err(Error::Other(format!("{name}: the fused Attention takes the raw mask"))),
+                None => vec![x, &w, &b],
+            };
+            return Ok(self.g.node_ms("Attention", &inputs, &attrs, name));
+        }
+        let suffixes = ["q", "k", "v"];
+        let mut qkv: [String; 3] = Default::default();
+        for (i, (w, b)) in projections.iter().enumerate() {
+            qkv[i] = self.linear(x, &format!("{name}.{}", suffixes[i]), w, b, du, du);
+        }
+        let bias = match mask {
+            Some(Masks::Additive(m)) => Some(m.as_str()),
+            Some(Masks::Raw(_)) => return Err(Error::Other(format!("{name}: standard attention takes the additive mask"))),
+            None => None,
         };
-        let bias = self.g.f32(&format!("{name}.bias"), &[out as i64], b);
-        self.g.node("Add", &[&y, &bias], &[], name)
+        self.attention(&qkv, heads, d, bias, name)
     }
 
     /// Symmetric quantization of `x` [batch, seq, features] with one scale per token: x / s
@@ -293,10 +400,12 @@ impl<'a> Builder<'a> {
 
     /// Hugging Face's activation by name (exact GELU unless the config says otherwise).
     fn activate(&mut self, x: &str, name: &str, hint: &str) -> String {
+        if name == "relu" {
+            return self.g.node("Relu", &[x], &[], hint);
+        }
         let half = self.g.scalar_f32(0.5);
         let one = self.g.scalar_f32(1.0);
         match name {
-            "relu" => self.g.node("Relu", &[x], &[], hint),
             "gelu_new" | "gelu_pytorch_tanh" => {
                 // 0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³)))
                 let c = self.g.scalar_f32(0.044715);
@@ -325,29 +434,33 @@ impl<'a> Builder<'a> {
 
     /// The adaptive layer (`nn.TransformerEncoderLayer`, post-norm, ReLU): the padding mask
     /// only when it was trained with one.
-    fn adaptive(&mut self, x: &str, cfg: &AdaptiveConfig, d: i64, bias: &str) -> Result<String> {
+    fn adaptive(&mut self, x: &str, cfg: &AdaptiveConfig, d: i64, masks: &Masks) -> Result<String> {
         let w = self.p("adaptive.self_attn.in_proj_weight")?;
         let b = self.p("adaptive.self_attn.in_proj_bias")?;
         let du = d as usize;
         if w.data.len() != 3 * du * du || b.data.len() != 3 * du {
             return Err(Error::input(format!("adaptive.self_attn.in_proj_weight {:?} is not [3·{d}, {d}]", w.dims)));
         }
-        let names = ["adaptive.self_attn.q", "adaptive.self_attn.k", "adaptive.self_attn.v"];
-        let mut qkv: [String; 3] = Default::default();
-        for (i, name) in names.iter().enumerate() {
-            qkv[i] =
-                self.linear(x, name, &w.data[i * du * du..(i + 1) * du * du], &b.data[i * du..(i + 1) * du], du, du);
-        }
-        let mask = cfg.mask_padding.then_some(bias);
-        let context = self.attention(&qkv, cfg.heads, d, mask, "adaptive")?;
-        let a = self.linear_of(&context, "adaptive.self_attn.out_proj")?;
-        let x1 = self.g.node("Add", &[x, &a], &[], "adaptive");
+        let part = |i: usize| (&w.data[i * du * du..(i + 1) * du * du], &b.data[i * du..(i + 1) * du]);
+        let mask = cfg.mask_padding.then_some(masks);
+        let context = self.self_attention(x, "adaptive.self_attn", [part(0), part(1), part(2)], cfg.heads, d, mask)?;
         let eps = cfg.layer_norm_eps as f32;
-        let x1 = self.layer_norm(&x1, "adaptive.norm1", eps)?;
-        let f = self.linear_of(&x1, "adaptive.linear1")?;
-        let f = self.g.node("Relu", &[&f], &[], "adaptive");
-        let f = self.linear_of(&f, "adaptive.linear2")?;
-        let x2 = self.g.node("Add", &[&x1, &f], &[], "adaptive");
-        self.layer_norm(&x2, "adaptive.norm2", eps)
+        let a = self.matmul_of(&context, "adaptive.self_attn.out_proj")?;
+        let x1 = self.add_bias_norm(&a.0, x, &a.1, "adaptive.norm1", eps)?;
+        let f = self.matmul_of(&x1, "adaptive.linear1")?;
+        let f = self.bias_activate(&f, "relu", "adaptive");
+        let f = self.matmul_of(&f, "adaptive.linear2")?;
+        self.add_bias_norm(&f.0, &x1, &f.1, "adaptive.norm2", eps)
     }
+}
+
+/// `w` [rows, cols] row-major → its transpose [cols, rows].
+fn transpose(w: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut t = vec![0f32; w.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            t[c * rows + r] = w[r * cols + c];
+        }
+    }
+    t
 }

@@ -2,7 +2,9 @@
 //! the encoder, the adaptive layer when the model has one (with or without its padding mask,
 //! as trained), the pooler and every task head, with inputs `input_ids` and `attention_mask`
 //! (int64, dynamic batch and sequence) and per task `logits_<task>` and `probs_<task>`.
-//! Beside it: `tokenizer.json` and `taft.json`.
+//! Beside it: `tokenizer.json` and `taft.json`. `graph: fused` (the default) writes the
+//! encoder with ONNX Runtime's contrib operators (Attention, SkipLayerNormalization,
+//! BiasGelu/FastGelu); `graph: portable` with standard operators only, for other runtimes.
 //!
 //! Before anything is committed the step runs the ONNX model through ONNX Runtime and the
 //! trained model through libtorch on batches of several shapes (batch 1 and 8, short and
@@ -21,6 +23,7 @@ use crate::store::commit::Output;
 mod build;
 
 const DEFAULTS: &str = "
+graph: fused
 quantize: none
 tolerance: 1.0e-4
 min_agreement: 0.99
@@ -44,6 +47,9 @@ pub struct ExportConfig {
     pub inputs: Vec<String>,
     #[serde(default)]
     pub out: Option<String>,
+    /// `fused` (ONNX Runtime's contrib operators for BERT-family encoders) or `portable`
+    /// (standard ONNX operators only).
+    pub graph: crate::onnx::GraphKind,
     pub quantize: Quantize,
     /// Largest absolute difference allowed between an ONNX output and the trained model's.
     pub tolerance: f64,

@@ -196,6 +196,7 @@ fn check_export(export_dir: &Path, work: &Path, model_file: &str) {
     assert_eq!(py.code, 0, "onnx_ref.py: {}", py.stderr);
     let reference: serde_json::Value = serde_json::from_slice(&std::fs::read(&reference).unwrap()).unwrap();
     assert_eq!(reference["opset"], 17);
+    check_ops(&reference["ops"], s_["graph"].as_str().unwrap(), model_file, &s_);
     // Padding changes nothing unless the adaptive layer attends to it (the original's quirk),
     // or the activations are quantized per batch (int8: their scale depends on the batch).
     if s_["adaptive"]["mask_padding"] != false && model_file == "model.onnx" {
@@ -219,6 +220,32 @@ fn check_export(export_dir: &Path, work: &Path, model_file: &str) {
     }
 }
 
+/// The operators of an export as `onnx` reads them: `fused` writes one contrib Attention per
+/// attention layer (int8: quantized projections and standard attention) and no standalone
+/// LayerNormalization; `portable` only standard operators.
+fn check_ops(ops: &serde_json::Value, graph: &str, model_file: &str, summary: &serde_json::Value) {
+    let ops = ops.as_object().unwrap();
+    let count = |op: &str| ops.get(op).and_then(|v| v.as_u64()).unwrap_or(0);
+    let layers = 2 + u64::from(!summary["adaptive"].is_null());
+    match (graph, model_file.contains("int8")) {
+        ("fused", false) => {
+            assert_eq!(count("com.microsoft:Attention"), layers, "{ops:?}");
+            assert_eq!(count("com.microsoft:SkipLayerNormalization"), 1 + 2 * layers, "{ops:?}");
+            assert_eq!(count("ai.onnx:LayerNormalization") + count("ai.onnx:Transpose"), 0, "{ops:?}");
+        }
+        ("fused", true) => {
+            assert_eq!(count("com.microsoft:Attention"), 0, "{ops:?}");
+            assert_eq!(count("com.microsoft:SkipLayerNormalization"), 1 + 2 * layers, "{ops:?}");
+            assert!(count("ai.onnx:MatMulInteger") > 0, "{ops:?}");
+        }
+        ("portable", _) => {
+            assert!(ops.keys().all(|k| k.starts_with("ai.onnx:")), "{ops:?}");
+            assert_eq!(count("ai.onnx:LayerNormalization"), 1 + 2 * layers, "{ops:?}");
+        }
+        other => panic!("unknown graph {other:?}"),
+    }
+}
+
 #[test]
 fn exports_match_the_trained_model_and_python_onnxruntime_for_both_families() {
     let m = models();
@@ -234,6 +261,13 @@ fn exports_match_the_trained_model_and_python_onnxruntime_for_both_families() {
         export(&[model], &out, &[]).ok();
         let sm = summary(&out);
         assert_eq!((sm["family"].as_str(), sm["adaptive"]["mask_padding"].as_bool()), (Some("bert"), Some(false)));
+        check_export(&out, dir.path(), "model.onnx");
+    }
+    // The portable graph (standard operators only) of both families and both adaptive masks.
+    for (i, model) in [&parents().adaptive, &m.bert_taft].into_iter().enumerate() {
+        let out = dir.path().join(format!("portable-{i}"));
+        export(&[model], &out, &["graph=portable"]).ok();
+        assert_eq!(summary(&out)["graph"], "portable");
         check_export(&out, dir.path(), "model.onnx");
     }
     // The files beside the model.

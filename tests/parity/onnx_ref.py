@@ -6,10 +6,12 @@ usage: onnx_ref.py EXPORT_DIR TEXTS_JSON OUT_JSON [--model model.onnx]
 TEXTS_JSON is a JSON list of texts (conversation items as taft builds them); OUT_JSON gets
 {"outputs": [...graph output names...], "probs": {task: [[p...] per text]} (batches of 8,
 padded), "probs_single": {...} (one text at a time; padded to max_length for an unmasked
-adaptive layer), "padding_max_diff": largest difference between the two, "opset": N}.
+adaptive layer), "padding_max_diff": largest difference between the two, "opset": N,
+"ops": {"domain:op": count} (the default domain written "ai.onnx")}.
 """
 
 import argparse
+import collections
 import json
 import os
 
@@ -89,7 +91,9 @@ def main():
                 pad_diff = max(pad_diff, float(diff))
 
     json.dump({"outputs": outputs, "probs": probs, "probs_single": single_probs, "opset": opset,
-               "ir_version": model.ir_version, "padding_max_diff": pad_diff}, open(args.out, "w"))
+               "ir_version": model.ir_version, "padding_max_diff": pad_diff,
+               "ops": collections.Counter(f"{n.domain or 'ai.onnx'}:{n.op_type}" for n in model.graph.node)},
+              open(args.out, "w"))
 
 
 if __name__ == "__main__":

@@ -123,6 +123,7 @@ fn export(
     let mut files = Vec::new();
     taft["export"] = serde_json::json!({
         "opset": crate::onnx::graph::OPSET,
+        "graph": config.graph.as_str(),
         "inputs": [crate::onnx::INPUT_IDS, crate::onnx::ATTENTION_MASK],
         "outputs": outputs,
         "source": source,
@@ -134,7 +135,14 @@ fn export(
         ("taft.heads", serde_json::to_string(&taft["heads"])?),
         ("taft.max_length", max_length.to_string()),
     ];
-    let spec = Spec { config: &encoder_config, family, adaptive: adaptive.as_ref(), heads: &head_sizes, int8: false };
+    let spec = Spec {
+        config: &encoder_config,
+        family,
+        adaptive: adaptive.as_ref(),
+        heads: &head_sizes,
+        int8: false,
+        graph: config.graph,
+    };
     let fp32 = crate::onnx::encode(&crate::onnx::model::classifier(&spec, &params, &metadata)?);
 
     // Parity with the trained model.
@@ -177,6 +185,7 @@ fn export(
         "adaptive": adaptive.as_ref().map(|a| serde_json::json!({"mask_padding": a.mask_padding})),
         "heads": heads.iter().map(|(n, c)| (n.clone(), serde_json::json!(c))).collect::<serde_json::Map<_, _>>(),
         "max_length": max_length,
+        "graph": config.graph.as_str(),
         "threads": threads,
         "bytes": fp32.len(),
         "validation": {"tolerance": config.tolerance, "max_abs_diff": diffs, "cases": cases},
