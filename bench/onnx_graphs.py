@@ -13,8 +13,9 @@ every file's probabilities are checked against taft's fused file (1e-4).
 
 Inputs: random token ids with the classification token first and the separator last, the
 first row full length and the others shorter (padded), for each shape in SHAPES. Every
-figure is the median over ROUNDS rounds of REPEATS runs each (files alternate within a
-round), in ms per batch.
+figure is the median over ROUNDS rounds of REPEATS runs each after a warm-up run (files
+alternate within a round, each round starting from the next file; thread spinning off, so
+one file's idle threads do not slow the next), in ms per batch.
 Usage: .venv/bin/python bench/onnx_graphs.py [--rounds 5] [--repeats 3] [--threads 2] [--models 0,1]
 """
 import argparse
@@ -89,6 +90,9 @@ def session(path, threads):
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Each session has its own thread pool: threads spinning after one file's run would slow
+    # the next file's.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
 
 
@@ -154,9 +158,12 @@ def main():
                 if worst > 1e-4:
                     sys.exit(f"{name}: {k} differs from taft fused by {worst} on {shape}")
         times = {(k, s): [] for k in sessions for s in SHAPES}
-        for _ in range(args.rounds):
+        keys = list(sessions)
+        for r in range(args.rounds):
             for s, feed in feeds.items():
-                for k, sess in sessions.items():
+                # The files take turns going first.
+                for k in keys[r % len(keys):] + keys[:r % len(keys)]:
+                    sess = sessions[k]
                     sess.run(None, feed)  # warm
                     for _ in range(args.repeats):
                         t0 = time.perf_counter()

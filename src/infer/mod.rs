@@ -164,13 +164,20 @@ impl Exported {
 
     /// Class probabilities of each text, per head: `[head][item][class]`, in the texts' order.
     pub fn probabilities<T: Segments>(&self, texts: &[T], batch_size: usize) -> Result<Probs> {
-        self.probabilities_with(texts, batch_size, |_, _| {})
+        self.probabilities_with(texts, batch_size, None, |_, _| {})
     }
 
     /// [`Exported::probabilities`], calling `done(items, probs)` after each run with the
-    /// items it scored. Texts run shortest first, in runs of at most `batch_size` whose
-    /// padding stays within [`MAX_PADDING`] of their tokens.
-    pub fn probabilities_with<S, F>(&self, texts: &[S], batch_size: usize, mut done: F) -> Result<Probs>
+    /// items it scored. Texts are cut into runs of at most `batch_size` by length (padding
+    /// within [`MAX_PADDING`] of their tokens); the runs go shortest first, or, given each
+    /// text's `age` rank (0 the oldest), the run holding the oldest text first.
+    pub fn probabilities_with<S, F>(
+        &self,
+        texts: &[S],
+        batch_size: usize,
+        age: Option<&[usize]>,
+        mut done: F,
+    ) -> Result<Probs>
     where
         S: Segments,
         F: FnMut(&[usize], &Probs),
@@ -181,11 +188,14 @@ impl Exported {
         let names = self.head_names();
         let mut probs: Probs = self.heads.iter().map(|_| vec![Vec::new(); texts.len()]).collect();
         // Fixed-width runs cost the same whatever their lengths: plain chunks.
-        let cut: Vec<&[usize]> = if self.fixed_width {
+        let mut cut: Vec<&[usize]> = if self.fixed_width {
             order.chunks(batch_size.max(1)).collect()
         } else {
             runs(&order, &ids, batch_size.max(1))
         };
+        if let Some(age) = age {
+            oldest_first(&mut cut, age);
+        }
         for rows in cut {
             let enc = self.pad(&rows.iter().map(|&i| ids[i].as_slice()).collect::<Vec<_>>());
             let out = {
@@ -244,6 +254,12 @@ fn runs<'a>(order: &'a [usize], ids: &[Vec<i64>], batch: usize) -> Vec<&'a [usiz
     out
 }
 
+/// Orders runs by the oldest item each holds (lowest `age` rank), shortest first among equals:
+/// no item waits behind a run of items younger than itself.
+fn oldest_first(cut: &mut [&[usize]], age: &[usize]) {
+    cut.sort_by_key(|rows| rows.iter().map(|&i| age[i]).min());
+}
+
 /// The index of the largest probability (the first on ties).
 pub fn argmax(p: &[f32]) -> usize {
     (0..p.len()).max_by(|&a, &b| p[a].total_cmp(&p[b]).then(b.cmp(&a))).unwrap_or(0)
@@ -271,5 +287,20 @@ mod tests {
         assert_eq!(&cut[..3], &[&[0, 1, 2][..], &[3], &[4, 5, 6, 7]]);
         assert!(cut.iter().any(|r| r == &[10, 11]));
         assert_eq!(runs(&order, &ids, 1).len(), ids.len());
+    }
+
+    #[test]
+    fn the_run_holding_the_oldest_item_goes_first() {
+        // Items 0..6 by ascending length, in runs [0, 1], [2], [3, 4], [5]; item 5 (the
+        // longest) is the oldest, item 2 the next.
+        let (a, b, c, d) = ([0usize, 1], [2usize], [3usize, 4], [5usize]);
+        let mut cut: Vec<&[usize]> = vec![&a, &b, &c, &d];
+        let age = [4, 5, 1, 3, 2, 0];
+        oldest_first(&mut cut, &age);
+        assert_eq!(cut, vec![&d[..], &b[..], &c[..], &a[..]]);
+        // Equal ages keep the shortest first.
+        let mut cut: Vec<&[usize]> = vec![&a, &b, &c, &d];
+        oldest_first(&mut cut, &[0; 6]);
+        assert_eq!(cut, vec![&a[..], &b[..], &c[..], &d[..]]);
     }
 }

@@ -693,9 +693,10 @@ fn request_items(
 const DRAIN_BATCHES: usize = 8;
 
 /// Takes queued requests until `max_batch_size` items or `max_wait_ms` (then whatever else is
-/// already queued, up to [`DRAIN_BATCHES`] runs), runs them shortest first in runs of at most
-/// `max_batch_size` with little padding, and answers each request as soon as its items are
-/// scored.
+/// already queued, up to [`DRAIN_BATCHES`] runs), cuts them by length into runs of at most
+/// `max_batch_size` with little padding, runs first the run that holds the oldest request
+/// (age before length: no request waits behind younger ones), and answers each request as
+/// soon as its items are scored.
 async fn batcher(state: Arc<AppState>, mut rx: mpsc::Receiver<Job>) {
     // Whichever way this task ends, `/ready` says so.
     struct Alive<'a>(&'a AppState);
@@ -772,7 +773,9 @@ async fn batcher(state: Arc<AppState>, mut rx: mpsc::Receiver<Job>) {
         let mut left: Vec<usize> = pending.iter().map(|p| p.1).collect();
         let outcome = tokio::task::spawn_blocking(move || {
             fail::fail_point!("serve::run");
-            let result = model.probabilities_with(&texts, max_batch, |rows, probs| {
+            // Jobs arrive in order: a job's index is its age rank.
+            let age = owner.clone();
+            let result = model.probabilities_with(&texts, max_batch, Some(&age), |rows, probs| {
                 for &i in rows {
                     let j = owner[i];
                     left[j] -= 1;
@@ -781,6 +784,7 @@ async fn batcher(state: Arc<AppState>, mut rx: mpsc::Receiver<Job>) {
                         let part = probs.iter().map(|head| head[*start..*start + *k].to_vec()).collect();
                         if let Some(reply) = reply.take() {
                             let _ = reply.send(Ok(part));
+                            fail::fail_point!("serve::answered");
                         }
                     }
                 }

@@ -116,8 +116,10 @@ pub fn classifier(spec: &Spec, params: &BTreeMap<String, Param>, metadata: &[(&s
     for l in 0..cfg.num_hidden_layers {
         let p = format!("encoder.layer.{l}");
         let s = format!("{p}.attention.self");
-        let (q, k, v) = (b.p(&format!("{s}.query.weight"))?, b.p(&format!("{s}.key.weight"))?, b.p(&format!("{s}.value.weight"))?);
-        let (qb, kb, vb) = (b.p(&format!("{s}.query.bias"))?, b.p(&format!("{s}.key.bias"))?, b.p(&format!("{s}.value.bias"))?);
+        let (q, k, v) =
+            (b.p(&format!("{s}.query.weight"))?, b.p(&format!("{s}.key.weight"))?, b.p(&format!("{s}.value.weight"))?);
+        let (qb, kb, vb) =
+            (b.p(&format!("{s}.query.bias"))?, b.p(&format!("{s}.key.bias"))?, b.p(&format!("{s}.value.bias"))?);
         let projections = [(&q.data[..], &qb.data[..]), (&k.data[..], &kb.data[..]), (&v.data[..], &vb.data[..])];
         let context = b.self_attention(&x, &s, projections, heads, cfg.hidden_size, Some(&masks))?;
         let dense = b.matmul_of(&context, &format!("{p}.attention.output.dense"))?;
@@ -320,7 +322,9 @@ impl<'a> Builder<'a> {
             let attrs = [("num_heads", Attr::Int(heads)), ("mask_filter_value", Attr::Float(MASKED))];
             let inputs: Vec<&str> = match mask {
                 Some(Masks::Raw(m)) => vec![x, &w, &b, m],
-                Some(Masks::Additive(_)) => return Err(Error::Other(format!("{name}: the fused Attention takes the raw mask"))),
+                Some(Masks::Additive(_)) => {
+                    return Err(Error::Other(format!("{name}: the fused Attention takes the raw mask")))
+                }
                 None => vec![x, &w, &b],
             };
             return Ok(self.g.node_ms("Attention", &inputs, &attrs, name));
@@ -332,7 +336,9 @@ impl<'a> Builder<'a> {
         }
         let bias = match mask {
             Some(Masks::Additive(m)) => Some(m.as_str()),
-            Some(Masks::Raw(_)) => return Err(Error::Other(format!("{name}: standard attention takes the additive mask"))),
+            Some(Masks::Raw(_)) => {
+                return Err(Error::Other(format!("{name}: standard attention takes the additive mask")))
+            }
             None => None,
         };
         self.attention(&qkv, heads, d, bias, name)

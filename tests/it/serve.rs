@@ -334,6 +334,46 @@ fn work_of_clients_gone_away_is_dropped_before_the_model() {
     assert!(metrics.lines().any(|l| l == "taft_queue_items 0"), "{metrics}");
 }
 
+/// Age before length: a long request queued before short ones is answered first, although
+/// the batcher cuts its runs by length (shortest first would answer it last).
+#[test]
+fn an_older_long_request_is_not_kept_behind_younger_short_ones() {
+    // Each answer is followed by 200 ms of sleep in the runner: requests queue up meanwhile,
+    // and the order of the runs shows in when each request is answered.
+    let sets = ["max_batch_size=1", "max_wait_ms=1"];
+    let server = Server::start_with(&models().tapt_export, &sets, &[("FAILPOINTS", "serve::answered=sleep(200)")]);
+    let url = server.url.clone();
+    let long =
+        vec!["le problème de connexion persiste depuis trois jours malgré le redémarrage du routeur"; 6].join(" ");
+    let order = http::runtime().block_on(async move {
+        let c = reqwest::Client::new();
+        let t0 = Instant::now();
+        let send = |text: String, after: u64| {
+            let (c, url) = (c.clone(), url.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(after)).await;
+                let (status, v) = post(&c, &url, json!({"texts": [text]}).to_string()).await;
+                assert_eq!(status, 200, "{v}");
+                t0.elapsed()
+            })
+        };
+        // A first request occupies the runner; then, while it sleeps, the long request and,
+        // after it, four short ones.
+        let first = send("bonjour".into(), 0);
+        let long = send(long, 60);
+        let short: Vec<_> = (0..4).map(|i| send(format!("merci {i}"), 100 + 10 * i)).collect();
+        first.await.unwrap();
+        let long = long.await.unwrap();
+        let mut short_done = Vec::new();
+        for s in short {
+            short_done.push(s.await.unwrap());
+        }
+        (long, short_done)
+    });
+    let (long, short) = order;
+    assert!(short.iter().all(|s| long < *s), "the long request ({long:?}) waited behind younger ones ({short:?})");
+}
+
 #[test]
 fn concurrent_requests_are_batched_and_answer_what_batch_prediction_does() {
     let export = &models().tapt_export;
