@@ -2,13 +2,15 @@
 
 Data: the default synthetic dataset's unlabeled utterances (`taft prep`). Models: made by
 `taft init` from scratch (tokenizer trained on the same utterances), so both sides start from
-the same model directory: the demo's tiny RoBERTa (hidden 64, 2 layers) and a small one
-(hidden 256, 4 layers). Both train STEPS optimizer steps (AdamW, linear schedule, 15 %
+the same model directory: the demo's tiny RoBERTa (hidden 64, 2 layers), a small one
+(hidden 256, 4 layers) and one of distilcamembert's shape (6 layers, hidden 768, 12 heads,
+FFN 3072). Both train STEPS optimizer steps (AdamW, linear schedule, 15 %
 masking, grad clipping 1.0) with the same batch, block size and threads, no evaluation and
 no checkpoints. Each side runs ROUNDS processes (alternating); the table shows the median
 training steps/s (taft: its summary's steps_per_second; peer: Trainer's
-train_steps_per_second), the median whole-process wall time, and the peak RSS (wait4).
-Usage: .venv/bin/python bench/dapt.py [--rounds 3] [--steps 60] [--threads 2]
+train_steps_per_second), the median whole-process wall time, the peak RSS (wait4), and each
+side's model FLOP utilisation (see `mfu`).
+Usage: .venv/bin/python bench/dapt.py [--rounds 3] [--steps 60] [--threads 2] [--models 0,1,2]
 """
 import argparse
 import json
@@ -29,7 +31,52 @@ MODELS = [
     # name, init scratch settings, block, batch
     ("tiny RoBERTa 2x64, vocab 2000", "{vocab_size: 2000, hidden_size: 64, num_hidden_layers: 2, num_attention_heads: 4, intermediate_size: 128, max_length: 512}", 128, 16),
     ("small RoBERTa 4x256, vocab 8000", "{vocab_size: 8000, hidden_size: 256, num_hidden_layers: 4, num_attention_heads: 4, intermediate_size: 1024, max_length: 512}", 256, 8),
+    ("distilcamembert shape 6x768, vocab 8000", "{vocab_size: 8000, hidden_size: 768, num_hidden_layers: 6, num_attention_heads: 12, intermediate_size: 3072, max_length: 512}", 256, 8),
 ]
+
+
+def gemm_peak(threads):
+    """This machine's fp32 GEMM peak through libtorch with `threads` threads, GFLOP/s: the best
+    of 5 timings of 10 products of two 2048 x 2048 matrices (after a warm-up product)."""
+    code = ("import time, torch\ntorch.set_num_threads(%d)\nn = 2048\na, b = torch.randn(n, n), torch.randn(n, n)\n"
+            "a @ b\nbest = 0.0\nfor _ in range(5):\n    t = time.perf_counter()\n    for _ in range(10):\n        a @ b\n"
+            "    best = max(best, 10 * 2 * n ** 3 / (time.perf_counter() - t))\nprint(best / 1e9)\n") % threads
+    return float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+
+
+def layer_params(hidden, layers, ffn):
+    """Matmul parameters of `layers` transformer layers: q, k, v and output projections, the
+    feed-forward's two (biases, norms and embeddings do no matmul work)."""
+    return layers * (4 * hidden * hidden + 2 * hidden * ffn)
+
+
+def encoder_params(model_dir):
+    c = json.load(open(os.path.join(model_dir, "config.json")))
+    return layer_params(c["hidden_size"], c["num_hidden_layers"], c["intermediate_size"])
+
+
+def mean_tokens(model_dir, texts, cap):
+    """Mean token count of `texts` (with the special tokens) under the model's tokenizer, each
+    cut at `cap`: the real tokens an item carries into a batch."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(os.path.join(model_dir, "tokenizer.json"))
+    lengths = [min(len(e.ids), cap) for e in tok.encode_batch(texts)]
+    return sum(lengths) / len(lengths)
+
+
+def prep_rows(prep):
+    import pyarrow.parquet as pq
+
+    return pq.read_table(os.path.join(prep, "conversations.parquet")).to_pylist()
+
+
+def mfu(flops_per_step, steps_per_second, peak_gflops):
+    """Model FLOP utilisation: the model's matmul FLOPs per step (2 per parameter and token
+    forward, 4 more backward where the parameter trains; padding not counted) times steps/s,
+    over the GEMM peak."""
+    return flops_per_step * steps_per_second / (peak_gflops * 1e9)
+
 
 
 def measure(cmd, parse):
@@ -47,11 +94,13 @@ def taft(*args):
     subprocess.run([TAFT, *args], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def compare(step, rounds, taft_sets, peer_cmd):
+def compare(step, rounds, taft_sets, peer_cmd, models=None, flops=None):
     """Builds taft, makes the data and each of MODELS (`taft prep`, `taft init`), then runs
     `taft STEP` (with `taft_sets(i)`, the no-evaluation, no-checkpoint settings) and the
     peer (`peer_cmd(i, model, prep)`) ROUNDS times each, alternately. Returns one row per
-    model: medians of taft's steps/s and wall s, its peak RSS, then the same for the peer."""
+    model: medians of taft's steps/s and wall s, its peak RSS, then the same for the peer,
+    then `flops(i, model, prep)` (the model FLOPs of one step) when given. `models`: the
+    indexes into MODELS to run (default all)."""
     subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
     work = tempfile.mkdtemp(prefix=f"taft-bench-{step}-")
     rows = []
@@ -59,6 +108,8 @@ def compare(step, rounds, taft_sets, peer_cmd):
         prep = os.path.join(work, "prep")
         taft("prep", "-o", prep, "--set", "synthetic={seed: 42}")
         for i, (_, scratch, _, _) in enumerate(MODELS):
+            if models is not None and i not in models:
+                continue
             model = os.path.join(work, f"init{i}")
             taft("init", "-i", prep, "-o", model, "--set", f"scratch={scratch}")
             ours, peer = [], []
@@ -73,7 +124,8 @@ def compare(step, rounds, taft_sets, peer_cmd):
                 ours.append(measure(cmd, lambda o: summary(o)["steps_per_second"]))
                 peer.append(measure(peer_cmd(i, model, prep), lambda o: json.loads(o.strip().splitlines()[-1])["steps_per_second"]))
             med = lambda runs, k: statistics.median(run[k] for run in runs)
-            rows.append((med(ours, 0), med(ours, 1), max(r[2] for r in ours), med(peer, 0), med(peer, 1), max(r[2] for r in peer)))
+            rows.append((med(ours, 0), med(ours, 1), max(r[2] for r in ours), med(peer, 0), med(peer, 1), max(r[2] for r in peer),
+                         flops(i, model, prep) if flops else None))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return rows
@@ -90,19 +142,26 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--models", default="0,1,2", help="indexes into MODELS")
     args = ap.parse_args()
+    chosen = [int(i) for i in args.models.split(",")]
     taft_sets = lambda i: [f"block_size={MODELS[i][2]}", f"train.batch_size={MODELS[i][3]}",
                            f"train.max_steps={args.steps}", f"train.threads={args.threads}"]
     peer_cmd = lambda i, model, prep: [sys.executable, os.path.join(HERE, "dapt_peer.py"), model, prep, str(MODELS[i][2]),
                                        str(MODELS[i][3]), str(args.steps), str(args.threads)]
-    rows = compare("dapt", args.rounds, taft_sets, peer_cmd)
+    # Every token of a block trains every encoder parameter (the masked-LM head is left out).
+    flops = lambda i, model, prep: 6 * encoder_params(model) * MODELS[i][2] * MODELS[i][3]
+    rows = compare("dapt", args.rounds, taft_sets, peer_cmd, chosen, flops)
+    peak = gemm_peak(args.threads)
     print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores; threads {args.threads}; "
-          f"{args.steps} steps; {versions()}; median of {args.rounds} processes\n")
-    print("| model | block x batch | taft steps/s | taft wall s | taft peak RSS MiB | Trainer steps/s "
-          "| Trainer wall s | Trainer peak RSS MiB | steps/s ratio |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for (name, _, block, batch), (s, w, m, sp, wp, mp) in zip(MODELS, rows):
-        print(f"| {name} | {block} x {batch} | {s:.2f} | {w:.1f} | {m:.0f} | {sp:.2f} | {wp:.1f} | {mp:.0f} | {s / sp:.2f}x |")
+          f"{args.steps} steps; {versions()}; median of {args.rounds} processes; "
+          f"fp32 GEMM peak through libtorch {peak:.1f} GFLOP/s\n")
+    print("| model | block x batch | taft steps/s | taft wall s | taft peak RSS MiB | taft MFU | Trainer steps/s "
+          "| Trainer wall s | Trainer peak RSS MiB | Trainer MFU | steps/s ratio |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for (name, _, block, batch), (s, w, m, sp, wp, mp, f) in zip([MODELS[i] for i in chosen], rows):
+        print(f"| {name} | {block} x {batch} | {s:.2f} | {w:.1f} | {m:.0f} | {mfu(f, s, peak):.1%} | {sp:.2f} | {wp:.1f} "
+              f"| {mp:.0f} | {mfu(f, sp, peak):.1%} | {s / sp:.2f}x |")
 
 
 if __name__ == "__main__":

@@ -7,12 +7,17 @@ from scratch, so both sides start from the same encoder: the demo's tiny RoBERTa
 random weights). taft's parents (`role`, adaptive and direct) are made with one step each.
 Both sides train STEPS optimizer steps of the status and 3-way satisfaction tasks (one
 imbalanced batch of each per step, max length 512, no evaluation, no checkpoints) with the
-same batch and threads; the peer pads every conversation to 512 as the original does, taft
-pads each batch to its longest. taft runs taft and noadapt twice: the original's way
+same batch and threads; both pad each batch to its longest (`--peer-padding max_length`: the
+peer pads every conversation to 512 as the original does). taft runs taft and noadapt twice: the original's way
 (`encoder_cache: false`) and with the frozen-encoder cache. Steps/s is each side's
 training-loop figure; wall time is the whole process (taft's includes building the cache
-and scoring the test split; the peer's does not score anything); peak RSS from wait4.
-Usage: .venv/bin/python bench/finetune.py [--rounds 3] [--models 0,1]
+and scoring the test split; the peer's does not score anything); peak RSS from wait4. Model
+FLOP utilisation as bench/dapt.py's `mfu`, per step: the frozen encoder's forward (2 FLOPs
+per parameter and token) unless the cache holds it, and 6 per parameter and token for what
+trains (the whole encoder for tapt, the adaptive layer for taft); the tokens are the training
+conversations' mean real length (at most 512) times the batch, for both tasks; the pooler and
+heads are left out, so noadapt with the cache counts nothing.
+Usage: .venv/bin/python bench/finetune.py [--rounds 3] [--models 0,1] [--peer-padding batch|max_length]
 """
 import argparse
 import json
@@ -25,7 +30,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from dapt import HERE, ROOT, TAFT, measure, taft, versions  # noqa: E402
+from dapt import HERE, ROOT, TAFT, encoder_params, gemm_peak, layer_params, mean_tokens, measure, mfu, prep_rows, taft, versions  # noqa: E402
 
 MODELS = [
     # name, init scratch settings, adaptive (heads, ffn), batch, steps
@@ -40,6 +45,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--models", default="0,1")
+    ap.add_argument("--peer-padding", default="batch", choices=["batch", "max_length"])
     args = ap.parse_args()
     subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
     work = tempfile.mkdtemp(prefix="taft-bench-finetune-")
@@ -51,6 +57,12 @@ def main():
             name, scratch, (heads, ffn), batch, steps = MODELS[i]
             init = os.path.join(work, f"init{i}")
             taft("init", "-i", prep, "-o", init, "--set", f"scratch={scratch}")
+            convs = [" </s> ".join(u["text"] for u in r["utterances"]) for r in prep_rows(prep) if r["split"] == "train"]
+            tokens = 2 * batch * mean_tokens(init, convs, 512)
+            hidden = json.load(open(os.path.join(init, "config.json")))["hidden_size"]
+            enc, adapt = encoder_params(init), layer_params(hidden, 1, ffn)
+            flops = {("tapt", False): 6 * enc * tokens, ("taft", False): (2 * enc + 6 * adapt) * tokens,
+                     ("taft", True): 6 * adapt * tokens, ("noadapt", False): 2 * enc * tokens, ("noadapt", True): 0}
             parents = {}
             for variant in ("adaptive", "direct"):
                 parents[variant] = os.path.join(work, f"role{i}-{variant}")
@@ -74,25 +86,30 @@ def main():
                     shutil.rmtree(out, ignore_errors=True)
                     if not cache:
                         peer.append(measure([sys.executable, os.path.join(HERE, "finetune_peer.py"), method, init, prep,
-                                             str(batch), str(steps), str(args.threads), "512", str(heads), str(ffn)],
+                                             str(batch), str(steps), str(args.threads), "512", str(heads), str(ffn),
+                                             args.peer_padding],
                                             lambda o: json.loads(o.strip().splitlines()[-1])["steps_per_second"]))
                 med = lambda runs, k: statistics.median(run[k] for run in runs)
-                row = (name, batch, steps, method, cache, med(ours, 0), med(ours, 1), max(r[2] for r in ours))
+                row = (name, batch, steps, method, cache, flops[(method, cache)], med(ours, 0), med(ours, 1),
+                       max(r[2] for r in ours))
                 table.append(row + ((med(peer, 0), med(peer, 1), max(r[2] for r in peer)) if peer else (None, None, None)))
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    peak = gemm_peak(args.threads)
     print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores; threads {args.threads}; "
-          f"{versions()}; median of {args.rounds} processes\n")
-    print("| model | batch x steps | method | encoder cache | taft steps/s | taft wall s | taft peak RSS MiB "
-          "| PyTorch steps/s | PyTorch wall s | PyTorch peak RSS MiB | steps/s ratio | wall ratio |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          f"{versions()}; median of {args.rounds} processes; peer padding: {args.peer_padding}; "
+          f"fp32 GEMM peak through libtorch {peak:.1f} GFLOP/s\n")
+    print("| model | batch x steps | method | encoder cache | taft steps/s | taft wall s | taft peak RSS MiB | taft MFU "
+          "| PyTorch steps/s | PyTorch wall s | PyTorch peak RSS MiB | PyTorch MFU | steps/s ratio | wall ratio |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     peers = {}
-    for name, batch, steps, method, cache, s, w, m, sp, wp, mp in table:
+    for name, batch, steps, method, cache, f, s, w, m, sp, wp, mp in table:
         if sp is not None:
-            peers[(name, method)] = (sp, wp, mp)
-        sp, wp, mp = peers[(name, method)]
+            peers[(name, method)] = (sp, wp, mp, f)
+        sp, wp, mp, fp = peers[(name, method)]
         print(f"| {name} | {batch} x {steps} | {method} | {'yes' if cache else 'no'} | {s:.2f} | {w:.1f} | {m:.0f} "
-              f"| {sp:.2f} | {wp:.1f} | {mp:.0f} | {s / sp:.2f}x | {wp / w:.2f}x |")
+              f"| {mfu(f, s, peak):.1%} | {sp:.2f} | {wp:.1f} | {mp:.0f} | {mfu(fp, sp, peak):.1%} | {s / sp:.2f}x "
+              f"| {wp / w:.2f}x |")
 
 
 if __name__ == "__main__":

@@ -5,12 +5,13 @@ directory, conversations, batch, learning rates and threads as `taft finetune`:
 - the status and 3-way satisfaction tasks, each drawn by an imbalanced sampler
   (`WeightedRandomSampler`, weight 1 / count of the label), one batch of each per optimizer
   step, each its own encoder pass, SPEC §4's weighted losses mixed 0.8 / 0.2;
-- conversations joined by the separator and padded to MAX_LENGTH (512), as the original;
+- conversations joined by the separator, cut at MAX_LENGTH (512) and padded to the longest of
+  their batch (PADDING `batch`, as taft does) or to MAX_LENGTH (`max_length`, as the original);
 - taft: the encoder frozen but in training mode (its dropout active), an
   `nn.TransformerEncoderLayer` adaptive layer at lr 1e-3; noadapt: the encoder frozen, no
   adaptive layer; tapt: everything trains.
 
-  finetune_peer.py METHOD MODEL_DIR PREP_DIR BATCH STEPS THREADS MAX_LENGTH ADAPTIVE_HEADS ADAPTIVE_FFN
+  finetune_peer.py METHOD MODEL_DIR PREP_DIR BATCH STEPS THREADS MAX_LENGTH ADAPTIVE_HEADS ADAPTIVE_FFN [PADDING]
 
 Prints one JSON line: steps_per_second (the training loop), seconds.
 """
@@ -27,6 +28,7 @@ from transformers import AutoModel, PreTrainedTokenizerFast
 
 method, model_dir, prep_dir = sys.argv[1:4]
 batch, steps, threads, max_length, heads, ffn = (int(x) for x in sys.argv[4:10])
+padding = {"batch": "longest", "max_length": "max_length"}[sys.argv[10] if len(sys.argv) > 10 else "batch"]
 torch.set_num_threads(threads)
 torch.manual_seed(42)
 
@@ -91,7 +93,7 @@ for step in range(steps):
     losses = []
     for (items, head, n, w), draw in zip([(status, model.status, 4, 0.8), (satis, model.satisfaction, 3, 0.2)], draws):
         chunk = [items[next(draw)] for _ in range(batch)]
-        enc = tokenizer([t for t, _ in chunk], truncation=True, max_length=max_length, padding="max_length",
+        enc = tokenizer([t for t, _ in chunk], truncation=True, max_length=max_length, padding=padding,
                         return_tensors="pt")
         labels = torch.tensor([y for _, y in chunk])
         losses.append(w * weighted_loss(model(enc["input_ids"], enc["attention_mask"], head), labels, n))

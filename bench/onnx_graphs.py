@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -120,9 +121,16 @@ def main():
     ap.add_argument("--models", default="0,1")
     args = ap.parse_args()
     subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
+    work = tempfile.mkdtemp(prefix="taft-bench-onnx-")
+    try:
+        run(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run(args, work):
     import onnxruntime as ort
 
-    work = tempfile.mkdtemp(prefix="taft-bench-onnx-")
     print(f"# ONNX graphs — {platform.machine()}, {os.cpu_count()} cores, {versions()}, onnxruntime {ort.__version__}, "
           f"threads {args.threads}, median of {args.rounds} rounds x {args.repeats} runs\n")
     prep = os.path.join(work, "prep")

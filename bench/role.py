@@ -6,7 +6,9 @@ tokens), the same model directories as bench/dapt.py (made by `taft init`), batc
 paper's), AdamW lr 1e-3 with a linear schedule, SPEC §4's weighted loss, the same adaptive
 layer, 2 threads; STEPS optimizer steps, no evaluation, no checkpoints. Steps/s is each
 side's training-loop figure (taft tokenizes once before the loop; the peer per batch, as a
-data loader would); wall time is the whole process; peak RSS from wait4.
+data loader would); wall time is the whole process; peak RSS from wait4; model FLOP
+utilisation as bench/dapt.py's `mfu` (every encoder and adaptive-layer parameter trains; the
+tokens are the utterances' mean real length times the batch).
 With `--whole`: the whole run instead, evaluation included — taft with length grouping
 (`train.group_by_length`) and its length-sorted evaluation, one epoch then validation and
 test; the peer as the original runs it (every batch padded to 50 tokens, evaluation in file
@@ -14,14 +16,15 @@ order). The figure to compare is then the wall time.
 Usage: .venv/bin/python bench/role.py [--rounds 3] [--steps 30] [--threads 2] [--whole]
 """
 import argparse
+import json
 import os
 import platform
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from dapt import HERE, MODELS, compare, versions  # noqa: E402
+from dapt import HERE, MODELS, compare, encoder_params, gemm_peak, layer_params, mean_tokens, mfu, prep_rows, versions  # noqa: E402
 
-ADAPTIVE = {0: (4, 256), 1: (4, 1024)}  # heads, ffn per model
+ADAPTIVE = {0: (4, 256), 1: (4, 1024), 2: (12, 2048)}  # heads, ffn per model
 
 
 def main():
@@ -46,15 +49,25 @@ def main():
     peer_cmd = lambda i, model, prep: [sys.executable, os.path.join(HERE, "role_peer.py"), model, prep, str(args.batch),
                                        str(args.steps), str(args.threads), str(heads_ffn[i][0]), str(heads_ffn[i][1])] + \
         (["whole"] if args.whole else [])
-    rows = compare("role", args.rounds, taft_sets, peer_cmd)
+
+    def flops(i, model, prep):
+        texts = [u["text"] for r in prep_rows(prep) if r["split"] == "unlabeled" for u in r["utterances"] if u["speaker"] >= 2]
+        hidden = json.load(open(os.path.join(model, "config.json")))["hidden_size"]
+        params = encoder_params(model) + layer_params(hidden, 1, heads_ffn[i][1])
+        return 6 * params * args.batch * mean_tokens(model, texts, 50)
+
+    rows = compare("role", args.rounds, taft_sets, peer_cmd, flops=None if args.whole else flops)
+    peak = gemm_peak(args.threads)
     print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores; threads {args.threads}; "
           f"batch {args.batch} x 50 tokens; {'one epoch + evaluation' if args.whole else f'{args.steps} steps'}; "
-          f"{versions()}; median of {args.rounds} processes\n")
-    print("| model | taft steps/s | taft wall s | taft peak RSS MiB | PyTorch loop steps/s | PyTorch wall s "
-          "| PyTorch peak RSS MiB | steps/s ratio | wall ratio |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for (name, _, _, _), (s, w, m, sp, wp, mp) in zip(MODELS, rows):
-        print(f"| {name} | {s:.2f} | {w:.1f} | {m:.0f} | {sp:.2f} | {wp:.1f} | {mp:.0f} | {s / sp:.2f}x | {wp / w:.2f}x |")
+          f"{versions()}; median of {args.rounds} processes; fp32 GEMM peak through libtorch {peak:.1f} GFLOP/s\n")
+    print("| model | taft steps/s | taft wall s | taft peak RSS MiB | taft MFU | PyTorch loop steps/s | PyTorch wall s "
+          "| PyTorch peak RSS MiB | PyTorch MFU | steps/s ratio | wall ratio |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for (name, _, _, _), (s, w, m, sp, wp, mp, f) in zip(MODELS, rows):
+        u, up = (f"{mfu(f, s, peak):.1%}", f"{mfu(f, sp, peak):.1%}") if f else ("", "")
+        print(f"| {name} | {s:.2f} | {w:.1f} | {m:.0f} | {u} | {sp:.2f} | {wp:.1f} | {mp:.0f} | {up} | {s / sp:.2f}x "
+              f"| {wp / w:.2f}x |")
 
 
 if __name__ == "__main__":
