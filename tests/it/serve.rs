@@ -343,8 +343,7 @@ fn an_older_long_request_is_not_kept_behind_younger_short_ones() {
     let sets = ["max_batch_size=1", "max_wait_ms=1"];
     let server = Server::start_with(&models().tapt_export, &sets, &[("FAILPOINTS", "serve::answered=sleep(200)")]);
     let url = server.url.clone();
-    let long =
-        vec!["le problème de connexion persiste depuis trois jours malgré le redémarrage du routeur"; 6].join(" ");
+    let long = ["le problème de connexion persiste depuis trois jours malgré le redémarrage du routeur"; 6].join(" ");
     let order = http::runtime().block_on(async move {
         let c = reqwest::Client::new();
         let t0 = Instant::now();
