@@ -24,36 +24,29 @@ RUN apt-get update && apt-get install -y --no-install-recommends python3 python3
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY requirements.txt requirements-nodeps.txt ./
-COPY scripts/bootstrap scripts/bootstrap
+COPY scripts/bootstrap scripts/image-stage scripts/
 RUN scripts/bootstrap
 COPY Cargo.toml Cargo.lock build.rs rustfmt.toml ./
 COPY .cargo .cargo
 COPY src src
 COPY tests tests
 COPY bench bench
-# The CPU build first (into /opt/taft/cpu), then the step image's build in the same target
-# directory (only taft itself is rebuilt), then the serving build.
+# The CPU build first, then the step image's build in the same target directory (only taft
+# itself is rebuilt), then the serving build; scripts/image-stage lays out under /opt/taft
+# what each image copies (scripts/images runs the same layout through these stages in CI).
 RUN cargo build --release --locked \
-    && mkdir -p /opt/taft/lib /opt/taft/serve-lib /opt/taft/cpu/lib \
-    && cp target/release/taft /opt/taft/cpu/taft \
+    && cp target/release/taft /tmp/taft-cpu \
     && cargo build --release --locked --features "${FEATURES}" \
     && cargo build --release --locked --no-default-features --features serve --target-dir target/serve \
-    && site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') \
-    && cp -a "$site"/torch/lib/. /opt/taft/lib/ \
-    && for d in "$site"/nvidia/*/lib; do [ -d "$d" ] && cp -a "$d"/. /opt/taft/lib/; done; \
-    cp -aL .venv/libonnxruntime.so /opt/taft/lib/libonnxruntime.so \
-    && cp -aL .venv/libonnxruntime.so /opt/taft/serve-lib/libonnxruntime.so \
-    && cp -a "$site"/torch/lib/libtorch_cpu.so "$site"/torch/lib/libc10.so /opt/taft/cpu/lib/ \
-    && cp -aL "$site"/nvidia/cu13/lib/libcudart.so.13 "$site"/nvidia/cu13/lib/libcupti.so.13 /opt/taft/cpu/lib/ \
-    && cp -aL .venv/libonnxruntime.so /opt/taft/cpu/lib/
+    && scripts/image-stage /opt/taft /tmp/taft-cpu target/release/taft target/serve/release/taft
 
 # Serving image: the ONNX Runtime build and its library.
 FROM ${BASE_IMAGE} AS serve
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --uid 10001 --create-home --shell /usr/sbin/nologin taft
-COPY --from=build /opt/taft/serve-lib /opt/taft/lib
-COPY --from=build /src/target/serve/release/taft /usr/local/bin/taft
+COPY --from=build /opt/taft/serve/lib /opt/taft/lib
+COPY --from=build /opt/taft/serve/taft /usr/local/bin/taft
 ENV ORT_DYLIB_PATH=/opt/taft/lib/libonnxruntime.so \
     TAFT_LOG_FORMAT=json
 USER 10001
@@ -85,7 +78,7 @@ RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates
     && rm -rf /var/lib/apt/lists/* \
     && useradd --uid 10001 --create-home --shell /usr/sbin/nologin taft
 COPY --from=build /opt/taft/lib /opt/taft/lib
-COPY --from=build /src/target/release/taft /usr/local/bin/taft
+COPY --from=build /opt/taft/bin/taft /usr/local/bin/taft
 ENV LD_LIBRARY_PATH=/opt/taft/lib:/usr/local/nvidia/lib64:/usr/local/nvidia/lib${LD_LIBRARY_PATH:+:${LD_LIBRARY_PATH}} \
     ORT_DYLIB_PATH=/opt/taft/lib/libonnxruntime.so \
     TAFT_LOG_FORMAT=json
