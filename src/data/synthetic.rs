@@ -34,6 +34,11 @@ pub struct SyntheticConfig {
     /// role's; the satisfaction word is missing, or a neighbouring level's, with this
     /// probability each (a weaker signal than the status's).
     pub noise: f64,
+    /// The share of utterances that name the status (at least one per conversation does).
+    pub status_share: f64,
+    /// How many of the last utterances name the satisfaction (each word blurred by `noise`
+    /// on its own).
+    pub satisfaction_utterances: usize,
 }
 
 impl Default for SyntheticConfig {
@@ -48,6 +53,8 @@ impl Default for SyntheticConfig {
             max_utterances: 15,
             learnable: false,
             noise: 0.2,
+            status_share: 0.4,
+            satisfaction_utterances: 1,
         }
     }
 }
@@ -62,6 +69,15 @@ impl SyntheticConfig {
         }
         if !(0.0..=1.0).contains(&self.noise) {
             return Err(Error::config(format!("synthetic: noise {} must be in [0, 1]", self.noise)));
+        }
+        if !(0.0..=1.0).contains(&self.status_share) {
+            return Err(Error::config(format!("synthetic: status_share {} must be in [0, 1]", self.status_share)));
+        }
+        if self.satisfaction_utterances == 0 || self.satisfaction_utterances > self.min_utterances {
+            return Err(Error::config(format!(
+                "synthetic: satisfaction_utterances {} must be in 1..=min_utterances ({})",
+                self.satisfaction_utterances, self.min_utterances
+            )));
         }
         if self.max_utterances > MAX_UTTERANCES {
             return Err(Error::config(format!("synthetic: max_utterances must be at most {MAX_UTTERANCES}")));
@@ -145,15 +161,15 @@ impl SyntheticConfig {
         let mut satisfaction = satisfaction;
         if self.learnable {
             if let Some(s) = status {
-                // About 40 % of the utterances (at least one) name the status; each word
-                // may be another status's.
+                // `status_share` of the utterances (at least one) name the status; each
+                // word may be another status's.
                 let word = |rng: &mut ChaCha8Rng| {
                     let class = if rng.random_bool(self.noise) { rng.random_range(0..5) } else { s as usize };
                     *STATUS[class].choose(rng).unwrap()
                 };
                 let mut named = 0;
                 for u in utterances.iter_mut() {
-                    if rng.random_bool(0.4) {
+                    if rng.random_bool(self.status_share) {
                         append_word(&mut u.text, word(&mut rng));
                         named += 1;
                     }
@@ -167,16 +183,18 @@ impl SyntheticConfig {
                 }
             }
             if let Some(s) = satisfaction {
-                // A weaker signal: in the last utterance only, sometimes missing, sometimes
-                // a neighbouring level's word.
-                if !rng.random_bool(self.noise) {
-                    let shown = if rng.random_bool(self.noise) {
-                        (s as i64 + if rng.random_bool(0.5) { 1 } else { -1 }).clamp(0, 6) as usize
-                    } else {
-                        s as usize
-                    };
-                    let last = utterances.len() - 1;
-                    append_word(&mut utterances[last].text, SATISFACTION[shown].choose(&mut rng).unwrap());
+                // A weaker signal: in the last utterances only (`satisfaction_utterances`),
+                // each word sometimes missing, sometimes a neighbouring level's.
+                let n = utterances.len();
+                for u in &mut utterances[n - self.satisfaction_utterances.min(n)..] {
+                    if !rng.random_bool(self.noise) {
+                        let shown = if rng.random_bool(self.noise) {
+                            (s as i64 + if rng.random_bool(0.5) { 1 } else { -1 }).clamp(0, 6) as usize
+                        } else {
+                            s as usize
+                        };
+                        append_word(&mut u.text, SATISFACTION[shown].choose(&mut rng).unwrap());
+                    }
                 }
                 if rng.random_bool(self.noise / 4.0) {
                     satisfaction = Some(rng.random_range(0..=6u8));
@@ -347,6 +365,53 @@ mod tests {
             assert!(STATUS[c.status.unwrap() as usize].iter().any(|m| all.contains(m)));
             let last = &c.utterances.last().unwrap().text;
             assert!(SATISFACTION[c.satisfaction.unwrap() as usize].iter().any(|m| last.contains(m)));
+        }
+    }
+
+    #[test]
+    fn status_share_and_satisfaction_utterances_place_the_words() {
+        let words = |cfg: &SyntheticConfig| {
+            let (mut status, mut utterances, mut satisfied) = (0, 0, Vec::new());
+            for c in cfg.generate() {
+                let says = |text: &str, set: &[&str]| {
+                    set.iter().any(|w| text.split(' ').any(|t| t.trim_end_matches(['.', '?', '!']) == *w))
+                };
+                for u in &c.utterances {
+                    utterances += 1;
+                    status += usize::from(says(&u.text, STATUS[c.status.unwrap() as usize]));
+                }
+                let level = SATISFACTION[c.satisfaction.unwrap() as usize];
+                satisfied.push(c.utterances.iter().rev().take_while(|u| says(&u.text, level)).count());
+            }
+            (status as f64 / utterances as f64, satisfied)
+        };
+        let base = SyntheticConfig {
+            train: 300,
+            val: 0,
+            test: 0,
+            unlabeled: 0,
+            learnable: true,
+            noise: 0.0,
+            ..Default::default()
+        };
+        let (share, last) = words(&base);
+        assert!((0.35..0.5).contains(&share), "{share}");
+        assert!(last.iter().all(|&k| k >= 1), "the last utterance names the satisfaction");
+        assert!(last.iter().filter(|&&k| k >= 2).count() < 30, "mostly the last one only");
+        let more = SyntheticConfig { status_share: 0.9, satisfaction_utterances: 3, ..base.clone() };
+        let (share, last) = words(&more);
+        assert!((0.85..0.95).contains(&share), "{share}");
+        assert!(last.iter().all(|&k| k >= 3), "each of the last three: {last:?}");
+        for (bad, want) in [
+            (SyntheticConfig { status_share: 1.2, ..base.clone() }, "status_share 1.2 must be in [0, 1]"),
+            (
+                SyntheticConfig { satisfaction_utterances: 0, ..base.clone() },
+                "satisfaction_utterances 0 must be in 1..=min_utterances (5)",
+            ),
+            (SyntheticConfig { satisfaction_utterances: 6, ..base }, "satisfaction_utterances 6 must be in"),
+        ] {
+            let err = bad.validate().unwrap_err().to_string();
+            assert!(err.contains(want), "{err}");
         }
     }
 

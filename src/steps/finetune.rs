@@ -41,6 +41,7 @@ max_length: 512
 truncation: head
 dropout: 0.5
 loss_weights: {status: 0.8, satisfaction: 0.2}
+loss_scale: raw
 sampler: imbalanced
 episodic: {weights: inverse_frequency, num_samples: null}
 categories: {way: 2, shots: 4, queries: 4, tasks_per_batch: 2, episodes: null}
@@ -176,6 +177,18 @@ pub struct LossWeights {
     pub satisfaction: f64,
 }
 
+/// How each task's loss is scaled before its weight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LossScale {
+    /// As computed (the original's).
+    Raw,
+    /// Divided by the task's chance-level cross-entropy, ln K for K classes: a binary task
+    /// (ln 2) and a four-class one (ln 4) start on the same scale, and neither takes the
+    /// shared layers for itself by the size of its loss alone.
+    Chance,
+}
+
 /// Config of `taft finetune`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -205,6 +218,8 @@ pub struct FinetuneConfig {
     /// Dropout before the classifiers.
     pub dropout: f64,
     pub loss_weights: LossWeights,
+    /// `raw` or `chance` (each task's loss divided by ln of its class count).
+    pub loss_scale: LossScale,
     pub sampler: SamplerKind,
     pub episodic: EpisodicConfig,
     pub categories: CategoriesConfig,
@@ -248,11 +263,16 @@ impl FinetuneConfig {
         Truncation { truncation: self.truncation, head_tail: self.head_tail }
     }
 
-    /// The loss weight of a task.
+    /// The loss weight of a task (with `loss_scale: chance`, divided by ln of its class
+    /// count).
     pub fn weight(&self, task: Task) -> f64 {
-        match task.head() {
+        let weight = match task.head() {
             "status" => self.loss_weights.status,
             _ => self.loss_weights.satisfaction,
+        };
+        match self.loss_scale {
+            LossScale::Raw => weight,
+            LossScale::Chance => weight / (task.classes().len() as f64).ln(),
         }
     }
 }
@@ -370,5 +390,24 @@ impl Step for Finetune {
             let _ = (config, out);
             Err(super::without_training(Self::NAME))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chance_scale_divides_each_weight_by_ln_of_the_class_count() {
+        let mut config: FinetuneConfig = serde_yaml::from_str(DEFAULTS).unwrap();
+        assert_eq!(config.loss_scale, LossScale::Raw);
+        assert_eq!((config.weight(Task::Status), config.weight(Task::Satis3)), (0.8, 0.2));
+        config.loss_scale = serde_yaml::from_str("chance").unwrap();
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-12;
+        assert!(close(config.weight(Task::Status), 0.8 / 4f64.ln()));
+        assert!(close(config.weight(Task::Pc), 0.8 / 2f64.ln()));
+        assert!(close(config.weight(Task::Satis3), 0.2 / 3f64.ln()));
+        assert!(close(config.weight(Task::Satis7), 0.2 / 7f64.ln()));
+        assert!(serde_yaml::from_str::<LossScale>("entropy").is_err());
     }
 }

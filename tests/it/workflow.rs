@@ -85,16 +85,20 @@ fn demo_workflow_runs_the_same_twice_then_is_up_to_date() {
     // Step 2 ran once per seed (1, 2, 3); compare groups the runs of each setting. The
     // settings that learn: mean macro F1 over the seeds at least 0.10 above the majority
     // baseline's and mean kappa at least 0.20, short of perfect (noise). The others do not
-    // yet (README: noadapt's frozen first-token state barely varies between conversations).
+    // (README: noadapt's frozen first-token state holds little of either task after direct
+    // role pretraining; tapt-pc learns pc in one seed of three), and are asserted not to.
     let table = std::fs::read_to_string(store.join("compare/comparison.tsv")).unwrap();
     let rows: Vec<Vec<&str>> = table.lines().skip(1).map(|l| l.split('\t').collect()).collect();
     assert_eq!(rows.len(), 6 * 2 + 3, "taft, noadapt, tapt (two tasks each) and dapt: {table}");
     assert!(rows.iter().all(|r| r[4] == "3"), "three seeds each: {table}");
     let learns = [
         ("taft-status", "status"),
+        ("taft-status", "satis3"),
         ("taft-pc", "pc"),
         ("taft-pc", "satis3"),
         ("tapt-status", "status"),
+        ("tapt-status", "satis3"),
+        ("tapt-pc", "satis3"),
         ("dapt-status", "status"),
         ("dapt-pc", "pc"),
         ("dapt-satis3", "satis3"),
@@ -109,6 +113,10 @@ fn demo_workflow_runs_the_same_twice_then_is_up_to_date() {
         let (lo, hi) = (figure(row, 15), figure(row, 16));
         assert!(lo < f1 && f1 < hi, "{name} {task}: the interval holds the mean: {row:?}");
     }
+    for row in rows.iter().filter(|r| !learns.contains(&(r[0], r[2]))) {
+        let kappa = figure(row, 17);
+        assert!(kappa < 0.20, "{} {} learns now: move it to `learns`: {row:?}", row[0], row[2]);
+    }
     // The same figures, with every run's and the paired tests, in comparison.json: between
     // any two settings of a task, on the items both scored, pooled over the three seeds.
     let json: serde_json::Value =
@@ -120,13 +128,13 @@ fn demo_workflow_runs_the_same_twice_then_is_up_to_date() {
         tests.iter().find(|t| t["a"] == a && t["b"] == b && t["task"] == task).unwrap_or_else(|| panic!("{a} {b}"))
     };
     let t = test("taft-status", "noadapt-status", "status");
-    assert_eq!((t["seeds"].as_u64(), t["items"].as_u64(), t["resamples"].as_u64()), (Some(3), Some(190), Some(10_000)));
+    assert_eq!((t["seeds"].as_u64(), t["items"].as_u64(), t["resamples"].as_u64()), (Some(3), Some(188), Some(10_000)));
     assert!(
         t["diff"].as_f64().unwrap() > 0.3 && t["lo"].as_f64().unwrap() > 0.0 && t["p"].as_f64().unwrap() < 0.01,
         "{t}"
     );
     // dapt on satisfaction leaves the aborted conversations out (SPEC §5): fewer common items.
-    assert_eq!(test("taft-pc", "dapt-satis3", "satis3")["items"].as_u64(), Some(190));
+    assert_eq!(test("taft-pc", "dapt-satis3", "satis3")["items"].as_u64(), Some(188));
     let png = image::open(store.join("compare/comparison.png")).unwrap();
     assert!(
         png.width() <= 1400 && png.height() == 80 + 3 * 320,
