@@ -250,7 +250,7 @@ pub enum AirflowMode {
 #[derive(Debug, Args)]
 pub struct SynthArgs {
     /// Generator settings (YAML: seed, train, val, test, unlabeled, min_utterances,
-    /// max_utterances, learnable).
+    /// max_utterances, learnable, noise, status_share, satisfaction_utterances).
     #[arg(long, short)]
     pub config: Option<PathBuf>,
     /// Override a generator setting: `--set learnable=true`.
