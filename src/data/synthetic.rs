@@ -345,17 +345,14 @@ mod tests {
         assert!(a.iter().any(|c| c.utterances.iter().any(|u| !u.text.is_ascii())), "accents expected");
     }
 
+    /// `train` learnable training conversations blurred by `noise`, no other split.
+    fn learnable(train: usize, noise: f64) -> SyntheticConfig {
+        SyntheticConfig { train, val: 0, test: 0, unlabeled: 0, learnable: true, noise, ..Default::default() }
+    }
+
     #[test]
     fn learnable_variant_reveals_labels_in_words() {
-        let cfg = SyntheticConfig {
-            train: 50,
-            val: 0,
-            test: 0,
-            unlabeled: 0,
-            learnable: true,
-            noise: 0.0,
-            ..Default::default()
-        };
+        let cfg = learnable(50, 0.0);
         for c in cfg.generate() {
             for u in &c.utterances {
                 let markers = if u.speaker == 2 { CUSTOMER } else { OPERATOR };
@@ -385,15 +382,7 @@ mod tests {
             }
             (status as f64 / utterances as f64, satisfied)
         };
-        let base = SyntheticConfig {
-            train: 300,
-            val: 0,
-            test: 0,
-            unlabeled: 0,
-            learnable: true,
-            noise: 0.0,
-            ..Default::default()
-        };
+        let base = learnable(300, 0.0);
         let (share, last) = words(&base);
         assert!((0.35..0.5).contains(&share), "{share}");
         assert!(last.iter().all(|&k| k >= 1), "the last utterance names the satisfaction");
@@ -417,8 +406,7 @@ mod tests {
 
     /// The share of conversations whose every status word names their status label.
     fn status_agreement(noise: f64) -> f64 {
-        let cfg =
-            SyntheticConfig { train: 400, val: 0, test: 0, unlabeled: 0, learnable: true, noise, ..Default::default() };
+        let cfg = learnable(400, noise);
         let agree = cfg
             .generate()
             .filter(|c| {
