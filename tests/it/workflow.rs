@@ -86,7 +86,7 @@ fn demo_workflow_runs_the_same_twice_then_is_up_to_date() {
     // settings that learn: mean macro F1 over the seeds at least 0.10 above the majority
     // baseline's and mean kappa at least 0.20, short of perfect (noise). The others do not
     // (README: noadapt's frozen first-token state holds little of either task after direct
-    // role pretraining; tapt-pc learns pc in one seed of three), and are asserted not to.
+    // role pretraining), and are asserted not to.
     let table = std::fs::read_to_string(store.join("compare/comparison.tsv")).unwrap();
     let rows: Vec<Vec<&str>> = table.lines().skip(1).map(|l| l.split('\t').collect()).collect();
     assert_eq!(rows.len(), 6 * 2 + 3, "taft, noadapt, tapt (two tasks each) and dapt: {table}");
@@ -98,6 +98,7 @@ fn demo_workflow_runs_the_same_twice_then_is_up_to_date() {
         ("taft-pc", "satis3"),
         ("tapt-status", "status"),
         ("tapt-status", "satis3"),
+        ("tapt-pc", "pc"),
         ("tapt-pc", "satis3"),
         ("dapt-status", "status"),
         ("dapt-pc", "pc"),
