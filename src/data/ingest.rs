@@ -117,7 +117,8 @@ struct FastRecord<'a> {
     satisfaction: Option<i64>,
     texts: Vec<String>,
     authors: Vec<i64>,
-    labels: Vec<i64>,
+    #[serde(default)]
+    labels: Option<Vec<i64>>,
 }
 
 fn fast_record(text: &str) -> Option<Conversation> {
@@ -136,11 +137,13 @@ fn fast_record(text: &str) -> Option<Conversation> {
     };
     let status = label(r.status, MAX_STATUS)?;
     let satisfaction = label(r.satisfaction, MAX_SATISFACTION)?;
-    if r.texts.len() != r.authors.len() || r.texts.len() != r.labels.len() {
+    // The emotion labels are optional (the method does not use them): absent or null, 0.
+    let labels = r.labels.unwrap_or_else(|| vec![0; r.texts.len()]);
+    if r.texts.len() != r.authors.len() || r.texts.len() != labels.len() {
         return None;
     }
     let mut utterances = Vec::with_capacity(r.texts.len());
-    for ((text, author), label) in r.texts.into_iter().zip(r.authors).zip(r.labels) {
+    for ((text, author), label) in r.texts.into_iter().zip(r.authors).zip(labels) {
         let (speaker, label) = (small(author, MAX_AUTHOR)?, small(label, MAX_EMOTION)?);
         if text != PAD_TEXT && speaker != 0 {
             utterances.push(Utterance { text, speaker, label });
@@ -166,7 +169,10 @@ fn checked_record(text: &str) -> std::result::Result<Conversation, Vec<String>> 
     let satisfaction = int_field(&obj, "satisfaction", MAX_SATISFACTION, labeled).map_err(|p| problems.push(p)).ok();
     let texts = list_field(&obj, "texts", |v| v.as_str().map(str::to_string).ok_or("a string"), &mut problems);
     let authors = list_field(&obj, "authors", |v| small_int(v, MAX_AUTHOR), &mut problems);
-    let labels = list_field(&obj, "labels", |v| small_int(v, MAX_EMOTION), &mut problems);
+    let labels = match obj.get("labels") {
+        None | Some(Value::Null) => texts.as_ref().map(|t| vec![0; t.len()]),
+        Some(_) => list_field(&obj, "labels", |v| small_int(v, MAX_EMOTION), &mut problems),
+    };
     if let (Some(t), Some(a), Some(l)) = (&texts, &authors, &labels) {
         if t.len() != a.len() || t.len() != l.len() {
             problems.push(format!(
@@ -328,6 +334,28 @@ mod tests {
         assert_eq!(c.utterances[1], Utterance { text: "b".into(), speaker: 3, label: 2 });
         let c = ok(r#"{"id":7,"split":"unlabeled","texts":["x"],"authors":[2],"labels":[0]}"#);
         assert_eq!((c.id, c.status, c.satisfaction), (ConvId::Int(7), None, None));
+    }
+
+    #[test]
+    fn emotion_labels_are_optional() {
+        let without = r#"{"id":"c","split":"train","status":1,"satisfaction":3,"texts":["a","b"],"authors":[2,3]}"#;
+        let null =
+            r#"{"id":"c","split":"train","status":1,"satisfaction":3,"texts":["a","b"],"authors":[2,3],"labels":null}"#;
+        for line in [without, null] {
+            let c = ok(line);
+            assert_eq!(c.utterances.iter().map(|u| u.label).collect::<Vec<_>>(), [0, 0], "{line}");
+            assert_eq!(fast_record(line).as_ref(), Some(&c), "{line}");
+            assert_eq!(checked_record(line).as_ref(), Ok(&c), "{line}");
+        }
+        // Given, they are checked as before.
+        let short =
+            r#"{"id":"c","split":"train","status":1,"satisfaction":3,"texts":["a","b"],"authors":[2,3],"labels":[1]}"#;
+        assert!(fast_record(short).is_none());
+        assert!(checked_record(short).unwrap_err()[0].contains("different lengths (2, 2, 1)"));
+        let wrong =
+            r#"{"id":"c","split":"train","status":1,"satisfaction":3,"texts":["a"],"authors":[2],"labels":"x"}"#;
+        assert!(fast_record(wrong).is_none());
+        assert!(checked_record(wrong).unwrap_err()[0].contains("field `labels`: expected a list"));
     }
 
     #[test]
