@@ -28,7 +28,8 @@ fn cases() -> Vec<(&'static str, Vec<&'static [u8]>, u64, &'static str)> {
         ("texts_not_a_list", vec![br#"{"id":1,"split":"train","status":1,"satisfaction":3,"texts":"a","authors":[2],"labels":[1]}"#], 1, r#"field `texts`: expected a list, found a string ("a")"#),
         ("text_not_a_string", vec![br#"{"id":1,"split":"train","status":1,"satisfaction":3,"texts":[5],"authors":[2],"labels":[1]}"#], 1, "field `texts[0]`: expected a string, found a number (5)"),
         ("missing_texts", vec![br#"{"id":1,"split":"train","status":1,"satisfaction":3,"authors":[2],"labels":[1]}"#], 1, "missing field `texts`"),
-        ("missing_labels", vec![br#"{"id":1,"split":"train","status":1,"satisfaction":3,"texts":["a"],"authors":[2]}"#], 1, "missing field `labels`"),
+        // `labels` may be absent or null (the method does not use them), not of another type.
+        ("labels_not_a_list", vec![GOOD.as_bytes(), br#"{"id":2,"split":"train","status":1,"satisfaction":3,"texts":["a"],"authors":[2]}"#, br#"{"id":3,"split":"train","status":1,"satisfaction":3,"texts":["a"],"authors":[2],"labels":"x"}"#], 3, r#"field `labels`: expected a list, found a string ("x")"#),
         ("lengths_differ", vec![br#"{"id":1,"split":"train","status":1,"satisfaction":3,"texts":["a","b"],"authors":[2,3],"labels":[1]}"#], 1, "fields `texts`, `authors`, `labels` have different lengths (2, 2, 1)"),
         ("empty_conversation", vec![br#"{"id":1,"split":"unlabeled","texts":[],"authors":[],"labels":[]}"#], 1, "field `texts`: empty conversation: no utterances (after dropping padding)"),
         ("only_padding", vec![br#"{"id":1,"split":"unlabeled","texts":["<pad>","<pad>"],"authors":[0,0],"labels":[0,0]}"#], 1, "field `texts`: empty conversation: no utterances (after dropping padding)"),
@@ -60,6 +61,22 @@ fn each_malformed_record_is_named_with_file_line_and_field() {
         assert!(manifest(&out).is_none(), "{name}: committed despite the error");
         assert!(!out.join("conversations.parquet").exists(), "{name}: left a complete-looking file");
     }
+}
+
+#[test]
+fn emotion_labels_may_be_absent_or_null() {
+    let dir = tempdir();
+    let input = dir.path().join("no-labels.jsonl");
+    let lines = [
+        GOOD,
+        r#"{"id":2,"split":"train","status":1,"satisfaction":3,"texts":["a"],"authors":[2]}"#,
+        r#"{"id":3,"split":"unlabeled","texts":["a","b"],"authors":[2,3],"labels":null}"#,
+    ];
+    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    let out = dir.path().join("out");
+    let r = taft_run(&["prep", "--input", s(&input), "--out", s(&out)]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(manifest(&out).unwrap()["summary"]["conversations"], 3);
 }
 
 #[test]
