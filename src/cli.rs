@@ -108,7 +108,7 @@ pub struct StepArgs {
     /// Run even if the output is up to date (and start over from any `_work/` checkpoint).
     #[arg(long)]
     pub force: bool,
-    /// Only shard i (0-based) of n: `--shard 0/4` (steps that fan out: predict); the same as
+    /// Only shard i (0-based) of n: `--shard 0/4` (steps that fan out: encode, predict); the same as
     /// `--set shard=i/n`.
     #[arg(long, value_name = "I/N")]
     pub shard: Option<String>,

@@ -4,6 +4,7 @@
 pub mod ingest;
 pub mod parquet;
 pub mod samplers;
+pub mod shard;
 pub mod stats;
 pub mod synthetic;
 pub mod tasks;

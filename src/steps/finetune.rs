@@ -18,7 +18,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{io, Step};
+use super::Step;
 use crate::config::RawConfig;
 use crate::data::tasks::{SatisfactionTask, StatusTask, Task, TaskQuirks};
 use crate::error::{Error, Result};
@@ -27,7 +27,7 @@ use crate::text::{HeadTail, Truncation, TruncationSide};
 use crate::train::TrainConfig;
 
 #[cfg(feature = "train")]
-mod cache;
+pub(crate) mod cache;
 #[cfg(feature = "train")]
 mod fit;
 
@@ -193,7 +193,9 @@ pub enum LossScale {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FinetuneConfig {
-    /// A prep output and a model directory (the method's parent), in any order.
+    /// A prep output and a model directory (the method's parent), in any order; for taft and
+    /// noadapt also the `encode` outputs (one per shard) of that model over that data, whose
+    /// states the step reads instead of running the frozen encoder.
     #[serde(default)]
     pub inputs: Vec<String>,
     #[serde(default)]
@@ -225,7 +227,8 @@ pub struct FinetuneConfig {
     pub categories: CategoriesConfig,
     /// taft and noadapt: run the frozen encoder once per conversation, in inference mode,
     /// and train what lies above it on the kept states (`false`: the original's way, the
-    /// frozen encoder runs every step in training mode, its dropout active).
+    /// frozen encoder runs every step in training mode, its dropout active). Encode outputs
+    /// among the inputs give those states without the pass.
     pub encoder_cache: bool,
     /// Keep the cached states as fp16 (else fp32).
     pub encoder_cache_fp16: bool,
@@ -281,7 +284,7 @@ pub struct Finetune;
 
 impl Step for Finetune {
     const NAME: &'static str = "finetune";
-    const ABOUT: &'static str = "Step 2 of every method (taft, noadapt, tapt, dapt, finetune): train the status and satisfaction classifiers from the method's parent model; inputs: a prep output and the parent, in any order";
+    const ABOUT: &'static str = "Step 2 of every method (taft, noadapt, tapt, dapt, finetune): train the status and satisfaction classifiers from the method's parent model; inputs: a prep output and the parent, in any order (taft and noadapt: also the encode outputs of the parent, whose states they read)";
     const DEFAULTS: &'static str = DEFAULTS;
     type Config = FinetuneConfig;
 
@@ -304,7 +307,12 @@ impl Step for Finetune {
     }
 
     fn validate(config: &FinetuneConfig) -> Result<()> {
-        io::DataAndModel::check_count(Self::NAME, &config.inputs)?;
+        if config.inputs.len() < 2 {
+            return Err(Error::config(format!(
+                "finetune takes a prep output and a model directory (and, for taft and noadapt, any encode outputs of them), got {} input(s)",
+                config.inputs.len()
+            )));
+        }
         match (config.method, config.task) {
             (Method::Dapt, None) => {
                 return Err(Error::config("task: the dapt method trains one task: give status, pc, satis3 or satis7"))

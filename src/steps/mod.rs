@@ -18,6 +18,7 @@ macro_rules! step_io {
 
 pub mod compare;
 pub mod dapt;
+pub mod encode;
 pub mod evaluate;
 pub mod export;
 pub mod finetune;
@@ -101,6 +102,7 @@ registry! {
     Init => init::Init, runs: cfg!(feature = "train");
     Dapt => dapt::Dapt, runs: cfg!(feature = "train");
     Role => role::Role, runs: cfg!(feature = "train");
+    Encode => encode::Encode, runs: cfg!(feature = "train");
     Finetune => finetune::Finetune, runs: cfg!(feature = "train");
     Evaluate => evaluate::Evaluate, runs: cfg!(feature = "train");
     Compare => compare::Compare, runs: true;

@@ -176,8 +176,11 @@ fn combos(step: &StepSpec) -> Result<Vec<Combo>, String> {
         out = next;
     }
     if let Some(n) = step.shards {
-        if step.kind != "predict" {
-            return Err(at(format!("shards: only `predict` steps split into shards, not `{}`", step.kind)));
+        if step.kind != "predict" && step.kind != "encode" {
+            return Err(at(format!(
+                "shards: only `predict` and `encode` steps split into shards, not `{}`",
+                step.kind
+            )));
         }
         if n == 0 {
             return Err(at("shards: must be at least 1".into()));
@@ -408,7 +411,7 @@ mod tests {
         for (yaml, want) in [
             ("- {name: a, kind: prep, foreach: {seed: []}}", "step `a`: foreach.seed: expected a non-empty list"),
             ("- {name: a, kind: prep, foreach: {seed: [[1]]}}", "values must be strings, numbers or booleans"),
-            ("- {name: a, kind: prep, shards: 2}", "only `predict` steps split into shards"),
+            ("- {name: a, kind: prep, shards: 2}", "only `predict` and `encode` steps split into shards"),
             ("- {name: a, kind: predict, shards: 0}", "at least 1"),
             ("- {name: 'a-{x}', kind: prep, foreach: {seed: [1]}}", "placeholder that is not a foreach key"),
             ("- {name: a, kind: prep, foreach: {seed: [1, '1']}}", "two copies are named `a-1`"),

@@ -313,7 +313,7 @@ fn a_killed_finetune_resumes_to_the_same_metrics_and_weights() {
 }
 
 /// Whether two metric records agree: the same keys, numbers within `tol` (relative).
-fn close_records(a: &[serde_json::Value], b: &[serde_json::Value], tol: f64) -> bool {
+pub fn close_records(a: &[serde_json::Value], b: &[serde_json::Value], tol: f64) -> bool {
     a.len() == b.len()
         && a.iter().zip(b).all(|(x, y)| {
             let (x, y) = (x.as_object().unwrap(), y.as_object().unwrap());

@@ -7,6 +7,8 @@ mod contract;
 #[cfg(feature = "train")]
 mod dapt;
 #[cfg(feature = "train")]
+mod encode;
+#[cfg(feature = "train")]
 mod evaluate;
 #[cfg(all(feature = "train", feature = "serve"))]
 mod export;

@@ -1,13 +1,15 @@
-//! The frozen-encoder cache (`encoder_cache: true`, methods taft and noadapt): with the
-//! encoder frozen, its hidden states for a conversation are the same every epoch, so they
-//! are computed once, in inference mode, and only what lies above the encoder trains.
+//! The frozen-encoder cache (methods taft and noadapt): with the encoder frozen, its hidden
+//! states for a conversation are the same every epoch, so they are computed once, in
+//! inference mode, and only what lies above the encoder trains. The states come either from
+//! `encode` outputs given as inputs ([`EncoderCache::open`]) or, with `encoder_cache: true`,
+//! from a pass the step makes itself ([`EncoderCache::build`]).
 //!
 //! - One encoder pass per distinct conversation (token ids), whatever the task or split.
 //! - noadapt's pooler reads the first token only, so only that state is kept; taft's
 //!   adaptive layer reads every token.
-//! - States are kept as fp16 (or fp32) on the host up to a memory budget, past which they
-//!   go to an unnamed file in the step's scratch folder (the output's `_work/` on local
-//!   disk), read back per batch.
+//! - Built states are kept as fp16 (or fp32) on the host up to a memory budget, past which
+//!   they go to an unnamed file in the step's scratch folder (the output's `_work/` on local
+//!   disk); opened states stay in their files. Either way they are read back per batch.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -18,24 +20,30 @@ use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{Error, Result};
-use crate::model::heads::Classifier;
+use crate::model::bert::Encoder;
+use crate::steps::encode::{key, IndexRecord};
 use crate::steps::training::Items;
 
 /// Where one conversation's states are.
 enum Entry {
     Memory(Tensor),
-    /// Byte offset and token count in the spill file.
-    Spilled(u64, usize),
+    /// Which file, the byte offset in it and the token count.
+    File(usize, u64, usize),
 }
 
 /// The encoder's output for every conversation the step reads.
 pub struct EncoderCache {
-    slot: HashMap<Vec<i64>, usize>,
+    /// Entry of each conversation, by [`key`] of its token ids.
+    slot: HashMap<u128, usize>,
     entries: Vec<Entry>,
-    spill: Option<File>,
+    files: Vec<File>,
+    /// Which of `files` takes spilled states.
+    spill: Option<usize>,
     spilled_bytes: u64,
     hidden: i64,
     kind: Kind,
+    /// Whether the states came from `encode` outputs.
+    opened: bool,
 }
 
 /// How the cache is built.
@@ -52,63 +60,96 @@ pub struct CacheSettings<'a> {
     pub device: Device,
 }
 
-impl EncoderCache {
-    /// Runs the encoder once (inference mode) over every distinct conversation of `items`,
-    /// longest first, in batches.
-    pub fn build(model: &Classifier, items: &[&Items], hidden: i64, settings: &CacheSettings) -> Result<EncoderCache> {
-        // Fixed-width items (the unmasked adaptive layer) keep the encoder's states of their
-        // padding too: what the layer attends must not depend on the rest of a batch.
-        let fixed = items.iter().find_map(|i| i.width);
-        let mut distinct: Vec<&Vec<i64>> = Vec::new();
-        let mut slot = HashMap::new();
-        for ids in items.iter().flat_map(|i| i.ids.iter()) {
-            if !slot.contains_key(ids) {
-                slot.insert(ids.clone(), distinct.len());
-                distinct.push(ids);
+/// The distinct conversations (token ids) of `items`, in order of first appearance.
+pub fn distinct<'a>(items: impl IntoIterator<Item = &'a Vec<i64>>) -> Vec<&'a Vec<i64>> {
+    let mut seen = std::collections::HashSet::new();
+    items.into_iter().filter(|ids| seen.insert(key(ids))).collect()
+}
+
+/// Runs the frozen encoder once (inference mode) over each of `rows`, longest first, in
+/// batches, and hands `sink` each row's index and states ([tokens kept, hidden] on the
+/// host, as `kind`): the first token's only with `first_token_only`, else every token, and
+/// with a `fixed` width the states of the padding up to it too (what the unmasked adaptive
+/// layer attends must not depend on the rest of a batch).
+pub fn encode_each(
+    encoder: &Encoder,
+    rows: &[&Vec<i64>],
+    fixed: Option<usize>,
+    settings: &CacheSettings,
+    mut sink: impl FnMut(usize, Tensor) -> Result<()>,
+) -> Result<()> {
+    let mut order: Vec<usize> = (0..rows.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(rows[i].len()));
+    let kind = if settings.fp16 { Kind::Half } else { Kind::Float };
+    tch::no_grad(|| {
+        for chunk in order.chunks(settings.batch_size.max(1)) {
+            if crate::runtime::stop_requested() {
+                return Err(Error::Interrupted("stopped by SIGTERM while encoding; nothing was committed".into()));
+            }
+            let width = rows[chunk[0]].len().max(fixed.unwrap_or(0));
+            let (mut ids, mut mask) = (Vec::with_capacity(chunk.len() * width), Vec::new());
+            for &r in chunk {
+                let row = rows[r];
+                ids.extend(row.iter().copied().chain(std::iter::repeat_n(settings.pad, width - row.len())));
+                mask.extend(std::iter::repeat_n(1i64, row.len()).chain(std::iter::repeat_n(0, width - row.len())));
+            }
+            let shape = [chunk.len() as i64, width as i64];
+            let ids = Tensor::from_slice(&ids).view(shape).to(settings.device);
+            let mask = Tensor::from_slice(&mask).view(shape).to(settings.device);
+            let states = encoder.forward_t(&ids, &mask, None, false).to_kind(kind).to(Device::Cpu);
+            for (j, &r) in chunk.iter().enumerate() {
+                let len = match (settings.first_token_only, fixed) {
+                    (true, _) => 1,
+                    (false, Some(width)) => width,
+                    (false, None) => rows[r].len(),
+                };
+                sink(r, states.get(j as i64).narrow(0, 0, len as i64).contiguous())?;
             }
         }
-        let mut order: Vec<usize> = (0..distinct.len()).collect();
-        order.sort_by_key(|&i| std::cmp::Reverse(distinct[i].len()));
+        Ok(())
+    })
+}
+
+/// The bytes of a host tensor.
+pub fn tensor_bytes(state: &Tensor) -> Vec<u8> {
+    let mut bytes = vec![0u8; state.numel() * state.kind().elt_size_in_bytes()];
+    state.copy_data_u8(&mut bytes, state.numel());
+    bytes
+}
+
+/// The states of `encode` outputs: per output its states file and index.
+pub struct StoredStates {
+    pub hidden: i64,
+    pub fp16: bool,
+    pub shards: Vec<(File, Vec<IndexRecord>)>,
+}
+
+impl EncoderCache {
+    /// Runs the encoder once (inference mode) over every distinct conversation of `items`.
+    pub fn build(encoder: &Encoder, items: &[&Items], hidden: i64, settings: &CacheSettings) -> Result<EncoderCache> {
+        let fixed = items.iter().find_map(|i| i.width);
+        let rows = distinct(items.iter().flat_map(|i| i.ids.iter()));
         let kind = if settings.fp16 { Kind::Half } else { Kind::Float };
         let mut cache = EncoderCache {
-            slot,
-            entries: (0..distinct.len()).map(|_| Entry::Spilled(0, 0)).collect(),
+            slot: rows.iter().enumerate().map(|(i, ids)| (key(ids), i)).collect(),
+            entries: (0..rows.len()).map(|_| Entry::File(0, 0, 0)).collect(),
+            files: Vec::new(),
             spill: None,
             spilled_bytes: 0,
             hidden,
             kind,
+            opened: false,
         };
         let mut in_memory = 0u64;
         let started = std::time::Instant::now();
-        tch::no_grad(|| -> Result<()> {
-            for rows in order.chunks(settings.batch_size.max(1)) {
-                let width = distinct[rows[0]].len().max(fixed.unwrap_or(0));
-                let (mut ids, mut mask) = (Vec::with_capacity(rows.len() * width), Vec::new());
-                for &r in rows {
-                    let row = distinct[r];
-                    ids.extend(row.iter().copied().chain(std::iter::repeat_n(settings.pad, width - row.len())));
-                    mask.extend(std::iter::repeat_n(1i64, row.len()).chain(std::iter::repeat_n(0, width - row.len())));
-                }
-                let shape = [rows.len() as i64, width as i64];
-                let ids = Tensor::from_slice(&ids).view(shape).to(settings.device);
-                let mask = Tensor::from_slice(&mask).view(shape).to(settings.device);
-                let states = model.encoder.forward_t(&ids, &mask, None, false).to_kind(kind).to(Device::Cpu);
-                for (j, &r) in rows.iter().enumerate() {
-                    let len = match (settings.first_token_only, fixed) {
-                        (true, _) => 1,
-                        (false, Some(width)) => width,
-                        (false, None) => distinct[r].len(),
-                    };
-                    let state = states.get(j as i64).narrow(0, 0, len as i64).contiguous();
-                    let bytes = (len as i64 * hidden) as u64 * kind.elt_size_in_bytes() as u64;
-                    cache.entries[r] = if in_memory + bytes <= settings.memory_bytes {
-                        in_memory += bytes;
-                        Entry::Memory(state)
-                    } else {
-                        cache.spill_state(&state, len, settings.scratch)?
-                    };
-                }
-            }
+        encode_each(encoder, &rows, fixed, settings, |r, state| {
+            let bytes = (state.size()[0] * hidden) as u64 * kind.elt_size_in_bytes() as u64;
+            cache.entries[r] = if in_memory + bytes <= settings.memory_bytes {
+                in_memory += bytes;
+                Entry::Memory(state)
+            } else {
+                cache.spill_state(&state, settings.scratch)?
+            };
             Ok(())
         })?;
         tracing::info!(
@@ -121,23 +162,69 @@ impl EncoderCache {
         Ok(cache)
     }
 
-    fn spill_state(&mut self, state: &Tensor, len: usize, scratch: &Path) -> Result<Entry> {
-        if self.spill.is_none() {
-            std::fs::create_dir_all(scratch)?;
-            self.spill = Some(tempfile::tempfile_in(scratch)?);
+    /// The states of `encode` outputs, read from their files per batch.
+    pub fn open(stored: StoredStates) -> EncoderCache {
+        let mut cache = EncoderCache {
+            slot: HashMap::new(),
+            entries: Vec::new(),
+            files: Vec::with_capacity(stored.shards.len()),
+            spill: None,
+            spilled_bytes: 0,
+            hidden: stored.hidden,
+            kind: if stored.fp16 { Kind::Half } else { Kind::Float },
+            opened: true,
+        };
+        for (file, index) in stored.shards {
+            let f = cache.files.len();
+            cache.files.push(file);
+            for record in index {
+                cache.slot.entry(record.key).or_insert(cache.entries.len());
+                cache.entries.push(Entry::File(f, record.offset, record.tokens as usize));
+            }
         }
-        let file = self.spill.as_mut().expect("opened above");
-        let mut bytes = vec![0u8; state.numel() * self.kind.elt_size_in_bytes()];
-        state.copy_data_u8(&mut bytes, state.numel());
-        file.write_all(&bytes)?;
-        let entry = Entry::Spilled(self.spilled_bytes, len);
+        cache
+    }
+
+    /// Checks that every conversation of `items` has states here.
+    pub fn check_covers(&self, items: &Items, what: &str) -> Result<()> {
+        match items.ids.iter().position(|ids| !self.slot.contains_key(&key(ids))) {
+            None => Ok(()),
+            Some(i) => Err(Error::input(format!(
+                "the encode outputs have no states for item {i} of {what} ({} tokens): they were made from other data, another model or other max_length/truncation settings",
+                items.ids[i].len()
+            ))),
+        }
+    }
+
+    fn spill_state(&mut self, state: &Tensor, scratch: &Path) -> Result<Entry> {
+        let f = match self.spill {
+            Some(f) => f,
+            None => {
+                std::fs::create_dir_all(scratch)?;
+                self.files.push(tempfile::tempfile_in(scratch)?);
+                self.spill = Some(self.files.len() - 1);
+                self.files.len() - 1
+            }
+        };
+        let bytes = tensor_bytes(state);
+        self.files[f].write_all(&bytes)?;
+        let entry = Entry::File(f, self.spilled_bytes, state.size()[0] as usize);
         self.spilled_bytes += bytes.len() as u64;
         Ok(entry)
     }
 
-    /// Conversations whose states are cached (= encoder passes made).
+    /// Conversations whose states are here.
     pub fn conversations(&self) -> usize {
         self.entries.len()
+    }
+
+    /// Encoder passes made for the cache (none for states read from `encode` outputs).
+    pub fn passes(&self) -> u64 {
+        if self.opened {
+            0
+        } else {
+            self.entries.len() as u64
+        }
     }
 
     /// Bytes spilled to disk.
@@ -145,13 +232,23 @@ impl EncoderCache {
         self.spilled_bytes
     }
 
+    /// What the summary says of the cache.
+    pub fn describe(&self) -> serde_json::Value {
+        serde_json::json!({
+            "source": if self.opened { "encode" } else { "built" },
+            "conversations": self.conversations(),
+            "spilled_bytes": self.spilled_bytes(),
+        })
+    }
+
     fn state(&self, ids: &[i64]) -> Result<Tensor> {
-        let slot = self.slot[ids];
+        let slot =
+            *self.slot.get(&key(ids)).ok_or_else(|| Error::Other("a conversation without cached states".into()))?;
         Ok(match &self.entries[slot] {
             Entry::Memory(t) => t.shallow_clone(),
-            Entry::Spilled(offset, len) => {
+            Entry::File(f, offset, len) => {
                 let mut bytes = vec![0u8; *len * self.hidden as usize * self.kind.elt_size_in_bytes()];
-                self.spill.as_ref().expect("a spill file").read_exact_at(&mut bytes, *offset)?;
+                self.files[*f].read_exact_at(&mut bytes, *offset)?;
                 Tensor::f_from_data_size(&bytes, &[*len as i64, self.hidden], self.kind)
                     .map_err(|e| Error::Other(format!("the encoder cache: {e}")))?
             }

@@ -7,7 +7,7 @@ use std::cell::Cell;
 
 use tch::{nn, Device, Tensor};
 
-use super::cache::{CacheSettings, EncoderCache};
+use super::cache::{CacheSettings, EncoderCache, StoredStates};
 use super::{EpisodeWeights, Finetune, FinetuneConfig, Method, SamplerKind};
 use crate::data::samplers::{Categories, Episodic, Imbalanced, MaxSizeCycle, Sampler, Shuffle};
 use crate::data::tasks::Task;
@@ -18,6 +18,8 @@ use crate::model::adaptive::AdaptiveConfig;
 use crate::model::checkpoint::{self, Arch};
 use crate::model::dir::ModelDir;
 use crate::model::heads::Classifier;
+use crate::steps::encode::{self, Opened};
+use crate::steps::io::DataAndModel;
 use crate::steps::training::{self, Items, Padding, TrainingJob};
 use crate::steps::Step;
 use crate::store::commit::Output;
@@ -28,8 +30,29 @@ use crate::train::work::WorkDir;
 use crate::train::{self, Fit, GroupRule, Metrics, Objective, Precision, TrainConfig};
 
 pub async fn run(config: &FinetuneConfig, out: &mut Output) -> Result<serde_json::Value> {
-    let (inputs, config) = (config.inputs.clone(), config.clone());
-    let train = move |job: &TrainingJob| train_tasks(&config, job);
+    let (inputs, encoded) = encode::split_inputs(&config.inputs).await?;
+    let states = if encoded.is_empty() {
+        None
+    } else {
+        if !config.method.frozen_encoder() {
+            return Err(Error::config(format!(
+                "inputs: {} is an encode output; method `{}` trains the encoder, only taft and noadapt read frozen states",
+                encoded[0].url(),
+                config.method.name()
+            )));
+        }
+        let sorted = DataAndModel::sort(Finetune::NAME, &inputs).await?;
+        let expected = encode::Expected {
+            data: &sorted.data,
+            model: &sorted.model,
+            max_length: config.max_length,
+            truncation: config.truncation(),
+            all_tokens: config.method == Method::Taft,
+        };
+        Some(encode::open(&encoded, &expected).await?)
+    };
+    let config = config.clone();
+    let train = move |job: &TrainingJob| train_tasks(&config, job, states.as_ref());
     training::run_scored(Finetune::NAME, &inputs, out, train, headlines, &["cross_validation"]).await
 }
 
@@ -174,10 +197,14 @@ impl TaskData {
     }
 }
 
-fn train_tasks(config: &FinetuneConfig, job: &TrainingJob) -> Result<(Fit, serde_json::Value)> {
+fn train_tasks(
+    config: &FinetuneConfig,
+    job: &TrainingJob,
+    states: Option<&Opened>,
+) -> Result<(Fit, serde_json::Value)> {
     match config.cross_validation {
-        None => train_once(config, job, &job.conversations, &job.work, true),
-        Some(cv) => cross_validate(config, job, cv),
+        None => train_once(config, job, states, &job.conversations, &job.work, true),
+        Some(cv) => cross_validate(config, job, states, cv),
     }
 }
 
@@ -191,6 +218,7 @@ const FOLD_SCORES: [&str; 5] = ["accuracy", "f1_weighted", "f1_macro", "kappa", 
 fn cross_validate(
     config: &FinetuneConfig,
     job: &TrainingJob,
+    states: Option<&Opened>,
     cv: super::CrossValidation,
 ) -> Result<(Fit, serde_json::Value)> {
     let labeled: Vec<&Conversation> = job.conversations.iter().filter(|c| c.split.is_labeled()).collect();
@@ -213,7 +241,7 @@ fn cross_validate(
         }
         let conversations = fold_split(&labeled, mix(config.train.seed, fold as u64));
         tracing::info!(fold, folds, "cross-validation fold");
-        let (fit, summary) = train_once(config, job, &conversations, &job.work.part(&name)?, is_last)?;
+        let (fit, summary) = train_once(config, job, states, &conversations, &job.work.part(&name)?, is_last)?;
         let record = serde_json::json!({
             "fold": fold,
             "data": summary["data"],
@@ -275,6 +303,7 @@ fn fold_split(labeled: &[&Conversation], seed: u64) -> Vec<Conversation> {
 fn train_once(
     config: &FinetuneConfig,
     job: &TrainingJob,
+    states: Option<&Opened>,
     conversations: &[Conversation],
     work: &WorkDir,
     write: bool,
@@ -310,20 +339,22 @@ fn train_once(
     // Step 1's encoder, adaptive layer and pooler; the task classifiers start fresh (step
     // 1's role classifier is left out).
     checkpoint::load_weights(&vs, src, &["classifiers."])?;
-    let cache = if config.encoder_cache {
-        let items: Vec<&Items> = tasks.iter().flat_map(|t| [&t.train, &t.val, &t.test]).collect();
-        let settings = CacheSettings {
-            first_token_only: model.adaptive.is_none(),
-            fp16: config.encoder_cache_fp16,
-            memory_bytes: config.encoder_cache_memory_mib << 20,
-            scratch: &job.scratch,
-            batch_size: config.train.batch_size,
-            pad: encoder_config.pad_id(),
-            device,
-        };
-        Some(EncoderCache::build(&model, &items, encoder_config.hidden_size, &settings)?)
-    } else {
-        None
+    let cache = match (states, config.encoder_cache) {
+        (Some(opened), _) => Some(open_states(opened, &tasks, encoder_config.hidden_size, width)?),
+        (None, true) => {
+            let items: Vec<&Items> = tasks.iter().flat_map(|t| [&t.train, &t.val, &t.test]).collect();
+            let settings = CacheSettings {
+                first_token_only: model.adaptive.is_none(),
+                fp16: config.encoder_cache_fp16,
+                memory_bytes: config.encoder_cache_memory_mib << 20,
+                scratch: &job.scratch,
+                batch_size: config.train.batch_size,
+                pad: encoder_config.pad_id(),
+                device,
+            };
+            Some(EncoderCache::build(&model.encoder, &items, encoder_config.hidden_size, &settings)?)
+        }
+        (None, false) => None,
     };
     let objective = Tasks {
         model: &model,
@@ -332,7 +363,7 @@ fn train_once(
         pad: encoder_config.pad_id(),
         device,
         cache: cache.as_ref(),
-        forwards: Cell::new(cache.as_ref().map_or(0, |c| c.conversations() as u64)),
+        forwards: Cell::new(cache.as_ref().map_or(0, EncoderCache::passes)),
         single_class: Cell::new(0),
         padding: Padding::default(),
     };
@@ -364,14 +395,34 @@ fn train_once(
         "data": data,
         "test": test,
         "single_class_batches": objective.single_class.get(),
-        "encoder_cache": cache.as_ref().map(|c| serde_json::json!({
-            "conversations": c.conversations(),
-            "spilled_bytes": c.spilled_bytes(),
-        })),
+        "encoder_cache": cache.as_ref().map(EncoderCache::describe),
         "encoder_forwards": objective.forwards.get(),
         "train_padding": objective.padding.fraction(),
     });
     Ok((fit, summary))
+}
+
+/// The states of encode outputs as the step's cache, checked to hold every conversation of
+/// every task and split.
+fn open_states(opened: &Opened, tasks: &[TaskData], hidden: i64, width: Option<usize>) -> Result<EncoderCache> {
+    if opened.info.hidden != hidden || opened.info.width != width {
+        return Err(Error::config(format!(
+            "the encode inputs hold states of width {:?} and size {}; this model needs width {width:?} and size {hidden}",
+            opened.info.width, opened.info.hidden
+        )));
+    }
+    let shards = opened
+        .shards
+        .iter()
+        .map(|(path, index)| Ok((std::fs::File::open(path)?, index.clone())))
+        .collect::<Result<Vec<_>>>()?;
+    let cache = EncoderCache::open(StoredStates { hidden, fp16: opened.info.fp16, shards });
+    for t in tasks {
+        for (items, split) in [(&t.train, "train"), (&t.val, "val"), (&t.test, "test")] {
+            cache.check_covers(items, &format!("the {split} split of task `{}`", t.task.name()))?;
+        }
+    }
+    Ok(cache)
 }
 
 /// The main scores of each task of a test report, beside the majority baseline's.

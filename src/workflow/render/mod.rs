@@ -28,13 +28,13 @@ pub const RUN_AS_USER: u32 = 10001;
 pub fn deadline_s(kind: StepKind) -> u64 {
     match kind.name() {
         "dapt" | "role" | "finetune" => 3 * 24 * 3600,
-        "evaluate" | "export" | "predict" => 12 * 3600,
+        "encode" | "evaluate" | "export" | "predict" => 12 * 3600,
         _ => 2 * 3600,
     }
 }
 
 /// A step's config as a `gpu: true` step runs it: on CUDA (`train.device`, or `device` for
-/// evaluate), so that a pod without a working GPU fails at once instead of training on CPU.
+/// encode and evaluate), so that a pod without a working GPU fails at once instead of training on CPU.
 pub fn on_gpu(kind: StepKind, mut config: Value) -> Value {
     let Some(map) = config.as_object_mut() else { return config };
     match kind.name() {
@@ -44,7 +44,7 @@ pub fn on_gpu(kind: StepKind, mut config: Value) -> Value {
                 train.entry("device").or_insert_with(|| json!("cuda"));
             }
         }
-        "evaluate" => {
+        "encode" | "evaluate" => {
             map.entry("device").or_insert_with(|| json!("cuda"));
         }
         _ => {}
@@ -106,7 +106,7 @@ impl Target {
 pub fn resources(kind: StepKind, gpu: bool) -> Value {
     let (cpu, memory, limit) = match kind.name() {
         "dapt" | "role" | "finetune" => ("4", "8Gi", "16Gi"),
-        "evaluate" | "export" => ("2", "4Gi", "8Gi"),
+        "encode" | "evaluate" | "export" => ("2", "4Gi", "8Gi"),
         "predict" => ("2", "2Gi", "4Gi"),
         "compare" => ("500m", "512Mi", "1Gi"),
         _ => ("1", "2Gi", "4Gi"),
