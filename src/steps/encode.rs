@@ -17,6 +17,9 @@
 //! - the manifest's summary `states`: what the states were made from and how
 //!   ([`StatesInfo`]), which finetune checks against its own inputs and settings.
 
+// A build without training only reads and checks encode configs.
+#![cfg_attr(not(feature = "train"), allow(dead_code))]
+
 use serde::{Deserialize, Serialize};
 
 use super::{io, Step};

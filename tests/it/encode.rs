@@ -132,3 +132,52 @@ fn finetune_reads_encode_shards_as_its_own_cache_and_refuses_states_made_otherwi
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(r.stderr.contains("not of this step's data"), "{}", r.stderr);
 }
+
+#[test]
+fn states_on_s3_are_written_downloaded_checked_and_read() {
+    let p = parents();
+    let dir = tempdir();
+    let server = S3Server::start(&dir.path().join("s3"));
+    let bucket = server.bucket("runs");
+    for (from, to) in [(&p.prep, "prep"), (&p.direct, "direct")] {
+        let status = std::process::Command::new("cp").arg("-r").arg(from).arg(bucket.join(to)).status().unwrap();
+        assert!(status.success());
+    }
+    let sets = ["--set", "max_length=64", "--set", "threads=1"];
+    run(server
+        .env(&mut taft())
+        .args(["encode", "-i", "s3://runs/prep", "-i", "s3://runs/direct", "-o", "s3://runs/enc"])
+        .args(sets))
+    .ok();
+    let m = manifest(&bucket.join("enc")).expect("committed on S3");
+    assert_eq!(m["summary"]["states"]["conversations"], 420);
+    assert_eq!(m["summary"]["states"]["fp16"], true);
+    // The same noadapt run from local disk and from S3 (the states downloaded and checked).
+    let local = dir.path().join("local");
+    let mut cmd = finetune("noadapt", &p.direct, &local, &["train.epochs=1"]);
+    run(cmd.args(["-i", s(&bucket.join("enc"))])).ok();
+    let mut cmd = finetune("noadapt", &p.direct, &dir.path().join("unused"), &["train.epochs=1"]);
+    let args: Vec<String> = cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+    let mut remote = server.env(&mut taft());
+    let mut i = 0;
+    while i < args.len() {
+        match args[i].as_str() {
+            "-i" | "-o" => i += 2,
+            a => {
+                remote.arg(a);
+                i += 1;
+            }
+        }
+    }
+    remote.args(["-i", "s3://runs/prep", "-i", "s3://runs/direct", "-i", "s3://runs/enc", "-o", "s3://runs/noadapt"]);
+    run(&mut remote).ok();
+    let out = bucket.join("noadapt");
+    assert_eq!(manifest(&out).unwrap()["summary"]["encoder_forwards"], 0);
+    assert_eq!(crate::dapt::records(&out), crate::dapt::records(&local));
+    // A states file that is not what its manifest lists is refused.
+    std::fs::write(bucket.join("enc/states.bin"), b"torn").unwrap();
+    remote.args(["--force"]);
+    let r = run(&mut remote);
+    assert_ne!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.contains("s3://runs/enc/states.bin"), "{}", r.stderr);
+}

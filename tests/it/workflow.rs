@@ -97,9 +97,7 @@ fn demo_workflow_runs_the_same_twice_then_is_up_to_date() {
         ("taft-pc", "pc"),
         ("taft-pc", "satis3"),
         ("tapt-status", "status"),
-        ("tapt-status", "satis3"),
         ("tapt-pc", "pc"),
-        ("tapt-pc", "satis3"),
         ("dapt-status", "status"),
         ("dapt-pc", "pc"),
         ("dapt-satis3", "satis3"),
@@ -114,7 +112,11 @@ fn demo_workflow_runs_the_same_twice_then_is_up_to_date() {
         let (lo, hi) = (figure(row, 15), figure(row, 16));
         assert!(lo < f1 && f1 < hi, "{name} {task}: the interval holds the mean: {row:?}");
     }
-    for row in rows.iter().filter(|r| !learns.contains(&(r[0], r[2]))) {
+    // tapt's satisfaction depends on which CPU trains it: libtorch picks its kernels by the
+    // instruction set, training amplifies their last-bit differences, and the tiny model's
+    // shared layers keep one task or the other (README). It is asserted neither way.
+    let either = [("tapt-status", "satis3"), ("tapt-pc", "satis3")];
+    for row in rows.iter().filter(|r| !learns.contains(&(r[0], r[2])) && !either.contains(&(r[0], r[2]))) {
         let kappa = figure(row, 17);
         assert!(kappa < 0.20, "{} {} learns now: move it to `learns`: {row:?}", row[0], row[2]);
     }
@@ -142,11 +144,38 @@ fn demo_workflow_runs_the_same_twice_then_is_up_to_date() {
         "one panel per task: {:?}",
         (png.width(), png.height())
     );
-    // The README shows the table the demo prints.
+    // The README shows the table the demo prints: the same rows, columns and baselines (the
+    // data's), and digits from one machine's run (README: other CPUs give other digits).
     let markdown = std::fs::read_to_string(store.join("compare/comparison.md")).unwrap();
-    assert_eq!(readme_table(), markdown, "README.md's demo table is not what the demo prints");
+    let shape = |table: &str| -> Vec<String> {
+        table
+            .lines()
+            .map(|line| {
+                let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+                match cells.len() {
+                    // setting, method, task, split, runs … baseline.
+                    13 => format!("{:?} {}", &cells[1..6], cells[11]),
+                    // task, split, a, b, seeds, items.
+                    11 => format!("{:?}", &cells[1..7]),
+                    _ => line.to_string(),
+                }
+            })
+            .collect()
+    };
+    assert_eq!(shape(&readme_table()), shape(&markdown), "README.md's demo table is not the one the demo prints");
+    // taft and noadapt read the encode steps' states (taft's in two shards): no encoder pass
+    // of their own, every labeled conversation's states there.
     let cached = manifest(&store.join("taft-status-1")).unwrap();
-    assert!(cached["summary"]["encoder_cache"]["conversations"].as_u64().unwrap() > 0);
+    let labeled: u64 = ["encode-0", "encode-1"]
+        .iter()
+        .map(|e| manifest(&store.join(e)).unwrap()["summary"]["states"]["conversations"].as_u64().unwrap())
+        .sum();
+    for step in ["taft-status-1", "noadapt-pc-3"] {
+        let summary = &manifest(&store.join(step)).unwrap()["summary"];
+        assert_eq!(summary["encoder_forwards"], 0, "{step}: {summary}");
+        assert_eq!(summary["encoder_cache"]["source"], "encode", "{step}");
+        assert_eq!(summary["encoder_cache"]["conversations"].as_u64(), Some(labeled), "{step}");
+    }
     let r = demo(&store, &[]);
     let evaluated = manifest(&store.join("evaluate-taft-status-1")).unwrap();
     assert_eq!(
@@ -315,7 +344,13 @@ fn the_paper_workflow_is_the_demo_graph_and_takes_its_inputs_from_the_command_li
     // output, the paper's reads the user's pretrained model; the demo's role pretraining
     // starts from its masked-LM model (a tiny scratch encoder is worth freezing only then),
     // the paper's from the pretrained one.
+    // The demo also encodes the frozen encoders' states once for its taft and noadapt
+    // steps; the paper's file runs them as the original did (the encoder in every step).
     let without_init_inputs = |mut g: Vec<(String, String, String, String)>| {
+        g.retain(|s| s.2 != "encode");
+        for s in g.iter_mut() {
+            s.1 = s.1.replace(", encode-0, encode-1", "").replace(", encode-direct", "");
+        }
         g.iter_mut().filter(|s| s.0 == "init").for_each(|s| s.1.clear());
         g.iter_mut().filter(|s| s.0.starts_with("role")).for_each(|s| s.1 = s.1.replace("dapt", "init"));
         g
@@ -326,7 +361,11 @@ fn the_paper_workflow_is_the_demo_graph_and_takes_its_inputs_from_the_command_li
     assert_eq!(without_init_inputs(paper.clone()), without_init_inputs(demo));
     let demo = graph("workflows/demo.yaml", &[]);
     assert_eq!(find_in(&demo, "role").1, "[after prep, dapt]");
-    assert_eq!(demo.len(), 26 + 2 * 18, "three seeds: 18 step-2 models and evaluations each");
+    assert_eq!(demo.len(), 26 + 2 * 18 + 3, "three seeds: 18 step-2 models and evaluations each; 3 encode steps");
+    assert_eq!(find_in(&demo, "taft-pc-2").1, "[after prep, role, encode-0, encode-1]");
+    assert_eq!(find_in(&demo, "noadapt-status-1").1, "[after prep, role-direct, encode-direct]");
+    assert_eq!(find_in(&demo, "encode-1").1, "[after prep, role]");
+    assert_eq!(find_in(&demo, "encode-direct").2, "encode");
     assert_eq!(find_in(&demo, "export").1, "[after taft-status-1]");
     assert_eq!(
         paper.len(),

@@ -31,7 +31,8 @@ pub async fn run(config: &EncodeConfig, out: &mut Output) -> Result<serde_json::
     std::fs::create_dir_all(&scratch)?;
     let started = std::time::Instant::now();
     let job = config.clone();
-    let encoded = tokio::task::spawn_blocking(move || encode(&job, &dir, &conversations, &scratch))
+    let folder = scratch.clone();
+    let encoded = tokio::task::spawn_blocking(move || encode(&job, &dir, &conversations, &folder))
         .await
         .map_err(|e| Error::Other(format!("encode: {e}")))??;
 
@@ -41,6 +42,8 @@ pub async fn run(config: &EncodeConfig, out: &mut Output) -> Result<serde_json::
     tokio::io::AsyncWriteExt::shutdown(&mut writer).await?;
     out.record(writer.entry());
     out.put(INDEX, bytes::Bytes::from(IndexRecord::write(&encoded.index))).await?;
+    // The scratch folder held only the unnamed states file: leave no empty `_work/` behind.
+    std::fs::remove_dir(&scratch).ok();
 
     let info = StatesInfo {
         model,
