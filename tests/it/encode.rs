@@ -156,9 +156,10 @@ fn states_on_s3_are_written_downloaded_checked_and_read() {
     let local = dir.path().join("local");
     let mut cmd = finetune("noadapt", &p.direct, &local, &["train.epochs=1"]);
     run(cmd.args(["-i", s(&bucket.join("enc"))])).ok();
-    let mut cmd = finetune("noadapt", &p.direct, &dir.path().join("unused"), &["train.epochs=1"]);
+    let cmd = finetune("noadapt", &p.direct, &dir.path().join("unused"), &["train.epochs=1"]);
     let args: Vec<String> = cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
-    let mut remote = server.env(&mut taft());
+    let mut remote = taft();
+    server.env(&mut remote);
     let mut i = 0;
     while i < args.len() {
         match args[i].as_str() {

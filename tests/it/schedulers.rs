@@ -55,13 +55,14 @@ fn argo_check(files: &[&std::path::Path]) -> Run {
 #[test]
 fn argo_resources_pass_the_schema_and_hold_the_workflow_graph() {
     let dir = tempdir();
-    for (file, sets, gpu_steps) in
-        [("workflows/taft.yaml", &PAPER_SETS[..], 12), ("workflows/demo.yaml", &TINY_DEMO[..], 0)]
+    // The demo adds three encode steps (encode-0, encode-1, encode-direct) to the graph.
+    for (file, sets, gpu_steps, steps) in
+        [("workflows/taft.yaml", &PAPER_SETS[..], 12, 26), ("workflows/demo.yaml", &TINY_DEMO[..], 0, 29)]
     {
         let mut graph_args = vec![file, "--store", "s3://bucket/runs"];
         graph_args.extend(sets);
         let graph = dry_run_graph(&graph_args);
-        assert_eq!(graph.len(), 26, "{file}");
+        assert_eq!(graph.len(), steps, "{file}");
         for kind in ["workflowtemplate", "workflow"] {
             let out = dir.path().join(format!("{kind}.yaml"));
             let mut args = vec!["render", "argo", file, "--store", "s3://bucket/runs", "--kind", kind, "-o", s(&out)];
