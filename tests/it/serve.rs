@@ -85,6 +85,13 @@ mod http {
     }
 }
 
+/// A response's body as JSON (reqwest without its `json` feature, so the tests' reqwest is
+/// compiled as object_store's is and the two builds share it).
+async fn json_of(r: reqwest::Response) -> Value {
+    let text = r.text().await.unwrap();
+    serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"))
+}
+
 async fn post(client: &reqwest::Client, url: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
     let r = client
         .post(format!("{url}/v1/predict"))
@@ -93,9 +100,7 @@ async fn post(client: &reqwest::Client, url: &str, body: impl Into<reqwest::Body
         .send()
         .await
         .unwrap();
-    let status = r.status().as_u16();
-    let text = r.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}")))
+    (r.status().as_u16(), json_of(r).await)
 }
 
 /// Conversations of the synthetic test split: (id, texts, authors).
@@ -161,7 +166,7 @@ fn bad_requests_are_refused_naming_the_field_or_limit() {
         for (r, status) in [(c.get(format!("{url}/nope")), 404), (c.get(format!("{url}/v1/predict")), 405)] {
             let r = r.send().await.unwrap();
             assert_eq!(r.status().as_u16(), status);
-            let v: Value = r.json().await.unwrap();
+            let v = json_of(r).await;
             assert!(v["error"].is_string(), "{v}");
         }
     });
@@ -520,7 +525,7 @@ fn onnx_runtime_threads_default_to_the_cpus_the_process_may_use() {
         loop {
             if let Ok(r) = reqwest::get(format!("{url}/ready")).await {
                 if r.status() == 200 {
-                    break r.json::<Value>().await.unwrap();
+                    break json_of(r).await;
                 }
             }
             assert!(Instant::now() < deadline, "never ready");
@@ -575,7 +580,7 @@ fn a_panic_in_a_model_run_fails_only_its_requests_and_a_dead_runner_fails_the_pr
         for probe in ["ready", "health"] {
             let r = c.get(format!("{url}/{probe}")).send().await.unwrap();
             assert_eq!(r.status(), 503, "{probe}");
-            let v: Value = r.json().await.unwrap();
+            let v = json_of(r).await;
             assert!(v["error"].as_str().unwrap().contains("the model runner stopped"), "{probe}: {v}");
         }
         let (status, v) = post(&c, &url, r#"{"texts": ["bonjour"]}"#).await;
