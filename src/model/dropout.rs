@@ -20,27 +20,41 @@ fn drawn_here(x: &Tensor, p: f64, train: bool) -> bool {
     train && p > 0.0 && x.device() == Device::Cpu
 }
 
-/// Random words drawn at a time: the mask is built in chunks, so the only memory it takes
-/// beyond its own byte per element is one chunk's words (4 MiB).
-const CHUNK: i64 = 1 << 20;
+/// Elements decided at a time: the mask is built in chunks, so the only memory it takes
+/// beyond its own byte per element is one chunk's (1 MiB).
+const CHUNK: usize = 1 << 20;
 
 /// A keep mask of `shape`: true with probability 1 − p.
+///
+/// Element i is kept when the i-th 32-bit word of the generator's byte stream (little
+/// endian: the low, then the high half of each 64-bit output; a last odd element takes the
+/// high half of one more output, as `fill_bytes` does), read as an i32, is at least
+/// i32::MIN + round(p · 2³²): probability round(p · 2³²) / 2³² of a drop. The words are
+/// compared as they are drawn, so no word buffer or comparison pass over it is needed.
 fn keep_mask(shape: &[i64], p: f64) -> Tensor {
     let n: i64 = shape.iter().product();
     // One draw from libtorch's generator seeds the mask.
     let seed = Tensor::randint(i64::MAX, [1], (Kind::Int64, Device::Cpu)).int64_value(&[0]) as u64;
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
-    // A uniform i32 is below i32::MIN + round(p · 2³²) with probability round(p · 2³²) / 2³².
     let threshold = i32::MIN as i64 + (p * 4_294_967_296.0).round().min(4_294_967_296.0) as i64;
+    let kept = |word: u32| word as i32 as i64 >= threshold;
     let keep = Tensor::empty([n], (Kind::Bool, Device::Cpu));
-    let mut bytes = vec![0u8; 4 * CHUNK.min(n) as usize];
+    let mut chunk = vec![false; CHUNK.min(n as usize)];
     let mut start = 0;
-    while start < n {
-        let len = CHUNK.min(n - start);
-        let chunk = &mut bytes[..4 * len as usize];
-        rng.fill_bytes(chunk);
-        let words = Tensor::from_data_size(chunk, &[len], Kind::Int);
-        let _ = words.ge_scalar_out(&keep.narrow(0, start, len), threshold);
+    while start < n as usize {
+        // CHUNK is even: only the last chunk can end in half an output.
+        let len = CHUNK.min(n as usize - start);
+        let part = &mut chunk[..len];
+        let mut pairs = part.chunks_exact_mut(2);
+        for pair in &mut pairs {
+            let word = rng.next_u64();
+            pair[0] = kept(word as u32);
+            pair[1] = kept((word >> 32) as u32);
+        }
+        if let [last] = pairs.into_remainder() {
+            *last = kept(rng.next_u32());
+        }
+        keep.narrow(0, start as i64, len as i64).copy_(&Tensor::from_slice(part));
         start += len;
     }
     keep.view(shape)
@@ -119,6 +133,27 @@ mod tests {
         assert!(a != b && a == again);
         assert!(dropout(&x, 0.1, false) == x && dropout(&x, 0.0, true) == x);
         assert_eq!(f64::try_from(dropout(&x, 1.0, true).abs().sum(Kind::Double)).unwrap(), 0.0);
+    }
+
+    /// The mask as the generator's byte stream read as i32 words and compared in libtorch.
+    fn keep_mask_from_bytes(n: usize, p: f64, seed: u64) -> Tensor {
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
+        let mut bytes = vec![0u8; 4 * n];
+        rng.fill_bytes(&mut bytes);
+        let threshold = i32::MIN as i64 + (p * 4_294_967_296.0).round() as i64;
+        Tensor::from_data_size(&bytes, &[n as i64], Kind::Int).ge(threshold)
+    }
+
+    #[test]
+    fn the_mask_is_the_byte_stream_compared_word_by_word() {
+        // Odd and even sizes, one element, and more than one chunk ending in half an output.
+        for (n, p) in [(1, 0.5), (6, 0.1), (1001, 0.1), (4096, 0.5), (2 * CHUNK + 3, 0.1)] {
+            tch::manual_seed(11);
+            let seed = Tensor::randint(i64::MAX, [1], (Kind::Int64, Device::Cpu)).int64_value(&[0]) as u64;
+            tch::manual_seed(11);
+            let mask = keep_mask(&[n as i64], p);
+            assert!(mask == keep_mask_from_bytes(n, p, seed), "n {n}, p {p}");
+        }
     }
 
     #[test]
