@@ -7,6 +7,11 @@ status task and satis3. Conversations are read as taft reads them: utterances jo
 separator token, cut to `--max-length` keeping a quarter of the text tokens from the head
 and the rest from the tail (`truncation: head_tail`).
 
+`--head pooler` trains what noAdapt trains instead, on the states as they are (not
+standardized): a fresh pooler (tanh) and classifier with dropout 0.1, AdamW at lr 3e-3,
+batch 16, 20 epochs (the demo's noadapt settings); it shows whether that head can reach what
+the probe finds.
+
     .venv/bin/python bench/first_token_probe.py runs/demo/role-direct runs/demo/prep
 """
 
@@ -28,6 +33,7 @@ def main():
     ap.add_argument("prep", help="a taft prep output")
     ap.add_argument("--pool", choices=["first", "mean"], default="first")
     ap.add_argument("--max-length", type=int, default=128)
+    ap.add_argument("--head", choices=["logistic", "pooler"], default="logistic")
     args = ap.parse_args()
     tok = Tokenizer.from_file(f"{args.model}/tokenizer.json")
     model = AutoModel.from_pretrained(args.model, add_pooling_layer=False).eval()
@@ -78,9 +84,34 @@ def main():
             return x[keep], np.array(y)[keep]
         xa, ya = labelled(train, x_train)
         xb, yb = labelled(test, x_test)
-        clf = LogisticRegression(max_iter=5000).fit(scale.transform(xa), ya)
-        p = clf.predict(scale.transform(xb))
+        if args.head == "logistic":
+            clf = LogisticRegression(max_iter=5000).fit(scale.transform(xa), ya)
+            p = clf.predict(scale.transform(xb))
+        else:
+            p = pooler_head(xa, ya, xb)
         print(f"  {task}: macro F1 {f1_score(yb, p, average='macro'):.3f}, kappa {cohen_kappa_score(yb, p):.3f}")
+
+
+def pooler_head(xa, ya, xb):
+    """noAdapt's head trained on fixed states: tanh pooler, dropout 0.1, classifier."""
+    torch.manual_seed(0)
+    classes = np.unique(ya)
+    y = torch.tensor(np.searchsorted(classes, ya))
+    x = torch.tensor(xa)
+    hidden = x.shape[1]
+    pool, classify = torch.nn.Linear(hidden, hidden), torch.nn.Linear(hidden, len(classes))
+    opt = torch.optim.AdamW([*pool.parameters(), *classify.parameters()], lr=3e-3, weight_decay=0.01)
+    for _ in range(20):
+        order = torch.randperm(len(x))
+        for i in range(0, len(x), 16):
+            b = order[i:i + 16]
+            logits = classify(torch.nn.functional.dropout(torch.tanh(pool(x[b])), 0.1))
+            loss = torch.nn.functional.cross_entropy(logits, y[b])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    with torch.no_grad():
+        return classes[classify(torch.tanh(pool(torch.tensor(xb)))).argmax(1).numpy()]
 
 
 if __name__ == "__main__":
