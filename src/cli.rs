@@ -144,9 +144,10 @@ pub struct RunArgs {
     /// Redo every step even if up to date.
     #[arg(long)]
     pub force: bool,
-    /// Steps run at once at most.
-    #[arg(long, default_value_t = 4)]
-    pub jobs: usize,
+    /// Steps run at once at most (default: as many as there are CPUs; steps start only
+    /// while their threads fit in the CPUs either way).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub jobs: Option<u64>,
     /// Validate the workflow and print the plan without running anything.
     #[arg(long)]
     pub dry_run: bool,

@@ -11,6 +11,22 @@ use taft::steps::{self, Overrides, Report, StepKind};
 mod cli;
 use cli::{Cli, Command, LogFormat};
 
+/// `print!` for what taft reports on stdout, returning the outcome instead of panicking:
+/// a reader that has gone away (`taft … | head`) ends nothing (what the text reports has
+/// happened, and nobody is left to read it); any other write error is an error.
+macro_rules! out {
+    ($($arg:tt)*) => { write_stdout(format_args!($($arg)*)) };
+}
+
+fn write_stdout(args: std::fmt::Arguments) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_fmt(args).and_then(|()| stdout.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(anyhow::Error::new(e).context("writing to stdout")),
+        _ => Ok(()),
+    }
+}
+
 fn main() -> ExitCode {
     #[cfg(feature = "failpoints")]
     let _failpoints = fail::FailScenario::setup();
@@ -80,8 +96,7 @@ fn run(command: Command, json: bool) -> anyhow::Result<()> {
         #[cfg(feature = "serve")]
         Command::Serve(args) => runtime.block_on(serve(args)),
         Command::Info => {
-            println!("{}", serde_json::to_string_pretty(&taft::runtime::describe())?);
-            Ok(())
+            out!("{}\n", serde_json::to_string_pretty(&taft::runtime::describe())?)
         }
     };
     // A step given up after SIGTERM may leave work on a blocking thread: do not wait for it.
@@ -101,15 +116,14 @@ async fn step(kind: StepKind, args: cli::StepArgs) -> anyhow::Result<()> {
     }
     let overrides = Overrides { inputs: args.inputs, out: args.out, force: args.force };
     let report = steps::run(kind, &raw, &overrides).await.with_context(|| format!("taft {}", kind.name()))?;
-    print_report(&report);
-    Ok(())
+    print_report(&report)
 }
 
-fn print_report(report: &Report) {
+fn print_report(report: &Report) -> anyhow::Result<()> {
     if report.up_to_date {
-        println!("{}: up to date: {}", report.step, report.out);
+        out!("{}: up to date: {}\n", report.step, report.out)
     } else {
-        println!("{}: done: {} {}", report.step, report.out, report.summary);
+        out!("{}: done: {} {}\n", report.step, report.out, report.summary)
     }
 }
 
@@ -122,20 +136,20 @@ async fn workflow(args: cli::RunArgs, json: bool) -> anyhow::Result<()> {
             let mut after: Vec<&str> = step.deps.iter().map(|&d| wf.steps[d].name.as_str()).collect();
             after.dedup();
             let after = if after.is_empty() { String::new() } else { format!(" [after {}]", after.join(", ")) };
-            println!("{}{after}: taft {command}", step.name);
+            out!("{}{after}: taft {command}\n", step.name)?;
         }
         return Ok(());
     }
     let exe = std::env::current_exe().context("the taft binary")?;
     let format = if json { "json" } else { "text" };
-    let outcome = taft::workflow::runner::run(&wf, &exe, args.force, args.jobs, format)
+    let jobs = args.jobs.map_or_else(taft::runtime::cpus, |n| usize::try_from(n).unwrap_or(usize::MAX));
+    let outcome = taft::workflow::runner::run(&wf, &exe, args.force, jobs, format)
         .await
         .with_context(|| format!("workflow {}", wf.source))?;
     for step in &outcome.finished {
-        print!("{}", step.stdout);
+        out!("{}", step.stdout)?;
     }
-    println!("workflow {}: {} step(s) finished; outputs under {}", wf.name, outcome.finished.len(), wf.store);
-    Ok(())
+    out!("workflow {}: {} step(s) finished; outputs under {}\n", wf.name, outcome.finished.len(), wf.store)
 }
 
 fn render(target: cli::RenderTarget) -> anyhow::Result<()> {
@@ -200,7 +214,7 @@ fn render(target: cli::RenderTarget) -> anyhow::Result<()> {
             std::fs::write(&tmp, text).with_context(|| format!("{}", tmp.display()))?;
             std::fs::rename(&tmp, path).with_context(|| format!("{}", path.display()))?;
         }
-        None => print!("{text}"),
+        None => out!("{text}")?,
     }
     Ok(())
 }
@@ -216,8 +230,7 @@ async fn synth(args: cli::SynthArgs) -> anyhow::Result<()> {
     let config = config.scaled(args.scale)?;
     config.validate()?;
     let n = taft::data::synthetic::write_jsonl(&config, &args.out).await?;
-    println!("synth: wrote {n} conversations to {}", args.out);
-    Ok(())
+    out!("synth: wrote {n} conversations to {}\n", args.out)
 }
 
 #[cfg(feature = "serve")]

@@ -149,9 +149,12 @@ pub async fn serve(model_url: &str, config: ServeConfig) -> Result<()> {
     });
     tokio::spawn(batcher(Arc::clone(&state), rx));
     let app = router(Arc::clone(&state));
-    println!("serve: listening on http://{addr}");
-    use std::io::Write;
-    std::io::stdout().flush()?;
+    {
+        // The line is for whoever reads stdout; a reader gone away does not stop the server.
+        use std::io::Write;
+        let mut stdout = std::io::stdout().lock();
+        let _ = writeln!(stdout, "serve: listening on http://{addr}").and_then(|()| stdout.flush());
+    }
     tracing::info!(%addr, model = model_url, "listening");
 
     let load = {

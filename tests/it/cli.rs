@@ -74,3 +74,24 @@ fn synth_writes_json_lines_that_prep_accepts() {
     assert_eq!(r.code, 2);
     assert!(r.stderr.contains("unknown field `trian`"), "{}", r.stderr);
 }
+
+#[test]
+fn a_reader_gone_away_is_not_a_crash() {
+    // `taft … | head`: stdout's reader has closed the pipe before taft writes. The command
+    // still does its work and exits 0, with no panic on stderr.
+    for args in [&["run", "workflows/demo.yaml", "--dry-run"][..], &["info"][..]] {
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        drop(reader);
+        let out = taft().args(args).stdout(writer).stderr(std::process::Stdio::piped()).output().expect("taft runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked") && !stderr.contains("internal error"), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn run_refuses_zero_jobs() {
+    let r = taft_run(&["run", "workflows/demo.yaml", "--jobs", "0", "--dry-run"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("--jobs"), "{}", r.stderr);
+}
