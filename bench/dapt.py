@@ -99,7 +99,9 @@ def compare(step, rounds, taft_sets, peer_cmd, models=None, flops=None):
     `taft STEP` (with `taft_sets(i)`, the no-evaluation, no-checkpoint settings) and the
     peer (`peer_cmd(i, model, prep)`) ROUNDS times each, alternately. Returns one row per
     model: medians of taft's steps/s and wall s, its peak RSS, then the same for the peer,
-    then `flops(i, model, prep)` (the model FLOPs of one step) when given. `models`: the
+    then `flops(i, model, prep)` (the model FLOPs of one step) when given, then the medians
+    of the share of computed tokens that are padding (taft's summary `train_padding`, the
+    peer's `padding`; NaN where a side does not report it). `models`: the
     indexes into MODELS to run (default all)."""
     subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
     work = tempfile.mkdtemp(prefix=f"taft-bench-{step}-")
@@ -121,11 +123,13 @@ def compare(step, rounds, taft_sets, peer_cmd, models=None, flops=None):
                 for setting in taft_sets(i):
                     cmd += ["--set", setting]
                 summary = lambda _, out=out: json.load(open(os.path.join(out, "_MANIFEST.json")))["summary"]
-                ours.append(measure(cmd, lambda o: summary(o)["steps_per_second"]))
-                peer.append(measure(peer_cmd(i, model, prep), lambda o: json.loads(o.strip().splitlines()[-1])["steps_per_second"]))
+                ours.append(measure(cmd, summary))
+                peer.append(measure(peer_cmd(i, model, prep), lambda o: json.loads(o.strip().splitlines()[-1])))
             med = lambda runs, k: statistics.median(run[k] for run in runs)
-            rows.append((med(ours, 0), med(ours, 1), max(r[2] for r in ours), med(peer, 0), med(peer, 1), max(r[2] for r in peer),
-                         flops(i, model, prep) if flops else None))
+            steps = lambda runs: statistics.median(run[0]["steps_per_second"] for run in runs)
+            padding = lambda runs, key: statistics.median(run[0].get(key, float("nan")) for run in runs)
+            rows.append((steps(ours), med(ours, 1), max(r[2] for r in ours), steps(peer), med(peer, 1), max(r[2] for r in peer),
+                         flops(i, model, prep) if flops else None, padding(ours, "train_padding"), padding(peer, "padding")))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return rows
@@ -159,7 +163,7 @@ def main():
     print("| model | block x batch | taft steps/s | taft wall s | taft peak RSS MiB | taft MFU | Trainer steps/s "
           "| Trainer wall s | Trainer peak RSS MiB | Trainer MFU | steps/s ratio |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for (name, _, block, batch), (s, w, m, sp, wp, mp, f) in zip([MODELS[i] for i in chosen], rows):
+    for (name, _, block, batch), (s, w, m, sp, wp, mp, f, *_) in zip([MODELS[i] for i in chosen], rows):
         print(f"| {name} | {block} x {batch} | {s:.2f} | {w:.1f} | {m:.0f} | {mfu(f, s, peak):.1%} | {sp:.2f} | {wp:.1f} "
               f"| {mp:.0f} | {mfu(f, sp, peak):.1%} | {s / sp:.2f}x |")
 

@@ -13,7 +13,10 @@ With `--whole`: the whole run instead, evaluation included — taft with length 
 (`train.group_by_length`) and its length-sorted evaluation, one epoch then validation and
 test; the peer as the original runs it (every batch padded to 50 tokens, evaluation in file
 order). The figure to compare is then the wall time.
-Usage: .venv/bin/python bench/role.py [--rounds 3] [--steps 30] [--threads 2] [--whole]
+With `--group` (steps mode): taft with `train.group_by_length` against the peer's batches
+padded to their longest, the same random utterances in both; the padding columns give the
+share of computed tokens that are padding on each side.
+Usage: .venv/bin/python bench/role.py [--rounds 3] [--steps 30] [--threads 2] [--whole | --group]
 """
 import argparse
 import json
@@ -34,6 +37,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--whole", action="store_true")
+    ap.add_argument("--group", action="store_true", help="taft groups its batches by length (steps mode)")
     ap.add_argument("--models", default="0,1", help="indexes into MODELS")
     args = ap.parse_args()
     chosen = [int(i) for i in args.models.split(",")]
@@ -45,7 +49,8 @@ def main():
                                "train.group_by_length=true", f"train.threads={args.threads}", adaptive(i)]
     else:
         taft_sets = lambda i: [f"train.batch_size={args.batch}", f"train.max_steps={args.steps}", "train.epochs=100",
-                               "train.best=null", f"train.threads={args.threads}", adaptive(i)]
+                               "train.best=null", f"train.threads={args.threads}", adaptive(i)] + \
+            (["train.group_by_length=true"] if args.group else [])
     peer_cmd = lambda i, model, prep: [sys.executable, os.path.join(HERE, "role_peer.py"), model, prep, str(args.batch),
                                        str(args.steps), str(args.threads), str(heads_ffn[i][0]), str(heads_ffn[i][1])] + \
         (["whole"] if args.whole else [])
@@ -60,13 +65,15 @@ def main():
     peak = gemm_peak(args.threads)
     print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores; threads {args.threads}; "
           f"batch {args.batch} x 50 tokens; {'one epoch + evaluation' if args.whole else f'{args.steps} steps'}; "
+          f"taft {'with' if args.group or args.whole else 'without'} length grouping; "
           f"{versions()}; median of {args.rounds} processes; fp32 GEMM peak through libtorch {peak:.1f} GFLOP/s\n")
     print("| model | taft steps/s | taft wall s | taft peak RSS MiB | taft MFU | PyTorch loop steps/s | PyTorch wall s "
-          "| PyTorch peak RSS MiB | PyTorch MFU | steps/s ratio | wall ratio |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for (name, _, _, _), (s, w, m, sp, wp, mp, f) in zip(MODELS, rows):
+          "| PyTorch peak RSS MiB | PyTorch MFU | taft padding | PyTorch padding | steps/s ratio | wall ratio |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for (name, _, _, _), (s, w, m, sp, wp, mp, f, pad, pad_peer) in zip(MODELS, rows):
         u, up = (f"{mfu(f, s, peak):.1%}", f"{mfu(f, sp, peak):.1%}") if f else ("", "")
-        print(f"| {name} | {s:.2f} | {w:.1f} | {m:.0f} | {u} | {sp:.2f} | {wp:.1f} | {mp:.0f} | {up} | {s / sp:.2f}x "
+        print(f"| {name} | {s:.2f} | {w:.1f} | {m:.0f} | {u} | {sp:.2f} | {wp:.1f} | {mp:.0f} | {up} | {pad:.0%} "
+              f"| {pad_peer:.0%} | {s / sp:.2f}x "
               f"| {wp / w:.2f}x |")
 
 

@@ -66,11 +66,13 @@ opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": res
 sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1 - s / steps))
 order = torch.randperm(len(items)).tolist()
 start = time.perf_counter()
+real = computed = 0
 for step in range(steps):
     chunk = [items[order[(step * batch + i) % len(items)]] for i in range(batch)] if not whole else \
         [items[j] for j in order[step * batch:(step + 1) * batch]]
     enc = tokenizer([t for t, _ in chunk], truncation=True, max_length=50, padding=padding, return_tensors="pt")
     labels = torch.tensor([y for _, y in chunk])
+    real, computed = real + int(enc["attention_mask"].sum()), computed + enc["attention_mask"].numel()
     counts = torch.bincount(labels, minlength=2).float()
     weights = torch.where(counts > 0, 1 - counts / len(labels), torch.zeros_like(counts))
     logits = model(enc["input_ids"], enc["attention_mask"])
@@ -94,4 +96,4 @@ if whole:
                 F.cross_entropy(logits, labels)
                 correct += (logits.argmax(-1) == labels).sum().item()
 seconds = time.perf_counter() - start
-print(json.dumps({"steps_per_second": steps / train_seconds, "seconds": seconds}))
+print(json.dumps({"steps_per_second": steps / train_seconds, "seconds": seconds, "padding": 1 - real / computed}))
