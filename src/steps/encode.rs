@@ -331,7 +331,7 @@ pub async fn open(encoded: &[Committed], expected: &Expected<'_>) -> Result<Open
                     None => downloads.insert(tempfile::tempdir()?),
                 };
                 let path = dir.path().join(format!("{}-{STATES}", opened.len()));
-                download(c, &path).await?;
+                c.download(STATES, &path).await?;
                 path
             }
         };
@@ -350,26 +350,6 @@ fn describe(cut: Truncation) -> String {
         Some(ht) => format!("truncation {side}, head_tail {{head: {}, tail: {}}}", ht.head, ht.tail),
         None => format!("truncation {side}"),
     }
-}
-
-/// Copies the states file of a remote encode output to `path`, checking its sha256.
-async fn download(c: &Committed, path: &std::path::Path) -> Result<()> {
-    use sha2::{Digest, Sha256};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut reader = c.store.reader(STATES).await?;
-    let mut file = tokio::fs::File::create(path).await?;
-    let (mut hasher, mut size, mut buf) = (Sha256::new(), 0u64, vec![0u8; 1 << 20]);
-    loop {
-        let n = reader.read(&mut buf).await?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        file.write_all(&buf[..n]).await?;
-        size += n as u64;
-    }
-    file.flush().await?;
-    c.verify(STATES, size, &hex::encode(hasher.finalize()))
 }
 
 #[cfg(test)]

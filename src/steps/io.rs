@@ -3,8 +3,6 @@
 
 use std::path::Path;
 
-use bytes::Bytes;
-
 use crate::data::parquet::{read_conversations, CONVERSATIONS};
 use crate::data::{Conversation, Split};
 use crate::error::{Error, Result};
@@ -46,34 +44,41 @@ pub async fn fetch_model_dir(url: &str, dest: &Path) -> Result<()> {
     let store = Store::open(url)?;
     let committed = Manifest::read(&store).await?.map(|manifest| Committed { store: store.clone(), manifest });
     for (file, required) in FILES {
-        let bytes = match &committed {
-            Some(c) if c.has(file) => Some(c.read(file).await?),
-            Some(_) => None,
-            None => store.get(file).await?,
-        };
-        match bytes {
-            Some(bytes) => std::fs::write(dest.join(file), &bytes)?,
-            None if required => {
-                return Err(Error::input(format!(
-                    "{}: no such file (a model directory needs {CONFIG}, {WEIGHTS} and {TOKENIZER})",
-                    store.url_of(file)
-                )))
+        // Streamed to disk: the weights are never held in memory whole.
+        let found = match &committed {
+            Some(c) if c.has(file) => {
+                c.download(file, &dest.join(file)).await?;
+                true
             }
-            None => {}
+            Some(_) => false,
+            None if store.head(file).await?.is_some() => {
+                let mut reader = store.reader(file).await?;
+                let mut to = tokio::fs::File::create(dest.join(file)).await?;
+                tokio::io::copy_buf(&mut reader, &mut to).await?;
+                tokio::io::AsyncWriteExt::flush(&mut to).await?;
+                true
+            }
+            None => false,
+        };
+        if !found && required {
+            return Err(Error::input(format!(
+                "{}: no such file (a model directory needs {CONFIG}, {WEIGHTS} and {TOKENIZER})",
+                store.url_of(file)
+            )));
         }
     }
     Ok(())
 }
 
-/// Uploads every file of a local directory as part of the output.
+/// Uploads every file of a local directory as part of the output, one streamed file at a
+/// time (a model's weights are never held in memory whole).
 pub async fn upload_dir(dir: &Path, out: &mut Output) -> Result<()> {
     let mut names: Vec<String> = std::fs::read_dir(dir)?
         .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
         .collect::<std::io::Result<_>>()?;
     names.sort();
     for name in names {
-        let bytes = std::fs::read(dir.join(&name))?;
-        out.put(&name, Bytes::from(bytes)).await?;
+        out.put_file(&name, std::fs::File::open(dir.join(&name))?).await?;
     }
     Ok(())
 }

@@ -136,6 +136,17 @@ impl Output {
         Ok(())
     }
 
+    /// Copies an open local file into a file of the output, streaming: memory stays at the
+    /// writer's buffer whatever the file's size (model weights run to hundreds of MB).
+    pub async fn put_file(&mut self, name: &str, file: std::fs::File) -> Result<()> {
+        let mut file = tokio::fs::File::from_std(file);
+        let mut writer = self.create(name).await?;
+        tokio::io::copy(&mut file, &mut writer).await?;
+        tokio::io::AsyncWriteExt::shutdown(&mut writer).await?;
+        self.record(writer.entry());
+        Ok(())
+    }
+
     /// A streaming writer for a file of the output; hand its [`HashingWriter::entry`] to
     /// [`Output::record`] once it is shut down.
     pub async fn create(&mut self, name: &str) -> Result<HashingWriter<object_store::buffered::BufWriter>> {

@@ -142,6 +142,27 @@ impl Committed {
         Ok(())
     }
 
+    /// Copies a file of the output to the local `path`, streaming through a hasher, and
+    /// checks it against its manifest entry: memory stays at one buffer whatever the size.
+    pub async fn download(&self, name: &str, path: &std::path::Path) -> Result<()> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        self.entry(name)?;
+        let mut reader = self.store.reader(name).await?;
+        let mut file = tokio::fs::File::create(path).await?;
+        let (mut hasher, mut size, mut buf) = (Sha256::new(), 0u64, vec![0u8; 1 << 20]);
+        loop {
+            let n = reader.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            file.write_all(&buf[..n]).await?;
+            size += n as u64;
+        }
+        file.flush().await?;
+        self.verify(name, size, &hex::encode(hasher.finalize()))
+    }
+
     /// Reads a file of the output and checks it against its manifest entry.
     pub async fn read(&self, name: &str) -> Result<Bytes> {
         let url = self.store.url_of(name);

@@ -36,11 +36,7 @@ pub async fn run(config: &EncodeConfig, out: &mut Output) -> Result<serde_json::
         .await
         .map_err(|e| Error::Other(format!("encode: {e}")))??;
 
-    let mut file = tokio::fs::File::from_std(encoded.states);
-    let mut writer = out.create(STATES).await?;
-    tokio::io::copy(&mut file, &mut writer).await?;
-    tokio::io::AsyncWriteExt::shutdown(&mut writer).await?;
-    out.record(writer.entry());
+    out.put_file(STATES, encoded.states).await?;
     out.put(INDEX, bytes::Bytes::from(IndexRecord::write(&encoded.index))).await?;
     // The scratch folder held only the unnamed states file: leave no empty `_work/` behind.
     std::fs::remove_dir(&scratch).ok();
