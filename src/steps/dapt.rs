@@ -4,6 +4,13 @@
 //! block is drawn (80 % mask, 10 % random, 10 % kept) and the loss is taken on them only.
 //! Whole conversations go to training or evaluation by a seeded hash of their id. The
 //! output is a `…ForMaskedLM` model directory.
+//!
+//! `first_token_words` (off by default, the spec's DAPT) adds a second loss: each block
+//! starts with the first special token (`<s>`, `[CLS]`), and that position's state, read
+//! through the masked-LM head, predicts the block's words (cross-entropy against the share
+//! of each non-special token in the block, before masking). Masked LM never trains the
+//! first token's state; this makes it a summary of its text, the state that a direct head
+//! (noAdapt, TAPT, DAPT's classifier) reads.
 
 use serde::{Deserialize, Serialize};
 
@@ -21,6 +28,7 @@ const DEFAULTS: &str = "
 block_size: 512
 mlm_probability: 0.15
 eval_fraction: 0.2
+first_token_words: 0.0
 train:
   epochs: 20
   batch_size: 8
@@ -52,6 +60,8 @@ pub struct DaptConfig {
     pub mlm_probability: f64,
     /// Share of the conversations held out for evaluation.
     pub eval_fraction: f64,
+    /// Weight of the first token's word prediction, added to the masked-LM loss (0: off).
+    pub first_token_words: f64,
     /// Use only the first N utterances of the corpus (the original used 300).
     #[serde(default)]
     pub max_utterances: Option<usize>,
@@ -78,6 +88,12 @@ impl Step for Dapt {
         }
         if !(config.eval_fraction > 0.0 && config.eval_fraction < 1.0) {
             return Err(Error::config("eval_fraction must be in (0, 1)"));
+        }
+        if !(config.first_token_words >= 0.0 && config.first_token_words.is_finite()) {
+            return Err(Error::config(format!(
+                "first_token_words must be a finite weight ≥ 0 (0: off), not {}",
+                config.first_token_words
+            )));
         }
         config.train.validate()
     }

@@ -104,6 +104,7 @@ fn dapt_learns_and_its_output_reads_back_in_tensorboard_and_transformers() {
     for (l, p) in eval.iter().zip(&ppl) {
         assert!((l.exp() - p).abs() < 1e-9 * p);
     }
+    assert!(recs.iter().all(|r| r.get("first_token_words").is_none()), "masked LM alone by default");
 
     let manifest = manifest(&out).expect("committed");
     let files: Vec<&str> = manifest["files"].as_array().unwrap().iter().map(|f| f["path"].as_str().unwrap()).collect();
@@ -139,6 +140,22 @@ fn dapt_learns_and_its_output_reads_back_in_tensorboard_and_transformers() {
     // Same config again: up to date.
     let again = run(&mut dapt(&out, &["train.epochs=3"])).ok();
     assert!(again.stdout.contains("up to date"), "{}", again.stdout);
+}
+
+#[test]
+fn first_token_words_teaches_the_first_token_its_blocks_words() {
+    let dir = tempdir();
+    let out = dir.path().join("words");
+    run(&mut dapt(&out, &["first_token_words=5", "train.epochs=10", "train.lr=3e-3"])).ok();
+    let recs = records(&out);
+    let words = values(&recs, "eval", "first_token_words");
+    let eval = values(&recs, "eval", "loss");
+    eprintln!("dapt with first_token_words: word loss {words:?}, masked LM {eval:?}");
+    assert_eq!(words.len(), 10, "one evaluation per epoch");
+    assert!(words[9] < words[0] - 0.02, "the first token's word loss falls: {words:?}");
+    assert!(eval[9] < eval[0], "masked LM still learns: {eval:?}");
+    let summary = &manifest(&out).expect("committed")["summary"];
+    assert_eq!(summary["data"]["first_token_words"], 5.0, "{summary}");
 }
 
 #[test]
@@ -310,6 +327,7 @@ fn bad_dapt_configs_are_rejected_before_training() {
         ("train.lrr=1", "unknown field `lrr`"),
         ("mlm_probability=1.5", "mlm_probability must be in (0, 1)"),
         ("train.precision=bf16", "unknown variant `bf16`"),
+        ("first_token_words=-1", "first_token_words must be a finite weight ≥ 0 (0: off), not -1"),
     ] {
         let r = run(&mut dapt(&out, &[set]));
         assert_eq!(r.code, 2, "{set}: {}", r.stderr);

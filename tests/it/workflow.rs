@@ -32,41 +32,49 @@ fn demo_workflow_learns_and_a_copy_of_its_store_is_up_to_date() {
     let init = manifest(&store.join("init")).unwrap();
     assert_eq!(init["inputs"][0]["fingerprint"], m["fingerprint"], "init reads prep's output");
     let dapt = manifest(&store.join("dapt")).unwrap();
-    let eval: Vec<f64> = std::fs::read_to_string(store.join("dapt/metrics.jsonl"))
+    let evals: Vec<serde_json::Value> = std::fs::read_to_string(store.join("dapt/metrics.jsonl"))
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
         .filter(|r| r["kind"] == "eval")
-        .map(|r| r["loss"].as_f64().unwrap())
         .collect();
+    let eval: Vec<f64> = evals.iter().map(|r| r["loss"].as_f64().unwrap()).collect();
     assert_eq!(eval.len(), 8, "{eval:?}");
     assert!(eval[1] < eval[0], "the demo's masked-LM loss falls: {eval:?}");
+    let words: Vec<f64> = evals.iter().map(|r| r["first_token_words"].as_f64().unwrap()).collect();
+    assert!(words[7] < words[0] - 0.05, "the first token learns its block's words: {words:?}");
     assert_eq!(dapt["summary"]["last_eval"]["loss"].as_f64(), eval.last().copied());
     let role = manifest(&store.join("role")).unwrap();
     let accuracy = role["summary"]["test"]["accuracy"].as_f64().unwrap();
     assert!(accuracy > 0.8, "the demo's speaker-role model learns (learnable data): {accuracy}");
-    // Step 2 ran once per seed (1, 2, 3); compare groups the runs of each setting. The
-    // settings that learn: mean macro F1 over the seeds at least 0.10 above the majority
-    // baseline's and mean kappa at least 0.20, short of perfect (noise). The others do not
-    // (README: noadapt's frozen first-token state holds little of either task after direct
-    // role pretraining), and are asserted not to.
+    // Step 2 ran once per seed (1, 2, 3); compare groups the runs of each setting. Every
+    // method learns every task it trains (the demo's masked-LM step teaches the stand-in
+    // encoder's first token to summarise its text, which the direct heads read): mean macro
+    // F1 over the seeds at least 0.10 above the majority baseline's and mean kappa at least
+    // 0.20, short of perfect (noise).
     let table = std::fs::read_to_string(store.join("compare/comparison.tsv")).unwrap();
     let rows: Vec<Vec<&str>> = table.lines().skip(1).map(|l| l.split('\t').collect()).collect();
     assert_eq!(rows.len(), 6 * 2 + 3, "taft, noadapt, tapt (two tasks each) and dapt: {table}");
     assert!(rows.iter().all(|r| r[4] == "3"), "three seeds each: {table}");
-    let learns = [
+    let trained = [
         ("taft-status", "status"),
         ("taft-status", "satis3"),
         ("taft-pc", "pc"),
         ("taft-pc", "satis3"),
+        ("noadapt-status", "status"),
+        ("noadapt-status", "satis3"),
+        ("noadapt-pc", "pc"),
+        ("noadapt-pc", "satis3"),
         ("tapt-status", "status"),
+        ("tapt-status", "satis3"),
         ("tapt-pc", "pc"),
+        ("tapt-pc", "satis3"),
         ("dapt-status", "status"),
         ("dapt-pc", "pc"),
         ("dapt-satis3", "satis3"),
     ];
     let figure = |row: &[&str], i: usize| row[i].parse::<f64>().unwrap_or(f64::NAN);
-    for (name, task) in learns {
+    for (name, task) in trained {
         let row =
             rows.iter().find(|r| r[0] == name && r[2] == task).unwrap_or_else(|| panic!("{name} {task}: {table}"));
         // Columns: 5 + 4 per score (mean, sd, lo, hi): f1_macro at 13, kappa at 17.
@@ -74,14 +82,6 @@ fn demo_workflow_learns_and_a_copy_of_its_store_is_up_to_date() {
         assert!(f1 >= baseline + 0.10 && kappa >= 0.20 && f1 < 0.98, "{name} {task}: {row:?}\n{table}");
         let (lo, hi) = (figure(row, 15), figure(row, 16));
         assert!(lo < f1 && f1 < hi, "{name} {task}: the interval holds the mean: {row:?}");
-    }
-    // tapt's satisfaction depends on which CPU trains it: libtorch picks its kernels by the
-    // instruction set, training amplifies their last-bit differences, and the tiny model's
-    // shared layers keep one task or the other (README). It is asserted neither way.
-    let either = [("tapt-status", "satis3"), ("tapt-pc", "satis3")];
-    for row in rows.iter().filter(|r| !learns.contains(&(r[0], r[2])) && !either.contains(&(r[0], r[2]))) {
-        let kappa = figure(row, 17);
-        assert!(kappa < 0.20, "{} {} learns now: move it to `learns`: {row:?}", row[0], row[2]);
     }
     // The same figures, with every run's and the paired tests, in comparison.json: between
     // any two settings of a task, on the items both scored, pooled over the three seeds.
@@ -93,10 +93,12 @@ fn demo_workflow_learns_and_a_copy_of_its_store_is_up_to_date() {
     let test = |a: &str, b: &str, task: &str| {
         tests.iter().find(|t| t["a"] == a && t["b"] == b && t["task"] == task).unwrap_or_else(|| panic!("{a} {b}"))
     };
-    let t = test("taft-status", "noadapt-status", "status");
-    assert_eq!((t["seeds"].as_u64(), t["items"].as_u64(), t["resamples"].as_u64()), (Some(3), Some(188), Some(10_000)));
+    // On satisfaction, taft's adaptive layer (every token of the frozen encoder) is clearly
+    // ahead of noadapt's head (the frozen first-token state alone).
+    let t = test("taft-status", "noadapt-status", "satis3");
+    assert_eq!((t["seeds"].as_u64(), t["items"].as_u64(), t["resamples"].as_u64()), (Some(3), Some(250), Some(10_000)));
     assert!(
-        t["diff"].as_f64().unwrap() > 0.3 && t["lo"].as_f64().unwrap() > 0.0 && t["p"].as_f64().unwrap() < 0.01,
+        t["diff"].as_f64().unwrap() > 0.15 && t["lo"].as_f64().unwrap() > 0.0 && t["p"].as_f64().unwrap() < 0.01,
         "{t}"
     );
     // dapt on satisfaction leaves the aborted conversations out (SPEC §5): fewer common items.

@@ -37,12 +37,19 @@ fn train_mlm(config: &DaptConfig, job: &TrainingJob) -> Result<(Fit, serde_json:
     if let Some(n) = config.max_utterances {
         texts.truncate(n);
     }
+    let summarise = config.first_token_words > 0.0;
     let (eval_texts, train_texts): (Vec<_>, Vec<_>) = texts.into_iter().partition(|(held_out, _)| *held_out);
     let blocks = |side: Vec<(bool, String)>, what: &str| -> Result<Vec<Vec<i64>>> {
         let texts: Vec<String> = side.into_iter().map(|(_, t)| t).collect();
         let ids = tokenizer.encode_ids(&texts)?;
         let tokens: usize = ids.iter().map(Vec::len).sum();
-        let blocks = group_blocks(ids, config.block_size);
+        let blocks = if summarise {
+            // Each block opens with the first special token, whose state predicts its words.
+            let cls = i64::from(tokenizer.cls_id);
+            group_blocks(ids, config.block_size - 1).into_iter().map(|b| [&[cls][..], &b].concat()).collect()
+        } else {
+            group_blocks(ids, config.block_size)
+        };
         if blocks.is_empty() {
             return Err(Error::input(format!(
                 "dapt: the {what} side has {} utterances, {tokens} tokens: not one block of {}; lower block_size or eval_fraction, or give more data",
@@ -78,6 +85,7 @@ fn train_mlm(config: &DaptConfig, job: &TrainingJob) -> Result<(Fit, serde_json:
         "train_blocks": train_blocks.len(),
         "eval_blocks": eval_blocks.len(),
         "block_size": config.block_size,
+        "first_token_words": config.first_token_words,
     });
     let objective = MaskedLm::new(&model, &head, train_blocks, &eval_blocks, masking, config, device);
     let fit = train::fit(&config.train, &vs, &objective, &job.work)?;
@@ -94,6 +102,10 @@ struct MaskedLm<'a> {
     /// Evaluation blocks masked once (the same masks at every evaluation), in batches.
     eval: Vec<(Tensor, Tensor)>,
     masking: Masking,
+    /// Weight of the first token's word prediction (0: masked LM alone).
+    words_weight: f64,
+    /// 1 for the tokens that count as a block's words, 0 for the special ones (vocab).
+    word_columns: Tensor,
     device: Device,
 }
 
@@ -112,25 +124,70 @@ impl<'a> MaskedLm<'a> {
             .chunks(config.train.batch_size)
             .map(|chunk| masked_batch(chunk.iter(), &masking, &mut rng, device))
             .collect();
-        MaskedLm { model, head, blocks, eval, masking, device }
+        let mut word_columns = vec![1f32; masking.vocab_size as usize];
+        for &id in &masking.special_ids {
+            if let Some(c) = word_columns.get_mut(id as usize) {
+                *c = 0.0;
+            }
+        }
+        let word_columns = Tensor::from_slice(&word_columns).to(device);
+        MaskedLm { model, head, blocks, eval, masking, words_weight: config.first_token_words, word_columns, device }
     }
 
     /// Cross-entropy of the chosen positions only (the head runs on those alone), summed
-    /// or averaged; with no chosen position, a zero that keeps the graph.
-    fn loss_of(&self, ids: &Tensor, labels: &Tensor, train: bool, reduction: Reduction) -> (Tensor, i64) {
+    /// or averaged; with no chosen position, a zero that keeps the graph. With
+    /// `first_token_words`, also the first token's word prediction, summed or averaged
+    /// over the blocks.
+    fn loss_of(&self, ids: &Tensor, labels: &Tensor, train: bool, reduction: Reduction) -> Losses {
         let mask = ids.ones_like();
         let hidden = self.model.encoder.forward_t(ids, &mask, None, train);
         let width = hidden.size()[2];
+        let words = (self.words_weight > 0.0).then(|| {
+            // The blocks as they were before masking.
+            let original = labels.where_self(&labels.ne(IGNORE), ids);
+            let first = hidden.select(1, 0);
+            let logits = self.head.forward(&first, self.model.encoder.embeddings.word_embeddings());
+            first_token_words(&logits, &original, &self.word_columns, reduction)
+        });
         let labels = labels.view([-1]);
         let chosen = labels.ne(IGNORE).nonzero().squeeze_dim(1);
         let count = chosen.size()[0];
-        if count == 0 {
-            return (hidden.sum(Kind::Float) * 0.0, 0);
-        }
-        let picked = hidden.view([-1, width]).index_select(0, &chosen);
-        let logits = self.head.forward(&picked, self.model.encoder.embeddings.word_embeddings());
-        let targets = labels.index_select(0, &chosen);
-        (logits.to_kind(Kind::Float).cross_entropy_loss::<Tensor>(&targets, None, reduction, IGNORE, 0.0), count)
+        let masked_lm = if count == 0 {
+            hidden.sum(Kind::Float) * 0.0
+        } else {
+            let picked = hidden.view([-1, width]).index_select(0, &chosen);
+            let logits = self.head.forward(&picked, self.model.encoder.embeddings.word_embeddings());
+            let targets = labels.index_select(0, &chosen);
+            logits.to_kind(Kind::Float).cross_entropy_loss::<Tensor>(&targets, None, reduction, IGNORE, 0.0)
+        };
+        Losses { masked_lm, count, words }
+    }
+}
+
+/// What one batch's forward pass gives: the masked-LM loss over `count` chosen positions,
+/// and the first token's word loss when it is on.
+struct Losses {
+    masked_lm: Tensor,
+    count: i64,
+    words: Option<Tensor>,
+}
+
+/// Cross-entropy between the first token's word logits (blocks × vocab) and each block's
+/// word distribution: the share of each token among the block's words (`word_columns`: 1
+/// for a word, 0 for a special token), summed or averaged over the blocks.
+fn first_token_words(logits: &Tensor, blocks: &Tensor, word_columns: &Tensor, reduction: Reduction) -> Tensor {
+    let (rows, vocab) = (blocks.size()[0], logits.size()[1]);
+    let counts = Tensor::zeros([rows, vocab], (Kind::Float, logits.device())).scatter_add(
+        1,
+        blocks,
+        &blocks.ones_like().to_kind(Kind::Float),
+    ) * word_columns.unsqueeze(0);
+    let share = &counts / counts.sum_dim_intlist(1, true, Kind::Float).clamp_min(1.0);
+    let per_block =
+        -(share * logits.to_kind(Kind::Float).log_softmax(-1, Kind::Float)).sum_dim_intlist(1, false, Kind::Float);
+    match reduction {
+        Reduction::Sum => per_block.sum(Kind::Float),
+        _ => per_block.mean(Kind::Float),
     }
 }
 
@@ -159,17 +216,56 @@ impl Objective for MaskedLm<'_> {
     fn loss(&self, batch: &[usize], seed: u64) -> Result<Tensor> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let (ids, labels) = masked_batch(batch.iter().map(|&i| &self.blocks[i]), &self.masking, &mut rng, self.device);
-        Ok(self.loss_of(&ids, &labels, true, Reduction::Mean).0)
+        let losses = self.loss_of(&ids, &labels, true, Reduction::Mean);
+        Ok(match losses.words {
+            Some(words) => losses.masked_lm + words * self.words_weight,
+            None => losses.masked_lm,
+        })
     }
 
+    /// The masked-LM loss and perplexity (`loss`: masked LM alone, so that runs with and
+    /// without the word loss compare); with the word loss on, its mean per block.
     fn evaluate(&self) -> Result<Metrics> {
-        let (mut sum, mut count) = (0.0, 0i64);
+        let (mut sum, mut count, mut words, mut blocks) = (0.0, 0i64, 0.0, 0i64);
         for (ids, labels) in &self.eval {
-            let (loss, n) = self.loss_of(ids, labels, false, Reduction::Sum);
-            sum += loss.double_value(&[]);
-            count += n;
+            let losses = self.loss_of(ids, labels, false, Reduction::Sum);
+            sum += losses.masked_lm.double_value(&[]);
+            count += losses.count;
+            if let Some(w) = losses.words {
+                words += w.double_value(&[]);
+                blocks += ids.size()[0];
+            }
         }
         let loss = sum / count.max(1) as f64;
-        Ok(Metrics::from([("loss".to_string(), loss), ("perplexity".to_string(), loss.exp())]))
+        let mut metrics = Metrics::from([("loss".to_string(), loss), ("perplexity".to_string(), loss.exp())]);
+        if blocks > 0 {
+            metrics.insert("first_token_words".to_string(), words / blocks as f64);
+        }
+        Ok(metrics)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_tokens_target_is_the_share_of_each_word_in_its_block() {
+        // Vocabulary of 5, token 0 special; two blocks.
+        let logits = Tensor::from_slice(&[0.5f32, -1.0, 2.0, 0.0, 1.5, 1.0, 0.0, -0.5, 3.0, 0.25]).view([2, 5]);
+        let blocks = Tensor::from_slice(&[0i64, 2, 2, 4, 0, 1, 3, 3, 3, 0]).view([2, 5]);
+        let columns = Tensor::from_slice(&[0f32, 1.0, 1.0, 1.0, 1.0]);
+        // Block 0's words: 2, 2, 4 (shares 2/3, 1/3); block 1's: 1, 3, 3, 3 (1/4, 3/4).
+        let log_softmax = |row: &[f64]| -> Vec<f64> {
+            let total = row.iter().map(|x| x.exp()).sum::<f64>().ln();
+            row.iter().map(|x| x - total).collect()
+        };
+        let a = log_softmax(&[0.5, -1.0, 2.0, 0.0, 1.5]);
+        let b = log_softmax(&[1.0, 0.0, -0.5, 3.0, 0.25]);
+        let want = [-(2.0 / 3.0 * a[2] + 1.0 / 3.0 * a[4]), -(0.25 * b[1] + 0.75 * b[3])];
+        let sum = first_token_words(&logits, &blocks, &columns, Reduction::Sum).double_value(&[]);
+        let mean = first_token_words(&logits, &blocks, &columns, Reduction::Mean).double_value(&[]);
+        assert!((sum - (want[0] + want[1])).abs() < 1e-5, "{sum} vs {want:?}");
+        assert!((mean - (want[0] + want[1]) / 2.0).abs() < 1e-5, "{mean} vs {want:?}");
     }
 }
