@@ -42,15 +42,22 @@ fn main() -> ExitCode {
     match std::panic::catch_unwind(|| run(cli.command, json)) {
         Ok(Ok(())) => ExitCode::SUCCESS,
         Ok(Err(err)) => {
-            eprintln!("error: {}", taft::error::redact(&format!("{err:#}")));
+            write_stderr(&format!("error: {}\n", taft::error::redact(&format!("{err:#}"))));
             ExitCode::from(taft::error::exit_code(&err))
         }
         // A bug: the panic message is above; exit 1 ("anything else"), not Rust's 101.
         Err(_) => {
-            eprintln!("error: internal error (a bug in taft; the message above says where)");
+            write_stderr("error: internal error (a bug in taft; the message above says where)\n");
             ExitCode::from(1)
         }
     }
+}
+
+/// The last line on stderr. With stderr closed it is lost, and the exit code (the
+/// scheduler's signal) is still the error's, not a panic's.
+fn write_stderr(line: &str) {
+    use std::io::Write;
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
 
 fn init_logging(json: bool) {

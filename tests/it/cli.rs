@@ -90,6 +90,22 @@ fn a_reader_gone_away_is_not_a_crash() {
 }
 
 #[test]
+fn a_closed_stderr_keeps_the_errors_exit_code() {
+    // A failing step whose stderr reader has gone away: the error cannot be written, and the
+    // exit code still says which error it was (2: a bad config), not a panic's 101.
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let dir = tempdir();
+    let status = taft()
+        .args(["prep", "-o", s(&dir.path().join("p")), "--set", "synthetic={train: -1}"])
+        .stdout(std::process::Stdio::null())
+        .stderr(writer)
+        .status()
+        .expect("taft runs");
+    assert_eq!(status.code(), Some(2));
+}
+
+#[test]
 fn run_refuses_zero_jobs() {
     let r = taft_run(&["run", "workflows/demo.yaml", "--jobs", "0", "--dry-run"]);
     assert_eq!(r.code, 2, "{}", r.stderr);
