@@ -27,6 +27,23 @@ fn write_stdout(args: std::fmt::Arguments) -> anyhow::Result<()> {
     }
 }
 
+/// The training build's allocator, for libtorch as well: the binary exports `malloc` and
+/// `free`, so the tensors' memory comes from jemalloc too. Freed activations return to
+/// jemalloc's size classes and are reused across steps; glibc's heap kept them fragmented,
+/// about a fifth of `taft finetune`'s peak RSS at distilcamembert's shape (bench/RESULTS.md).
+#[cfg(feature = "train")]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's settings, read at its start (`MALLOC_CONF` in the environment still overrides
+/// them): every size in the ordinary arenas. The default sends allocations of 8 MiB and more
+/// to an arena that returns them to the kernel at once, and a training step allocates its
+/// large activations again at every step, each time faulting fresh pages in.
+#[cfg(feature = "train")]
+#[allow(non_upper_case_globals)]
+#[unsafe(no_mangle)]
+pub static malloc_conf: &u8 = &b"oversize_threshold:0\0"[0]; // `const char *`, NUL-terminated
+
 fn main() -> ExitCode {
     #[cfg(feature = "failpoints")]
     let _failpoints = fail::FailScenario::setup();

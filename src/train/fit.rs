@@ -45,9 +45,11 @@ impl TrainConfig {
 pub trait Objective {
     /// How an epoch draws the training examples.
     fn sampler(&self) -> Box<dyn Sampler + '_>;
-    /// The mean loss of training examples `batch` (training mode: dropout on). `seed`
-    /// drives the batch's own randomness (masking).
-    fn loss(&self, batch: &[usize], seed: u64) -> Result<Tensor>;
+    /// The mean loss of training examples `batch` (training mode: dropout on), handed to
+    /// `backward` in parts that sum to it, each as soon as it is computed: the fit loop runs
+    /// a part's backward pass before the objective computes the next, so only one part's
+    /// activations are alive at a time. `seed` drives the batch's own randomness (masking).
+    fn loss(&self, batch: &[usize], seed: u64, backward: &mut dyn FnMut(Tensor) -> Result<()>) -> Result<()>;
     /// Metrics on the evaluation data (called without gradients).
     fn evaluate(&self) -> Result<Metrics>;
 }
@@ -158,18 +160,23 @@ pub fn fit(config: &TrainConfig, vs: &nn::VarStore, objective: &dyn Objective, w
             let batch = &idx[start..(start + bs).min(n)];
             let seed = mix(mix(config.seed, epoch), b);
             tch::manual_seed(seed as i64);
-            let loss = tch::autocast(fp16, || objective.loss(batch, seed))?;
-            let value = loss.double_value(&[]);
-            if !value.is_finite() {
-                return Err(Error::Other(format!(
-                    "training step {} (epoch {}, batch {}): the loss is {value}; lower train.lr or check the data",
-                    state.step + 1,
-                    epoch + 1,
-                    b + 1
-                )));
-            }
-            loss_sum += value;
-            (loss.to_kind(Kind::Float) * (state.scale / count)).backward();
+            let scale = state.scale / count;
+            let mut backward = |part: Tensor| {
+                let value = part.double_value(&[]);
+                if !value.is_finite() {
+                    return Err(Error::Other(format!(
+                        "training step {} (epoch {}, batch {}): the loss is {value}; lower train.lr or check the data",
+                        state.step + 1,
+                        epoch + 1,
+                        b + 1
+                    )));
+                }
+                loss_sum += value;
+                // Backward passes run outside autocast; the forward ops chose their types.
+                tch::autocast(false, || (part.to_kind(Kind::Float) * scale).backward());
+                Ok(())
+            };
+            tch::autocast(fp16, || objective.loss(batch, seed, &mut backward))?;
         }
 
         let grad_norm = unscale_and_clip(&optimizer, state.scale, config.max_grad_norm);
@@ -424,6 +431,8 @@ mod tests {
         /// Fail (as a killed run would stop) at this call of `loss`.
         fail_at: Option<usize>,
         calls: Cell<usize>,
+        /// How many parts `loss` hands its batch's loss in.
+        parts: usize,
     }
 
     impl Toy {
@@ -443,6 +452,7 @@ mod tests {
                 seen: Default::default(),
                 fail_at: None,
                 calls: Cell::new(0),
+                parts: 1,
             }
         }
     }
@@ -459,14 +469,18 @@ mod tests {
         fn sampler(&self) -> Box<dyn Sampler + '_> {
             Box::new(crate::train::Shuffle(8))
         }
-        fn loss(&self, batch: &[usize], _seed: u64) -> Result<Tensor> {
+        fn loss(&self, batch: &[usize], _seed: u64, backward: &mut dyn FnMut(Tensor) -> Result<()>) -> Result<()> {
             self.calls.set(self.calls.get() + 1);
             if self.fail_at == Some(self.calls.get()) {
                 return Err(Error::Other("stopped".into()));
             }
-            let idx = Tensor::from_slice(&batch.iter().map(|&i| i as i64).collect::<Vec<_>>());
-            let pred = self.x.index_select(0, &idx).matmul(&self.w) + &self.b;
-            Ok((pred - self.y.index_select(0, &idx)).square().mean(Kind::Float))
+            // The mean squared error, as sums over consecutive slices of the batch.
+            for part in batch.chunks(batch.len().div_ceil(self.parts)) {
+                let idx = Tensor::from_slice(&part.iter().map(|&i| i as i64).collect::<Vec<_>>());
+                let pred = self.x.index_select(0, &idx).matmul(&self.w) + &self.b;
+                backward((pred - self.y.index_select(0, &idx)).square().sum(Kind::Float) / batch.len() as f64)?;
+            }
+            Ok(())
         }
         fn evaluate(&self) -> Result<Metrics> {
             let i = self.evals.get();
@@ -495,9 +509,18 @@ mod tests {
     }
 
     fn train_seen(config: &TrainConfig, script: Vec<f64>, out: &str) -> (Fit, Vec<f64>, Vec<Vec<f64>>) {
+        train_in_parts(config, script, out, 1)
+    }
+
+    fn train_in_parts(
+        config: &TrainConfig,
+        script: Vec<f64>,
+        out: &str,
+        parts: usize,
+    ) -> (Fit, Vec<f64>, Vec<Vec<f64>>) {
         let rt = tokio::runtime::Runtime::new().unwrap();
         let vs = nn::VarStore::new(Device::Cpu);
-        let toy = Toy::new(&vs, script);
+        let toy = Toy { parts, ..Toy::new(&vs, script) };
         let work = WorkDir::new(Store::create(out).unwrap(), "fp", rt.handle().clone()).unwrap();
         let fit = fit(config, &vs, &toy, &work).unwrap();
         let weights = toy.weights();
@@ -519,6 +542,25 @@ mod tests {
         let losses: Vec<f64> =
             a.history.iter().filter(|r| r["kind"] == "train").map(|r| r["loss"].as_f64().unwrap()).collect();
         assert!(losses.last() < losses.first(), "the loss goes down: {losses:?}");
+    }
+
+    #[test]
+    fn a_loss_handed_in_parts_trains_as_its_sum() {
+        // Each part's backward pass runs before the next part is computed (finetune: one part
+        // per task); the gradients add up, so the run is the one-part run's.
+        let (a, wa, _) = train_in_parts(&config(), vec![], "memory://trainer/parts-1", 1);
+        let (b, wb, _) = train_in_parts(&config(), vec![], "memory://trainer/parts-2", 2);
+        assert_eq!((a.steps, b.steps), (6, 6));
+        for (x, y) in wa.iter().zip(&wb) {
+            assert!((x - y).abs() < 1e-6, "{wa:?} vs {wb:?}");
+        }
+        let loss = |f: &Fit| -> Vec<f64> {
+            f.history.iter().filter(|r| r["kind"] == "train").map(|r| r["loss"].as_f64().unwrap()).collect()
+        };
+        for (x, y) in loss(&a).iter().zip(&loss(&b)) {
+            assert!((x - y).abs() < 1e-6, "{:?} vs {:?}", loss(&a), loss(&b));
+        }
+        assert!(wa != Toy::new(&nn::VarStore::new(Device::Cpu), vec![]).weights(), "the weights moved");
     }
 
     #[test]

@@ -52,11 +52,11 @@ pub fn validation_loss(logits: &Tensor, labels: &Tensor) -> Tensor {
     logits.to_kind(Kind::Float).cross_entropy_loss::<Tensor>(labels, None, Reduction::Mean, -100, 0.0)
 }
 
-/// The multi-task loss: `Σ w_t · L_t / Σ w_t` (SPEC §4: 0.8 status, 0.2 satisfaction).
-pub fn combine(losses: &[(f64, &Tensor)]) -> Tensor {
-    let total: f64 = losses.iter().map(|(w, _)| w).sum();
-    let sum = losses[1..].iter().fold(losses[0].1 * losses[0].0, |acc, (w, l)| acc + *l * *w);
-    sum / total
+/// Each task's share of the multi-task loss `Σ w_t · L_t / Σ w_t` (SPEC §4: 0.8 status, 0.2
+/// satisfaction): `w_t / Σ w_t` over the tasks a batch holds.
+pub fn task_shares(weights: &[f64]) -> Vec<f64> {
+    let total = weights.iter().sum::<f64>().max(f64::MIN_POSITIVE);
+    weights.iter().map(|w| w / total).collect()
 }
 
 #[cfg(test)]

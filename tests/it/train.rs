@@ -61,7 +61,7 @@ fn adamw_with_groups_and_schedule_matches_torch() {
 
 #[test]
 fn spec_losses_match_torch() {
-    use taft::train::loss::{combine, validation_loss, weighted_loss};
+    use taft::train::loss::{task_shares, validation_loss, weighted_loss};
     tch::manual_seed(11);
     let dir = tempdir();
     // 4 and 7 classes (weighted cross-entropy, one class absent in "satis"), 2 (weighted BCE).
@@ -101,7 +101,8 @@ fn spec_losses_match_torch() {
         assert!(dl <= 1e-6 && dg <= 1e-6 && dv <= 1e-6, "{name}: {dl} {dg} {dv}");
         losses.push(task.loss.detach());
     }
-    let total = combine(&[(0.8, &losses[0]), (0.2, &losses[1])]).double_value(&[]);
+    let shares = task_shares(&[0.8, 0.2]);
+    let total = (&losses[0] * shares[0] + &losses[1] * shares[1]).double_value(&[]);
     let expected = 0.8 * reference["loss_status"].double_value(&[0]) + 0.2 * reference["loss_satis"].double_value(&[0]);
     assert!((total - expected).abs() <= 1e-6, "{total} vs {expected}");
 }

@@ -213,11 +213,11 @@ impl Objective for MaskedLm<'_> {
         Box::new(Shuffle(self.blocks.len()))
     }
 
-    fn loss(&self, batch: &[usize], seed: u64) -> Result<Tensor> {
+    fn loss(&self, batch: &[usize], seed: u64, backward: &mut dyn FnMut(Tensor) -> Result<()>) -> Result<()> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let (ids, labels) = masked_batch(batch.iter().map(|&i| &self.blocks[i]), &self.masking, &mut rng, self.device);
         let losses = self.loss_of(&ids, &labels, true, Reduction::Mean);
-        Ok(match losses.words {
+        backward(match losses.words {
             Some(words) => losses.masked_lm + words * self.words_weight,
             None => losses.masked_lm,
         })

@@ -24,7 +24,7 @@ use crate::steps::training::{self, Items, Padding, TrainingJob};
 use crate::steps::Step;
 use crate::store::commit::Output;
 use crate::text::TextTokenizer;
-use crate::train::loss::{combine, weighted_loss};
+use crate::train::loss::{task_shares, weighted_loss};
 use crate::train::sampler::mix;
 use crate::train::work::WorkDir;
 use crate::train::{self, Fit, GroupRule, Metrics, Objective, Precision, TrainConfig};
@@ -532,7 +532,9 @@ impl Objective for Tasks<'_> {
         self.combined().expect("the samplers are checked before training")
     }
 
-    fn loss(&self, batch: &[usize], _seed: u64) -> Result<Tensor> {
+    /// One part per task, its share of the weighted loss: each task's backward pass runs
+    /// before the next task's forward, so the peak holds one task's activations, not both.
+    fn loss(&self, batch: &[usize], _seed: u64, backward: &mut dyn FnMut(Tensor) -> Result<()>) -> Result<()> {
         let mut rows: Vec<Vec<usize>> = vec![Vec::new(); self.tasks.len()];
         match self.tasks {
             [_] => rows[0] = batch.to_vec(),
@@ -546,21 +548,18 @@ impl Objective for Tasks<'_> {
             }
             _ => unreachable!("one or two tasks"),
         }
-        let mut losses = Vec::new();
-        for (t, rows) in self.tasks.iter().zip(&rows) {
-            if rows.is_empty() {
-                continue;
-            }
+        let present: Vec<_> = self.tasks.iter().zip(&rows).filter(|(_, r)| !r.is_empty()).collect();
+        let shares = task_shares(&present.iter().map(|(t, _)| t.weight).collect::<Vec<_>>());
+        for ((t, rows), share) in present.into_iter().zip(shares) {
             t.train.count_padding(rows, &self.padding);
             let (logits, labels) = self.logits(t, &t.train, rows, true)?;
             let task = weighted_loss(&logits, &labels);
             if task.single_class {
                 self.single_class.set(self.single_class.get() + 1);
             }
-            losses.push((t.weight, task.loss));
+            backward(task.loss * share)?;
         }
-        let refs: Vec<(f64, &Tensor)> = losses.iter().map(|(w, l)| (*w, l)).collect();
-        Ok(combine(&refs))
+        Ok(())
     }
 
     fn evaluate(&self) -> Result<Metrics> {

@@ -162,14 +162,14 @@ impl Objective for RoleObjective<'_> {
         self.train.grouped(self.group_by_length, Box::new(Shuffle(self.train.len())), self.batch_size)
     }
 
-    fn loss(&self, batch: &[usize], _seed: u64) -> Result<Tensor> {
+    fn loss(&self, batch: &[usize], _seed: u64, backward: &mut dyn FnMut(Tensor) -> Result<()>) -> Result<()> {
         self.train.count_padding(batch, &self.padding);
         let (logits, labels) = self.logits(&self.train, batch, true);
         let task = weighted_loss(&logits, &labels);
         if task.single_class {
             self.single_class.set(self.single_class.get() + 1);
         }
-        Ok(task.loss)
+        backward(task.loss)
     }
 
     fn evaluate(&self) -> Result<Metrics> {
