@@ -147,10 +147,12 @@ def main():
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--models", default="0,1,2", help="indexes into MODELS")
+    ap.add_argument("--set", action="append", default=[], dest="sets", metavar="KEY=VALUE",
+                    help="a further `--set` for taft dapt (e.g. blocks_per_pass=4); repeatable")
     args = ap.parse_args()
     chosen = [int(i) for i in args.models.split(",")]
     taft_sets = lambda i: [f"block_size={MODELS[i][2]}", f"train.batch_size={MODELS[i][3]}",
-                           f"train.max_steps={args.steps}", f"train.threads={args.threads}"]
+                           f"train.max_steps={args.steps}", f"train.threads={args.threads}", *args.sets]
     peer_cmd = lambda i, model, prep: [sys.executable, os.path.join(HERE, "dapt_peer.py"), model, prep, str(MODELS[i][2]),
                                        str(MODELS[i][3]), str(args.steps), str(args.threads)]
     # Every token of a block trains every encoder parameter (the masked-LM head is left out).
@@ -158,7 +160,7 @@ def main():
     rows = compare("dapt", args.rounds, taft_sets, peer_cmd, chosen, flops)
     peak = gemm_peak(args.threads)
     print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores; threads {args.threads}; "
-          f"{args.steps} steps; {versions()}; median of {args.rounds} processes; "
+          f"{args.steps} steps; taft sets {args.sets}; {versions()}; median of {args.rounds} processes; "
           f"fp32 GEMM peak through libtorch {peak:.1f} GFLOP/s\n")
     print("| model | block x batch | taft steps/s | taft wall s | taft peak RSS MiB | taft MFU | Trainer steps/s "
           "| Trainer wall s | Trainer peak RSS MiB | Trainer MFU | steps/s ratio |")

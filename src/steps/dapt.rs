@@ -29,6 +29,7 @@ block_size: 512
 mlm_probability: 0.15
 eval_fraction: 0.2
 first_token_words: 0.0
+blocks_per_pass: 0
 train:
   epochs: 20
   batch_size: 8
@@ -62,6 +63,11 @@ pub struct DaptConfig {
     pub eval_fraction: f64,
     /// Weight of the first token's word prediction, added to the masked-LM loss (0: off).
     pub first_token_words: f64,
+    /// Blocks per forward pass: a batch of more runs in parts, each part's backward pass
+    /// before the next part's forward, so the peak holds one part's activations (0: the
+    /// whole batch in one pass). The loss and gradient are the whole batch's; only the
+    /// dropout masks are drawn per part.
+    pub blocks_per_pass: usize,
     /// Use only the first N utterances of the corpus (the original used 300).
     #[serde(default)]
     pub max_utterances: Option<usize>,

@@ -159,6 +159,49 @@ fn first_token_words_teaches_the_first_token_its_blocks_words() {
 }
 
 #[test]
+fn a_batch_run_in_parts_trains_as_the_whole_batch() {
+    // Without dropout, one block per pass (each block's backward before the next block's
+    // forward) gives the whole batch's losses and weights; the summary records the setting.
+    let dir = tempdir();
+    let init = dir.path().join("init");
+    taft_run(&[
+        "init", "-i", s(&fixture().prep), "-o", s(&init), "--set",
+        "scratch={vocab_size: 400, hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 4, intermediate_size: 64, max_length: 128, dropout: 0.0}",
+    ])
+    .ok();
+    let train = |name: &str, per_pass: &str| {
+        let out = dir.path().join(name);
+        let mut cmd = taft();
+        cmd.args(["dapt", "-i", s(&fixture().prep), "-i", s(&init), "-o", s(&out)]);
+        for set in [
+            "block_size=64",
+            "train.epochs=2",
+            "train.lr=1e-3",
+            "train.device=cpu",
+            "train.threads=1",
+            "train.log_every=1",
+            "first_token_words=1",
+            per_pass,
+        ] {
+            cmd.args(["--set", set]);
+        }
+        run(&mut cmd).ok();
+        out
+    };
+    let (whole, parts) = (train("whole", "blocks_per_pass=0"), train("parts", "blocks_per_pass=1"));
+    let (a, b) = (records(&whole), records(&parts));
+    for (kind, key) in [("train", "loss"), ("eval", "loss"), ("eval", "first_token_words")] {
+        let (x, y) = (values(&a, kind, key), values(&b, kind, key));
+        assert!(x.len() >= 2 && x.len() == y.len(), "{kind} {key}: {x:?} vs {y:?}");
+        for (u, v) in x.iter().zip(&y) {
+            assert!((u - v).abs() < 1e-4, "{kind} {key}: {x:?} vs {y:?}");
+        }
+    }
+    assert!(values(&a, "train", "loss").last() < values(&a, "train", "loss").first(), "it trains");
+    assert_eq!(manifest(&parts).expect("committed")["summary"]["data"]["blocks_per_pass"], 1);
+}
+
+#[test]
 fn same_seed_same_run_and_a_killed_run_resumes_to_the_same_result() {
     let dir = tempdir();
     let (a, b, c) = (dir.path().join("a"), dir.path().join("b"), dir.path().join("c"));

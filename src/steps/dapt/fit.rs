@@ -86,6 +86,7 @@ fn train_mlm(config: &DaptConfig, job: &TrainingJob) -> Result<(Fit, serde_json:
         "eval_blocks": eval_blocks.len(),
         "block_size": config.block_size,
         "first_token_words": config.first_token_words,
+        "blocks_per_pass": config.blocks_per_pass,
     });
     let objective = MaskedLm::new(&model, &head, train_blocks, &eval_blocks, masking, config, device);
     let fit = train::fit(&config.train, &vs, &objective, &job.work)?;
@@ -106,6 +107,8 @@ struct MaskedLm<'a> {
     words_weight: f64,
     /// 1 for the tokens that count as a block's words, 0 for the special ones (vocab).
     word_columns: Tensor,
+    /// Blocks per forward pass (0: the whole batch).
+    blocks_per_pass: usize,
     device: Device,
 }
 
@@ -131,7 +134,17 @@ impl<'a> MaskedLm<'a> {
             }
         }
         let word_columns = Tensor::from_slice(&word_columns).to(device);
-        MaskedLm { model, head, blocks, eval, masking, words_weight: config.first_token_words, word_columns, device }
+        MaskedLm {
+            model,
+            head,
+            blocks,
+            eval,
+            masking,
+            words_weight: config.first_token_words,
+            word_columns,
+            blocks_per_pass: config.blocks_per_pass,
+            device,
+        }
     }
 
     /// Cross-entropy of the chosen positions only (the head runs on those alone), summed
@@ -216,11 +229,28 @@ impl Objective for MaskedLm<'_> {
     fn loss(&self, batch: &[usize], seed: u64, backward: &mut dyn FnMut(Tensor) -> Result<()>) -> Result<()> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let (ids, labels) = masked_batch(batch.iter().map(|&i| &self.blocks[i]), &self.masking, &mut rng, self.device);
-        let losses = self.loss_of(&ids, &labels, true, Reduction::Mean);
-        backward(match losses.words {
-            Some(words) => losses.masked_lm + words * self.words_weight,
-            None => losses.masked_lm,
-        })
+        let rows = ids.size()[0];
+        let per_pass = if self.blocks_per_pass == 0 { rows } else { self.blocks_per_pass as i64 };
+        if per_pass >= rows {
+            let losses = self.loss_of(&ids, &labels, true, Reduction::Mean);
+            return backward(match losses.words {
+                Some(words) => losses.masked_lm + words * self.words_weight,
+                None => losses.masked_lm,
+            });
+        }
+        // The batch's means as sums over its parts: the chosen positions of the whole batch,
+        // its blocks.
+        let chosen = labels.ne(IGNORE).sum(Kind::Int64).int64_value(&[]).max(1) as f64;
+        for start in (0..rows).step_by(per_pass as usize) {
+            let len = per_pass.min(rows - start);
+            let losses = self.loss_of(&ids.narrow(0, start, len), &labels.narrow(0, start, len), true, Reduction::Sum);
+            let masked_lm = losses.masked_lm / chosen;
+            backward(match losses.words {
+                Some(words) => masked_lm + words * (self.words_weight / rows as f64),
+                None => masked_lm,
+            })?;
+        }
+        Ok(())
     }
 
     /// The masked-LM loss and perplexity (`loss`: masked LM alone, so that runs with and
