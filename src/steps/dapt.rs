@@ -30,6 +30,7 @@ mlm_probability: 0.15
 eval_fraction: 0.2
 first_token_words: 0.0
 blocks_per_pass: 0
+pass_memory_mib: 512
 train:
   epochs: 20
   batch_size: 8
@@ -64,10 +65,15 @@ pub struct DaptConfig {
     /// Weight of the first token's word prediction, added to the masked-LM loss (0: off).
     pub first_token_words: f64,
     /// Blocks per forward pass: a batch of more runs in parts, each part's backward pass
-    /// before the next part's forward, so the peak holds one part's activations (0: the
-    /// whole batch in one pass). The loss and gradient are the whole batch's; only the
-    /// dropout masks are drawn per part.
+    /// before the next part's forward, so the peak holds one part's activations. The loss
+    /// and gradient are the whole batch's; only the dropout masks are drawn per part. 0: as
+    /// many as `pass_memory_mib` allows.
     pub blocks_per_pass: usize,
+    /// With `blocks_per_pass: 0`, on the CPU: the memory one pass's activations may take,
+    /// estimated from the model's shape and the block size; a batch that needs more runs in
+    /// parts of as many blocks as fit (at least one). 0: no limit. On CUDA a batch runs
+    /// whole unless `blocks_per_pass` is set.
+    pub pass_memory_mib: u64,
     /// Use only the first N utterances of the corpus (the original used 300).
     #[serde(default)]
     pub max_utterances: Option<usize>,

@@ -47,7 +47,7 @@ episodic: {weights: inverse_frequency, num_samples: null}
 categories: {way: 2, shots: 4, queries: 4, tasks_per_batch: 2, episodes: null}
 encoder_cache: false
 encoder_cache_fp16: true
-encoder_cache_memory_mib: 4096
+encoder_cache_memory_mib: 0
 quirks: {}
 train:
   epochs: 2
@@ -232,7 +232,9 @@ pub struct FinetuneConfig {
     pub encoder_cache: bool,
     /// Keep the cached states as fp16 (else fp32).
     pub encoder_cache_fp16: bool,
-    /// Host memory for cached states; past it they spill to the output's `_work/`.
+    /// Process memory for cached states; past it they go to an unnamed file in the output's
+    /// `_work/` (0, the default: all of them there; the kernel's page cache keeps them, outside
+    /// the process's resident set, and can reclaim them under pressure).
     pub encoder_cache_memory_mib: u64,
     /// Pool the labeled splits and train `folds` times, each on a seeded split (SPEC §5:
     /// 67 / 33 into train and test, the train part 67 / 33 into train and validation); the

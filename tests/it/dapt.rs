@@ -161,7 +161,9 @@ fn first_token_words_teaches_the_first_token_its_blocks_words() {
 #[test]
 fn a_batch_run_in_parts_trains_as_the_whole_batch() {
     // Without dropout, one block per pass (each block's backward before the next block's
-    // forward) gives the whole batch's losses and weights; the summary records the setting.
+    // forward) gives the whole batch's losses and weights; the summary records the blocks
+    // per pass in force. A memory budget below two blocks' activations (about 0.7 MiB each
+    // here) picks one block per pass, the same run as the explicit setting.
     let dir = tempdir();
     let init = dir.path().join("init");
     taft_run(&[
@@ -188,7 +190,8 @@ fn a_batch_run_in_parts_trains_as_the_whole_batch() {
         run(&mut cmd).ok();
         out
     };
-    let (whole, parts) = (train("whole", "blocks_per_pass=0"), train("parts", "blocks_per_pass=1"));
+    let (whole, parts) = (train("whole", "pass_memory_mib=0"), train("parts", "blocks_per_pass=1"));
+    let budget = train("budget", "pass_memory_mib=1");
     let (a, b) = (records(&whole), records(&parts));
     for (kind, key) in [("train", "loss"), ("eval", "loss"), ("eval", "first_token_words")] {
         let (x, y) = (values(&a, kind, key), values(&b, kind, key));
@@ -198,7 +201,9 @@ fn a_batch_run_in_parts_trains_as_the_whole_batch() {
         }
     }
     assert!(values(&a, "train", "loss").last() < values(&a, "train", "loss").first(), "it trains");
-    assert_eq!(manifest(&parts).expect("committed")["summary"]["data"]["blocks_per_pass"], 1);
+    let per_pass = |out: &Path| manifest(out).expect("committed")["summary"]["data"]["blocks_per_pass"].clone();
+    assert_eq!((per_pass(&whole), per_pass(&parts), per_pass(&budget)), (8.into(), 1.into(), 1.into()));
+    assert_eq!(records(&budget), b, "the budget's parts are the explicit setting's");
 }
 
 #[test]

@@ -363,14 +363,15 @@ fn the_encoder_cache_computes_what_the_frozen_encoder_computes_once_per_conversa
         let cached = path(&format!("{method}-cached"));
         let spilled = path(&format!("{method}-spilled"));
         run(&mut finetune(method, &parent, &plain, &sets)).ok();
-        run(&mut finetune(method, &parent, &cached, &[sets[0], sets[1], "encoder_cache=true"])).ok();
-        let r = run(&mut finetune(
+        run(&mut finetune(
             method,
             &parent,
-            &spilled,
-            &[sets[0], sets[1], "encoder_cache=true", "encoder_cache_memory_mib=0"],
+            &cached,
+            &[sets[0], sets[1], "encoder_cache=true", "encoder_cache_memory_mib=64"],
         ))
         .ok();
+        // By default every state goes to the scratch file.
+        let r = run(&mut finetune(method, &parent, &spilled, &[sets[0], sets[1], "encoder_cache=true"])).ok();
         let (plain_records, cached_records) = (crate::dapt::records(&plain), crate::dapt::records(&cached));
         assert!(
             close_records(&plain_records, &cached_records, 1e-5),
@@ -386,6 +387,8 @@ fn the_encoder_cache_computes_what_the_frozen_encoder_computes_once_per_conversa
         let spill = &manifest(&spilled).unwrap()["summary"]["encoder_cache"];
         let per_conversation = if method == "taft" { 64 } else { 1 } * 32 * 4;
         assert!(spill["spilled_bytes"].as_u64().unwrap() > 420 * per_conversation / 4, "{method}: {spill}");
+        let kept = &manifest(&cached).unwrap()["summary"]["encoder_cache"];
+        assert_eq!(kept["spilled_bytes"], 0, "{method}: {kept}");
         let steps = manifest(&plain).unwrap()["summary"]["steps"].as_u64().unwrap();
         assert!(forwards(&plain) > steps * 16, "{method}: every step runs the encoder on both task batches");
         assert!(!plain.join("_work").exists() && !spilled.join("_work").exists(), "{method}: no scratch left");

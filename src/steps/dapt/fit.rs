@@ -7,6 +7,7 @@ use tch::{nn, Device, Kind, Reduction, Tensor};
 use super::{Dapt, DaptConfig};
 use crate::error::{Error, Result};
 use crate::model::checkpoint::{self, Arch};
+use crate::model::config::EncoderConfig;
 use crate::model::heads::{Classifier, MlmHead};
 use crate::steps::training::{self, TrainingJob};
 use crate::steps::{io, Step};
@@ -81,18 +82,45 @@ fn train_mlm(config: &DaptConfig, job: &TrainingJob) -> Result<(Fit, serde_json:
         vocab_size: encoder_config.vocab_size,
         special_ids: tokenizer.special_ids().into_iter().map(i64::from).collect(),
     };
+    let per_pass = blocks_per_pass(config, &encoder_config, device);
     let data = serde_json::json!({
         "train_blocks": train_blocks.len(),
         "eval_blocks": eval_blocks.len(),
         "block_size": config.block_size,
         "first_token_words": config.first_token_words,
-        "blocks_per_pass": config.blocks_per_pass,
+        "blocks_per_pass": per_pass,
     });
-    let objective = MaskedLm::new(&model, &head, train_blocks, &eval_blocks, masking, config, device);
+    let mut objective = MaskedLm::new(&model, &head, train_blocks, &eval_blocks, masking, config, device);
+    objective.blocks_per_pass = per_pass;
     let fit = train::fit(&config.train, &vs, &objective, &job.work)?;
     let fields = serde_json::json!({"heads": ["masked_lm"], "dapt": {"eval": fit.last_eval(), "data": data}});
     training::write_model_dir(job, &vs, &encoder_config, Arch::MaskedLm, fields)?;
     Ok((fit, serde_json::json!({"data": data})))
+}
+
+/// Bytes of activations one block of `block` tokens keeps for the backward pass, estimated
+/// from the encoder's shape: per token and layer about twelve hidden-size and two
+/// intermediate-size fp32 vectors, and per head a row of attention scores, weights and
+/// dropped weights (fp32) and its dropout mask (a byte each).
+fn activation_bytes_per_block(encoder: &EncoderConfig, block: usize) -> u64 {
+    let (hidden, intermediate, heads) =
+        (encoder.hidden_size as u64, encoder.intermediate_size as u64, encoder.num_attention_heads as u64);
+    let per_token_layer = 4 * (12 * hidden + 2 * intermediate) + 13 * heads * block as u64;
+    per_token_layer * block as u64 * encoder.num_hidden_layers as u64
+}
+
+/// Blocks per forward pass (the batch size: the whole batch): `blocks_per_pass` when set,
+/// else on the CPU as many as `pass_memory_mib` allows.
+fn blocks_per_pass(config: &DaptConfig, encoder: &EncoderConfig, device: Device) -> usize {
+    let batch = config.train.batch_size.max(1);
+    if config.blocks_per_pass > 0 {
+        return config.blocks_per_pass.min(batch);
+    }
+    if device != Device::Cpu || config.pass_memory_mib == 0 {
+        return batch;
+    }
+    let per_block = activation_bytes_per_block(encoder, config.block_size).max(1);
+    (((config.pass_memory_mib << 20) / per_block) as usize).clamp(1, batch)
 }
 
 /// The masked-LM objective over token blocks.
@@ -107,7 +135,7 @@ struct MaskedLm<'a> {
     words_weight: f64,
     /// 1 for the tokens that count as a block's words, 0 for the special ones (vocab).
     word_columns: Tensor,
-    /// Blocks per forward pass (0: the whole batch).
+    /// Blocks per forward pass (a batch of more runs in parts).
     blocks_per_pass: usize,
     device: Device,
 }
@@ -142,7 +170,7 @@ impl<'a> MaskedLm<'a> {
             masking,
             words_weight: config.first_token_words,
             word_columns,
-            blocks_per_pass: config.blocks_per_pass,
+            blocks_per_pass: config.train.batch_size,
             device,
         }
     }
@@ -230,7 +258,7 @@ impl Objective for MaskedLm<'_> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let (ids, labels) = masked_batch(batch.iter().map(|&i| &self.blocks[i]), &self.masking, &mut rng, self.device);
         let rows = ids.size()[0];
-        let per_pass = if self.blocks_per_pass == 0 { rows } else { self.blocks_per_pass as i64 };
+        let per_pass = self.blocks_per_pass.max(1) as i64;
         if per_pass >= rows {
             let losses = self.loss_of(&ids, &labels, true, Reduction::Mean);
             return backward(match losses.words {
@@ -278,6 +306,39 @@ impl Objective for MaskedLm<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_memory_budget_splits_a_large_models_batch_and_keeps_a_small_ones_whole() {
+        let encoder = |hidden: i64, layers: i64, heads: i64, ffn: i64| {
+            let json = format!(
+                r#"{{"model_type": "roberta", "vocab_size": 8000, "hidden_size": {hidden}, "num_hidden_layers": {layers}, "num_attention_heads": {heads}, "intermediate_size": {ffn}, "max_position_embeddings": 514}}"#
+            );
+            EncoderConfig::from_json(&json, "test").unwrap()
+        };
+        let config = |block_size: usize, batch: usize, sets: &str| {
+            let mut config: DaptConfig = serde_yaml::from_str(super::super::DEFAULTS).unwrap();
+            (config.block_size, config.train.batch_size) = (block_size, batch);
+            match sets {
+                "budget 0" => config.pass_memory_mib = 0,
+                "2 per pass" => config.blocks_per_pass = 2,
+                _ => {}
+            }
+            config
+        };
+        let distil = encoder(768, 6, 12, 3072);
+        // About 156 MB of activations a 256-token block: three fit in 512 MiB, and the
+        // batch of 8 runs as 3 + 3 + 2. Blocks of 512 (the spec's) take one each.
+        assert_eq!(activation_bytes_per_block(&distil, 256), 155_713_536);
+        assert_eq!(blocks_per_pass(&config(256, 8, ""), &distil, Device::Cpu), 3);
+        assert_eq!(blocks_per_pass(&config(512, 8, ""), &distil, Device::Cpu), 1);
+        // No budget, CUDA, or an explicit setting (at most the batch).
+        assert_eq!(blocks_per_pass(&config(256, 8, "budget 0"), &distil, Device::Cpu), 8);
+        assert_eq!(blocks_per_pass(&config(256, 8, ""), &distil, Device::Cuda(0)), 8);
+        assert_eq!(blocks_per_pass(&config(256, 8, "2 per pass"), &distil, Device::Cuda(0)), 2);
+        assert_eq!(blocks_per_pass(&config(256, 1, "2 per pass"), &distil, Device::Cpu), 1);
+        // The demo's encoder (2 x 64, 16 blocks of 128): 44 MB in all, one pass.
+        assert_eq!(blocks_per_pass(&config(128, 16, ""), &encoder(64, 2, 4, 128), Device::Cpu), 16);
+    }
 
     #[test]
     fn the_first_tokens_target_is_the_share_of_each_word_in_its_block() {

@@ -103,7 +103,9 @@ pub fn encode_each(
                     (false, Some(width)) => width,
                     (false, None) => rows[r].len(),
                 };
-                sink(r, states.get(j as i64).narrow(0, 0, len as i64).contiguous())?;
+                // A copy of its own: a view (`contiguous` of a leading slice is one) would keep
+                // the whole batch's states alive as long as the row's.
+                sink(r, states.get(j as i64).narrow(0, 0, len as i64).copy())?;
             }
         }
         Ok(())
