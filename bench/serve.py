@@ -5,15 +5,17 @@ HTTP server (bench/serve_peer.py), side by side in one run with the same threads
 Models: made by taft from scratch with random weights (`init`, one step of plain `finetune`
 on the status and 3-way satisfaction tasks, `export` with `quantize: int8`): the demo's tiny
 RoBERTa (2x64) and distilcamembert's shape (6x768, 12 heads, FFN 3072). Inputs: whole
-conversations of the synthetic test split (utterances joined by the separator, at most 512
-tokens), the same texts for every server.
-- Throughput: CLIENTS connections each send requests of 32 texts; items/s over all of them.
-- Latency: CLIENTS connections each send requests of 1 text; p50 and p99 of the request
-  latency as the client sees it.
+conversations of the synthetic test split, sent as `{"conversations": [{"texts": [...]}]}`;
+every server encodes them the same way (the utterances joined by the separator token, at most
+512 tokens), so every server runs the same token ids.
+- Throughput: CLIENTS connections each send requests of 32 conversations; items/s over all.
+- Latency: CLIENTS connections each send requests of 1 conversation; p50 and p99 of the
+  request latency as the client sees it.
 Each server runs fp32 and int8 (the peers: torch eager is fp32 only; onnxruntime loads
 model.int8.onnx). Every figure is the median of ROUNDS rounds (servers alternate within a
 round); peak RSS is the server process's VmHWM after its rounds.
 Usage: .venv/bin/python bench/serve.py [--rounds 3] [--threads 2] [--models 0,1] [--clients 4]
+       [--servers taft:fp32,onnxruntime:fp32] (default: all five; the ratios need taft fp32)
 """
 import argparse
 import http.client
@@ -67,7 +69,7 @@ def start(kind, model_dir, export_dir, variant, threads):
     if kind == "taft":
         cmd = [SERVE_BIN, "--log-format", "json", "serve", "--input", export_dir, "--port", str(port),
                "--set", f"threads={threads}", "--set", f"model={variant}", "--set", "max_wait_ms=2",
-               "--set", "max_batch_size=32"]
+               "--set", "max_batch_size=32", "--set", "request_timeout_ms=600000"]
         env = dict(os.environ, TAFT_LOG="warn")
     else:
         backend = "torch" if kind == "torch eager" else "ort"
@@ -89,7 +91,8 @@ def peak_rss_mib(pid):
 
 def load(port, texts, per_request, requests, clients):
     """CLIENTS threads, each with its own keep-alive connection, each sending REQUESTS
-    requests of PER_REQUEST texts. Returns (items/s, latencies in seconds, labels by text)."""
+    requests of PER_REQUEST conversations (TEXTS: tuples of utterances). Returns (items/s,
+    latencies in seconds, labels by conversation)."""
     latencies, labels, errors = [], {}, []
     lock = threading.Lock()
 
@@ -98,7 +101,7 @@ def load(port, texts, per_request, requests, clients):
         for r in range(requests):
             start = (c * requests + r) * per_request
             batch = [texts[(start + k) % len(texts)] for k in range(per_request)]
-            body = json.dumps({"texts": batch})
+            body = json.dumps({"conversations": [{"texts": list(t)} for t in batch]})
             t0 = time.perf_counter()
             conn.request("POST", "/v1/predict", body=body, headers={"content-type": "application/json"})
             resp = conn.getresponse()
@@ -136,7 +139,19 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--models", default="0,1")
     ap.add_argument("--clients", type=int, default=4)
+    ap.add_argument("--servers", default=None, help="comma-separated kind:variant, kind one of taft, onnxruntime, torch")
     args = ap.parse_args()
+    kinds = {"taft": "taft", "onnxruntime": "onnxruntime (Python)", "torch": "torch eager"}
+    chosen = None
+    if args.servers:
+        chosen = []
+        for item in args.servers.split(","):
+            kind, _, variant = item.partition(":")
+            if kind not in kinds or variant not in ("fp32", "int8") or (kind == "torch" and variant != "fp32"):
+                sys.exit(f"--servers: unknown server `{item}` (taft:fp32|int8, onnxruntime:fp32|int8, torch:fp32)")
+            chosen.append((kinds[kind], variant))
+        if ("taft", "fp32") not in chosen:
+            sys.exit("--servers: taft:fp32 is the reference of the last column and the ratios")
     subprocess.run(["cargo", "build", "--release", "--quiet", "--no-default-features", "--features", "serve"], cwd=ROOT, check=True)
     shutil.copy(TAFT, SERVE_BIN)
     subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
@@ -160,10 +175,11 @@ def main():
             # Random weights: near-tie predictions, so int8 agreement is reported, not required.
             taft("export", "-i", model, "-i", prep, "-o", export, "--set", "quantize=int8", "--set", "min_agreement=0",
                  "--set", f"threads={args.threads}")
-            sep = "</s>" if "<s>" in open(os.path.join(export, "tokenizer.json")).read() else "[SEP]"
-            texts = [f" {sep} ".join(u["text"] for u in r["utterances"]) for r in rows if r["split"] == "test"]
+            texts = [tuple(u["text"] for u in r["utterances"]) for r in rows if r["split"] == "test"]
             servers = [("taft", "fp32"), ("onnxruntime (Python)", "fp32"), ("torch eager", "fp32"),
                        ("taft", "int8"), ("onnxruntime (Python)", "int8")]
+            if chosen:
+                servers = [s for s in servers if s in chosen]
             results = {s: {"thr": [], "p50": [], "p99": [], "rss": 0.0, "labels": None} for s in servers}
             for _ in range(args.rounds):
                 for s in servers:
@@ -179,6 +195,8 @@ def main():
                     results[s]["p50"].append(quantile(lat, 0.5) * 1000)
                     results[s]["p99"].append(quantile(lat, 0.99) * 1000)
                     results[s]["labels"] = labels
+                    print(f"# {name} {s[0]} {s[1]}: {thr:.2f} items/s, p50 {quantile(lat, 0.5) * 1000:.1f} ms, "
+                          f"p99 {quantile(lat, 0.99) * 1000:.1f} ms", file=sys.stderr, flush=True)
             ref = results[("taft", "fp32")]["labels"]
             for s in servers:
                 r = results[s]
@@ -187,9 +205,13 @@ def main():
                       f"{statistics.median(r['p99']):.1f} | {r['rss']:.0f} | {same:.3f} |", flush=True)
             t = results[("taft", "fp32")]
             for peer in (("torch eager", "fp32"), ("onnxruntime (Python)", "fp32")):
+                if peer not in results:
+                    continue
                 p = results[peer]
                 print(f"\n{name}: taft fp32 / {peer[0]}: throughput {statistics.median(t['thr']) / statistics.median(p['thr']):.2f}x, "
                       f"p99 {statistics.median(t['p99']):.1f} vs {statistics.median(p['p99']):.1f} ms, RSS {t['rss'] / p['rss']:.2f}", flush=True)
+            if ("taft", "int8") not in results or ("onnxruntime (Python)", "int8") not in results:
+                continue
             ti, pi = results[("taft", "int8")], results[("onnxruntime (Python)", "int8")]
             print(f"{name}: taft int8 / onnxruntime (Python) int8: throughput {statistics.median(ti['thr']) / statistics.median(pi['thr']):.2f}x\n", flush=True)
     finally:

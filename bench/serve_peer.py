@@ -1,6 +1,9 @@
 """The Python peers of `taft serve`: a minimal HTTP server (http.server, one thread per
 connection, one model run at a time as taft's batcher does, no batching across requests) answering POST /v1/predict {"texts": [...]} with
-class probabilities per task, on either
+class probabilities per task; it also takes {"conversations": [{"texts": [utterances]}]} and
+encodes each conversation as taft does (each utterance without special tokens, the separator
+token between them, the tokenizer's special tokens around, the head kept up to max_length),
+so that both sides run the same token ids. On either
   --backend torch: transformers + PyTorch eager on the finetune output's weights
                    (`model.safetensors` encoder and pooler, `heads.safetensors` classifiers);
   --backend ort:   Python onnxruntime on the export's ONNX file.
@@ -76,10 +79,27 @@ def main():
     else:
         run, taft = ort_backend(args.model, args.onnx, args.threads)
     tok = Tokenizer.from_file(os.path.join(args.model, "tokenizer.json"))
-    tok.enable_truncation(taft["max_length"])
     vocab = tok.get_vocab()
-    pad = "<pad>" if "<pad>" in vocab else "[PAD]"
-    tok.enable_padding(pad_id=vocab[pad], pad_token=pad)
+    pad_id = vocab["<pad>" if "<pad>" in vocab else "[PAD]"]
+    sep_id = vocab["</s>" if "</s>" in vocab else "[SEP]"]
+    around = tok.encode("").ids  # the special tokens the post-processor puts around a text
+    front, back = around[:1], around[1:]
+    budget = taft["max_length"] - len(around)
+
+    def encode(conversations):
+        """Token ids and attention masks of conversations, padded to the longest."""
+        pieces = tok.encode_batch([u for c in conversations for u in c], add_special_tokens=False)
+        rows, k = [], 0
+        for c in conversations:
+            content = []
+            for j, e in enumerate(pieces[k:k + len(c)]):
+                content += ([sep_id] if j else []) + e.ids
+            k += len(c)
+            rows.append(front + content[:budget] + back)
+        width = max(len(r) for r in rows)
+        ids = np.array([r + [pad_id] * (width - len(r)) for r in rows], dtype=np.int64)
+        mask = np.array([[1] * len(r) + [0] * (width - len(r)) for r in rows], dtype=np.int64)
+        return ids, mask
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -89,12 +109,13 @@ def main():
 
         def do_POST(self):
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            enc = tok.encode_batch(body["texts"])
-            ids = np.array([e.ids for e in enc], dtype=np.int64)
-            mask = np.array([e.attention_mask for e in enc], dtype=np.int64)
+            if "conversations" in body:
+                ids, mask = encode([c["texts"] for c in body["conversations"]])
+            else:
+                ids, mask = encode([[t] for t in body["texts"]])
             probs = run(ids, mask)
             out = [{t: {"label": int(p[i].argmax()), "probabilities": p[i].tolist()} for t, p in probs.items()}
-                   for i in range(len(enc))]
+                   for i in range(len(ids))]
             data = json.dumps({"predictions": out}).encode()
             self.send_response(200)
             self.send_header("content-type", "application/json")

@@ -74,6 +74,10 @@ pub struct Exported {
     pub variant: Variant,
     /// ONNX Runtime's intra-op threads.
     pub threads: usize,
+    /// Measured by [`Exported::calibrate`]: how many padding tokens one run saved is worth
+    /// (a run takes another item only while the padding it adds costs less). None: runs are
+    /// cut by [`MAX_PADDING`] alone, the same way on every machine.
+    pub join_tokens: Option<usize>,
     session: Mutex<Session>,
 }
 
@@ -139,6 +143,7 @@ impl Exported {
             taft,
             variant,
             threads,
+            join_tokens: None,
             session: Mutex::new(session),
         };
         // A warm-up run: every head's outputs must be there with `taft.json`'s classes, or
@@ -167,10 +172,45 @@ impl Exported {
         self.probabilities_with(texts, batch_size, None, |_, _| {})
     }
 
+    /// Measures what batching is worth on this machine for this model and sets
+    /// [`Exported::join_tokens`]: the time of one item of `CALIBRATION_TOKENS` tokens alone
+    /// and of `CALIBRATION_ITEMS` such items in one run (best of three each). Each item
+    /// batched saves (items × alone − together) / (items − 1) seconds; a padding token costs
+    /// together / (items × tokens). On a large encoder on a CPU the GEMMs are already
+    /// efficient for one conversation and padding is pure work: runs join only items of
+    /// nearly equal length. On a small one a run's fixed cost dominates and runs stay long.
+    pub fn calibrate(&mut self) -> Result<usize> {
+        let tokens = CALIBRATION_TOKENS.min(self.max_length).max(2);
+        let ids = self.encoder.ids(&["a"])?.remove(0);
+        let (first, last, word) = (ids[0], ids[ids.len() - 1], ids[ids.len() / 2]);
+        let mut row = vec![word; tokens];
+        row[0] = first;
+        row[tokens - 1] = last;
+        let names = self.head_names();
+        let session = self.session.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut best = |n: usize| -> Result<f64> {
+            let enc = self.encoder.pad_to(&vec![row.as_slice(); n], if self.fixed_width { self.max_length } else { 0 });
+            run(session, &enc, &names)?;
+            let mut best = f64::INFINITY;
+            for _ in 0..3 {
+                let started = std::time::Instant::now();
+                run(session, &enc, &names)?;
+                best = best.min(started.elapsed().as_secs_f64());
+            }
+            Ok(best)
+        };
+        let alone = best(1)?;
+        let together = best(CALIBRATION_ITEMS)?;
+        let join = join_tokens(alone, together, CALIBRATION_ITEMS, tokens);
+        self.join_tokens = Some(join);
+        Ok(join)
+    }
+
     /// [`Exported::probabilities`], calling `done(items, probs)` after each run with the
     /// items it scored. Texts are cut into runs of at most `batch_size` by length (padding
-    /// within [`MAX_PADDING`] of their tokens); the runs go shortest first, or, given each
-    /// text's `age` rank (0 the oldest), the run holding the oldest text first.
+    /// within [`MAX_PADDING`] of their tokens, and, once calibrated, worth less than a run:
+    /// [`Exported::join_tokens`]); the runs go shortest first, or, given each text's `age`
+    /// rank (0 the oldest), the run holding the oldest text first.
     pub fn probabilities_with<S, F>(
         &self,
         texts: &[S],
@@ -191,7 +231,7 @@ impl Exported {
         let mut cut: Vec<&[usize]> = if self.fixed_width {
             order.chunks(batch_size.max(1)).collect()
         } else {
-            runs(&order, &ids, batch_size.max(1))
+            runs(&order, &ids, batch_size.max(1), self.join_tokens)
         };
         if let Some(age) = age {
             oldest_first(&mut cut, age);
@@ -231,9 +271,27 @@ pub type Probs = Vec<Vec<Vec<f32>>>;
 /// (on a CPU-bound encoder padding is work; short runs cost little).
 pub const MAX_PADDING: f64 = 0.15;
 
+/// The length of the items [`Exported::calibrate`] times.
+const CALIBRATION_TOKENS: usize = 128;
+/// How many items it times in one run.
+const CALIBRATION_ITEMS: usize = 8;
+
+/// Padding tokens worth one run saved: from the time of one item alone and of `items` such
+/// items of `tokens` tokens together (0 where batching saved nothing).
+fn join_tokens(alone: f64, together: f64, items: usize, tokens: usize) -> usize {
+    let saved_per_item = (items as f64 * alone - together) / (items - 1) as f64;
+    let per_token = together / (items * tokens) as f64;
+    if saved_per_item > 0.0 && per_token > 0.0 {
+        (saved_per_item / per_token).round().min(1e9) as usize
+    } else {
+        0
+    }
+}
+
 /// Cuts `order` (items by ascending length) into runs of at most `batch` items whose padding
-/// stays within [`MAX_PADDING`].
-fn runs<'a>(order: &'a [usize], ids: &[Vec<i64>], batch: usize) -> Vec<&'a [usize]> {
+/// stays within [`MAX_PADDING`] and, given `join` (padding tokens worth one run saved), where
+/// each item taken adds at most `join` padding tokens (the run's items padded to its length).
+fn runs<'a>(order: &'a [usize], ids: &[Vec<i64>], batch: usize, join: Option<usize>) -> Vec<&'a [usize]> {
     let mut out = Vec::new();
     let mut start = 0;
     while start < order.len() {
@@ -243,6 +301,10 @@ fn runs<'a>(order: &'a [usize], ids: &[Vec<i64>], batch: usize) -> Vec<&'a [usiz
             let longest = ids[order[end]].len();
             let padded = (end - start + 1) * longest;
             if (padded - (tokens + longest)) as f64 > MAX_PADDING * padded as f64 {
+                break;
+            }
+            let added = (end - start) * (longest - ids[order[end - 1]].len());
+            if join.is_some_and(|join| added > join) {
                 break;
             }
             tokens += longest;
@@ -274,7 +336,7 @@ mod tests {
         let lengths = [3usize, 4, 4, 5, 9, 10, 10, 10, 10, 10, 40, 41];
         let ids: Vec<Vec<i64>> = lengths.iter().map(|&n| vec![0; n]).collect();
         let order: Vec<usize> = (0..ids.len()).collect();
-        let cut = runs(&order, &ids, 4);
+        let cut = runs(&order, &ids, 4, None);
         assert_eq!(cut.concat(), order, "every item once, in order");
         for r in &cut {
             assert!(r.len() <= 4);
@@ -286,7 +348,33 @@ mod tests {
         // 9 and three 10s fill a run of 4; 40 and 41 run together.
         assert_eq!(&cut[..3], &[&[0, 1, 2][..], &[3], &[4, 5, 6, 7]]);
         assert!(cut.iter().any(|r| r == &[10, 11]));
-        assert_eq!(runs(&order, &ids, 1).len(), ids.len());
+        assert_eq!(runs(&order, &ids, 1, None).len(), ids.len());
+        // Padding worth more than any run: the same runs.
+        assert_eq!(runs(&order, &ids, 4, Some(1000)), cut);
+        // Padding worth nothing: only items of equal length share a run.
+        assert_eq!(
+            runs(&order, &ids, 4, Some(0)),
+            vec![&[0][..], &[1, 2], &[3], &[4], &[5, 6, 7, 8], &[9], &[10], &[11]]
+        );
+        // Worth 2 tokens: 11 joins 10 and 10 (two tokens), 12 would add three; worth 1: 11
+        // would add two, so it starts a run that 12 joins (one).
+        let ids: Vec<Vec<i64>> = [10usize, 10, 11, 12].iter().map(|&n| vec![0; n]).collect();
+        let order = [0usize, 1, 2, 3];
+        assert_eq!(runs(&order, &ids, 4, None), vec![&[0, 1, 2, 3][..]]);
+        assert_eq!(runs(&order, &ids, 4, Some(2)), vec![&[0, 1, 2][..], &[3]]);
+        assert_eq!(runs(&order, &ids, 4, Some(1)), vec![&[0, 1][..], &[2, 3]]);
+    }
+
+    #[test]
+    fn batching_is_worth_the_padding_a_run_saves() {
+        // 8 items together as fast as 8 alone: no run saved, no padding worth it.
+        assert_eq!(join_tokens(0.1, 0.8, 8, 128), 0);
+        assert_eq!(join_tokens(0.1, 0.9, 8, 128), 0);
+        // A large encoder: 8 x 128 tokens in 0.70 s against 0.1 s alone saves 14 ms per item
+        // batched; a token costs 0.68 ms: 21 tokens.
+        assert_eq!(join_tokens(0.1, 0.70, 8, 128), 21);
+        // A small one: a run's fixed cost is most of one item's time.
+        assert_eq!(join_tokens(0.001, 0.002, 8, 128), 439);
     }
 
     #[test]

@@ -7,6 +7,8 @@
 //!   is not draining), `GET /metrics` (Prometheus text).
 //! - Requests are batched across connections: the batcher takes queued items until
 //!   `max_batch_size` or `max_wait_ms`, runs them at once and answers each request its part.
+//!   Items share a run only where the padding costs less than the run it saves, as measured
+//!   for the model on this machine when it loads ([`Exported::calibrate`]).
 //!   The queue holds at most `queue_items` items; beyond that a request gets 503.
 //!   Work of a request whose client has gone or whose deadline (`request_timeout_ms`) has
 //!   passed is dropped before it reaches the model.
@@ -162,8 +164,13 @@ pub async fn serve(model_url: &str, config: ServeConfig) -> Result<()> {
         let url = model_url.to_string();
         async move {
             let started = Instant::now();
-            let model = Exported::open(&url, state.config.model, state.config.threads).await?;
-            tracing::info!(model = %url, heads = ?model.head_names(), threads = model.threads, seconds = started.elapsed().as_secs_f64(), "model loaded");
+            let mut model = Exported::open(&url, state.config.model, state.config.threads).await?;
+            // What batching is worth for this model on this machine decides how runs are cut.
+            let model = tokio::task::spawn_blocking(move || model.calibrate().map(|_| model))
+                .await
+                .map_err(|e| Error::Other(format!("model calibration: {e}")))??;
+            tracing::info!(model = %url, heads = ?model.head_names(), threads = model.threads, join_tokens = model.join_tokens, seconds = started.elapsed().as_secs_f64(), "model loaded");
+            state.metrics.join_tokens.set(model.join_tokens.map_or(-1, |t| t.min(i64::MAX as usize) as i64));
             let _ = state.model.set(Arc::new(model));
             state.metrics.ready.set(1);
             std::future::pending::<Result<()>>().await
@@ -319,6 +326,8 @@ struct Metrics {
     queue: IntGauge,
     ready: IntGauge,
     dropped: prometheus::IntCounter,
+    runs: prometheus::IntCounter,
+    join_tokens: IntGauge,
 }
 
 impl Metrics {
@@ -337,7 +346,7 @@ impl Metrics {
         )
         .map_err(fail)?;
         let batch = Histogram::with_opts(
-            HistogramOpts::new("taft_batch_items", "Items per model run (dynamic batching)")
+            HistogramOpts::new("taft_batch_items", "Items the batcher takes at a time (dynamic batching)")
                 .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0]),
         )
         .map_err(fail)?;
@@ -354,8 +363,17 @@ impl Metrics {
         registry.register(Box::new(batch.clone())).map_err(fail)?;
         registry.register(Box::new(queue.clone())).map_err(fail)?;
         registry.register(Box::new(ready.clone())).map_err(fail)?;
+        let runs = prometheus::IntCounter::new("taft_model_runs_total", "Model runs (a run scores a batch of items)")
+            .map_err(fail)?;
+        let join_tokens = IntGauge::new(
+            "taft_join_tokens",
+            "Padding tokens one run saved is worth, measured at load: an item joins a run only if it adds fewer",
+        )
+        .map_err(fail)?;
         registry.register(Box::new(dropped.clone())).map_err(fail)?;
-        Ok(Metrics { registry, requests, latency, batch, queue, ready, dropped })
+        registry.register(Box::new(runs.clone())).map_err(fail)?;
+        registry.register(Box::new(join_tokens.clone())).map_err(fail)?;
+        Ok(Metrics { registry, requests, latency, batch, queue, ready, dropped, runs, join_tokens })
     }
 }
 
@@ -774,11 +792,13 @@ async fn batcher(state: Arc<AppState>, mut rx: mpsc::Receiver<Job>) {
             pending.push((owner.len() - job.texts.len(), job.texts.len(), Some(job.reply)));
         }
         let mut left: Vec<usize> = pending.iter().map(|p| p.1).collect();
+        let runs = state.metrics.runs.clone();
         let outcome = tokio::task::spawn_blocking(move || {
             fail::fail_point!("serve::run");
             // Jobs arrive in order: a job's index is its age rank.
             let age = owner.clone();
             let result = model.probabilities_with(&texts, max_batch, Some(&age), |rows, probs| {
+                runs.inc();
                 for &i in rows {
                     let j = owner[i];
                     left[j] -= 1;
