@@ -179,7 +179,11 @@ impl Exported {
     /// together / (items × tokens). On a large encoder on a CPU the GEMMs are already
     /// efficient for one conversation and padding is pure work: runs join only items of
     /// nearly equal length. On a small one a run's fixed cost dominates and runs stay long.
-    pub fn calibrate(&mut self) -> Result<usize> {
+    /// A model whose runs are all `max_length` wide is not timed: its runs are plain chunks.
+    pub fn calibrate(&mut self) -> Result<Option<usize>> {
+        if self.fixed_width {
+            return Ok(None);
+        }
         let tokens = CALIBRATION_TOKENS.min(self.max_length).max(2);
         let ids = self.encoder.ids(&["a"])?.remove(0);
         let (first, last, word) = (ids[0], ids[ids.len() - 1], ids[ids.len() / 2]);
@@ -189,7 +193,7 @@ impl Exported {
         let names = self.head_names();
         let session = self.session.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut best = |n: usize| -> Result<f64> {
-            let enc = self.encoder.pad_to(&vec![row.as_slice(); n], if self.fixed_width { self.max_length } else { 0 });
+            let enc = self.encoder.pad(&vec![row.as_slice(); n]);
             run(session, &enc, &names)?;
             let mut best = f64::INFINITY;
             for _ in 0..3 {
@@ -203,7 +207,7 @@ impl Exported {
         let together = best(CALIBRATION_ITEMS)?;
         let join = join_tokens(alone, together, CALIBRATION_ITEMS, tokens);
         self.join_tokens = Some(join);
-        Ok(join)
+        Ok(Some(join))
     }
 
     /// [`Exported::probabilities`], calling `done(items, probs)` after each run with the

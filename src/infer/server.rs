@@ -367,7 +367,7 @@ impl Metrics {
             .map_err(fail)?;
         let join_tokens = IntGauge::new(
             "taft_join_tokens",
-            "Padding tokens one run saved is worth, measured at load: an item joins a run only if it adds fewer",
+            "Padding tokens one run saved is worth, measured at load: an item joins a run only if it adds no more (-1: not measured)",
         )
         .map_err(fail)?;
         registry.register(Box::new(dropped.clone())).map_err(fail)?;
