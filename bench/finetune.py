@@ -18,6 +18,7 @@ trains (the whole encoder for tapt, the adaptive layer for taft); the tokens are
 conversations' mean real length (at most 512) times the batch, for both tasks; the pooler and
 heads are left out, so noadapt with the cache counts nothing.
 Usage: .venv/bin/python bench/finetune.py [--rounds 3] [--models 0,1] [--peer-padding batch|max_length]
+       [--runs taft,taft+cache,noadapt,noadapt+cache,tapt]
 """
 import argparse
 import json
@@ -30,7 +31,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from dapt import HERE, ROOT, TAFT, encoder_params, gemm_peak, layer_params, mean_tokens, measure, mfu, prep_rows, taft, versions  # noqa: E402
+from dapt import HERE, ROOT, TAFT, encoder_params, gemm_peak, layer_params, measure, mfu, prep_rows, taft, versions  # noqa: E402
 
 MODELS = [
     # name, init scratch settings, adaptive (heads, ffn), batch, steps
@@ -40,13 +41,32 @@ MODELS = [
 RUNS = [("taft", False), ("taft", True), ("noadapt", False), ("noadapt", True), ("tapt", False)]
 
 
+def mean_conversation_tokens(model_dir, conversations, cap):
+    """Mean token count of conversations as taft and the peer encode them (the utterances
+    joined by the separator token, the special tokens around), each cut at `cap`."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(os.path.join(model_dir, "tokenizer.json"))
+    specials = len(tok.encode("").ids)
+    pieces = iter(tok.encode_batch([u for c in conversations for u in c], add_special_tokens=False))
+    lengths = [min(sum(len(next(pieces).ids) for _ in c) + len(c) - 1 + specials, cap) for c in conversations]
+    return sum(lengths) / len(lengths)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--models", default="0,1")
     ap.add_argument("--peer-padding", default="batch", choices=["batch", "max_length"])
+    ap.add_argument("--runs", default="taft,taft+cache,noadapt,noadapt+cache,tapt",
+                    help="which of taft's runs (a +cache run needs its run without the cache, the peer's row)")
     args = ap.parse_args()
+    names = {f"{m}+cache" if c else m: (m, c) for m, c in RUNS}
+    chosen = args.runs.split(",")
+    if any(r not in names or (r.endswith("+cache") and r[:-len("+cache")] not in chosen) for r in chosen):
+        sys.exit(f"--runs: each of {', '.join(names)}; a +cache run with its run without the cache")
+    runs = [run for name, run in names.items() if name in chosen]
     subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
     work = tempfile.mkdtemp(prefix="taft-bench-finetune-")
     table = []
@@ -57,8 +77,8 @@ def main():
             name, scratch, (heads, ffn), batch, steps = MODELS[i]
             init = os.path.join(work, f"init{i}")
             taft("init", "-i", prep, "-o", init, "--set", f"scratch={scratch}")
-            convs = [" </s> ".join(u["text"] for u in r["utterances"]) for r in prep_rows(prep) if r["split"] == "train"]
-            tokens = 2 * batch * mean_tokens(init, convs, 512)
+            convs = [[u["text"] for u in r["utterances"]] for r in prep_rows(prep) if r["split"] == "train"]
+            tokens = 2 * batch * mean_conversation_tokens(init, convs, 512)
             hidden = json.load(open(os.path.join(init, "config.json")))["hidden_size"]
             enc, adapt = encoder_params(init), layer_params(hidden, 1, ffn)
             flops = {("tapt", False): 6 * enc * tokens, ("taft", False): (2 * enc + 6 * adapt) * tokens,
@@ -70,7 +90,7 @@ def main():
                      "--set", f"adaptive={{heads: {heads}, ffn: {ffn}}}", "--set", "train.max_steps=1",
                      "--set", "train.batch_size=8", "--set", "train.eval_each_epoch=false", "--set", "train.best=null",
                      "--set", f"train.threads={args.threads}")
-            for method, cache in RUNS:
+            for method, cache in runs:
                 ours, peer = [], []
                 for r in range(args.rounds):
                     out = os.path.join(work, f"{method}{i}-{cache}-{r}")

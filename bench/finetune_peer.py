@@ -5,7 +5,8 @@ directory, conversations, batch, learning rates and threads as `taft finetune`:
 - the status and 3-way satisfaction tasks, each drawn by an imbalanced sampler
   (`WeightedRandomSampler`, weight 1 / count of the label), one batch of each per optimizer
   step, each its own encoder pass, SPEC §4's weighted losses mixed 0.8 / 0.2;
-- conversations joined by the separator, cut at MAX_LENGTH (512) and padded to the longest of
+- conversations encoded as taft encodes them (the utterances joined by the separator token,
+  the same token ids), cut at MAX_LENGTH (512) and padded to the longest of
   their batch (PADDING `batch`, as taft does) or to MAX_LENGTH (`max_length`, as the original);
 - taft: the encoder frozen but in training mode (its dropout active), an
   `nn.TransformerEncoderLayer` adaptive layer at lr 1e-3; noadapt: the encoder frozen, no
@@ -38,7 +39,26 @@ tokenizer = PreTrainedTokenizerFast(tokenizer_file=os.path.join(model_dir, "toke
 rows = pq.read_table(os.path.join(prep_dir, "conversations.parquet"),
                      columns=["split", "status", "satisfaction", "utterances"]).to_pylist()
 train = [r for r in rows if r["split"] == "train"]
-text = lambda r: f" {tokenizer.sep_token} ".join(u["text"] for u in r["utterances"])
+text = lambda r: [u["text"] for u in r["utterances"]]
+around = tokenizer.backend_tokenizer.encode("").ids  # the special tokens around a text
+
+
+def encode(conversations):
+    """Token ids and masks of conversations encoded as taft encodes them: each utterance
+    without special tokens, the separator token between, the head kept up to max_length,
+    the special tokens around; padded to the longest (or to max_length)."""
+    pieces = tokenizer.backend_tokenizer.encode_batch([u for c in conversations for u in c], add_special_tokens=False)
+    rows, k = [], 0
+    for c in conversations:
+        content = []
+        for j, e in enumerate(pieces[k:k + len(c)]):
+            content += ([tokenizer.sep_token_id] if j else []) + e.ids
+        k += len(c)
+        rows.append(around[:1] + content[:max_length - len(around)] + around[1:])
+    width = max_length if padding == "max_length" else max(len(r) for r in rows)
+    ids = torch.tensor([r + [tokenizer.pad_token_id] * (width - len(r)) for r in rows])
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+    return ids, mask
 status = [(text(r), r["status"] - 1) for r in train if r["status"]]  # aborted conversations left out
 satis = [(text(r), (r["satisfaction"] > 3) - (r["satisfaction"] < 3) + 1) for r in train]
 
@@ -93,10 +113,9 @@ for step in range(steps):
     losses = []
     for (items, head, n, w), draw in zip([(status, model.status, 4, 0.8), (satis, model.satisfaction, 3, 0.2)], draws):
         chunk = [items[next(draw)] for _ in range(batch)]
-        enc = tokenizer([t for t, _ in chunk], truncation=True, max_length=max_length, padding=padding,
-                        return_tensors="pt")
+        ids, mask = encode([t for t, _ in chunk])
         labels = torch.tensor([y for _, y in chunk])
-        losses.append(w * weighted_loss(model(enc["input_ids"], enc["attention_mask"], head), labels, n))
+        losses.append(w * weighted_loss(model(ids, mask, head), labels, n))
     loss = sum(losses)
     opt.zero_grad()
     loss.backward()
