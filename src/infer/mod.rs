@@ -174,7 +174,9 @@ impl Exported {
 
     /// Measures what batching is worth on this machine for this model and sets
     /// [`Exported::join_tokens`]: the time of one item of `CALIBRATION_TOKENS` tokens alone
-    /// and of `CALIBRATION_ITEMS` such items in one run (best of three each). Each item
+    /// and of `CALIBRATION_ITEMS` such items in one run (the best of at least three runs and
+    /// `CALIBRATION_SECONDS` each: a small model is timed over many runs, so that a moment
+    /// when another process holds the CPU does not decide it). Each item
     /// batched saves (items × alone − together) / (items − 1) seconds; a padding token costs
     /// together / (items × tokens). On a large encoder on a CPU the GEMMs are already
     /// efficient for one conversation and padding is pure work: runs join only items of
@@ -195,11 +197,12 @@ impl Exported {
         let mut best = |n: usize| -> Result<f64> {
             let enc = self.encoder.pad(&vec![row.as_slice(); n]);
             run(session, &enc, &names)?;
-            let mut best = f64::INFINITY;
-            for _ in 0..3 {
+            let (mut best, mut spent, mut runs) = (f64::INFINITY, 0.0, 0);
+            while runs < 3 || (spent < CALIBRATION_SECONDS && runs < 1000) {
                 let started = std::time::Instant::now();
                 run(session, &enc, &names)?;
-                best = best.min(started.elapsed().as_secs_f64());
+                let took = started.elapsed().as_secs_f64();
+                (best, spent, runs) = (best.min(took), spent + took, runs + 1);
             }
             Ok(best)
         };
@@ -279,6 +282,8 @@ pub const MAX_PADDING: f64 = 0.15;
 const CALIBRATION_TOKENS: usize = 128;
 /// How many items it times in one run.
 const CALIBRATION_ITEMS: usize = 8;
+/// How long it times each of the two at least.
+const CALIBRATION_SECONDS: f64 = 0.25;
 
 /// Padding tokens worth one run saved: from the time of one item alone and of `items` such
 /// items of `tokens` tokens together (0 where batching saved nothing).

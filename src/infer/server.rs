@@ -95,6 +95,10 @@ pub struct ServeConfig {
     /// affinity included).
     #[serde(default)]
     pub threads: Option<usize>,
+    /// Padding tokens an item may add to a run it joins (default: measured at load,
+    /// [`Exported::calibrate`]); a number fixes it, the same on every machine.
+    #[serde(default)]
+    pub join_tokens: Option<usize>,
 }
 
 impl ServeConfig {
@@ -125,6 +129,9 @@ impl ServeConfig {
         }
         if self.threads.is_some_and(|t| !(1..=1024).contains(&t)) {
             return Err(Error::config("threads must be in 1..=1024"));
+        }
+        if self.join_tokens.is_some_and(|t| t > 1 << 20) {
+            return Err(Error::config("join_tokens must be in 0..=1048576"));
         }
         Ok(())
     }
@@ -165,10 +172,17 @@ pub async fn serve(model_url: &str, config: ServeConfig) -> Result<()> {
         async move {
             let started = Instant::now();
             let mut model = Exported::open(&url, state.config.model, state.config.threads).await?;
-            // What batching is worth for this model on this machine decides how runs are cut.
-            let model = tokio::task::spawn_blocking(move || model.calibrate().map(|_| model))
-                .await
-                .map_err(|e| Error::Other(format!("model calibration: {e}")))??;
+            // What batching is worth for this model on this machine decides how runs are cut,
+            // unless the config fixes it.
+            let model = match state.config.join_tokens {
+                Some(join) => {
+                    model.join_tokens = (!model.fixed_width).then_some(join);
+                    model
+                }
+                None => tokio::task::spawn_blocking(move || model.calibrate().map(|_| model))
+                    .await
+                    .map_err(|e| Error::Other(format!("model calibration: {e}")))??,
+            };
             tracing::info!(model = %url, heads = ?model.head_names(), threads = model.threads, join_tokens = model.join_tokens, seconds = started.elapsed().as_secs_f64(), "model loaded");
             state.metrics.join_tokens.set(model.join_tokens.map_or(-1, |t| t.min(i64::MAX as usize) as i64));
             let _ = state.model.set(Arc::new(model));

@@ -329,14 +329,24 @@ fn work_of_clients_gone_away_is_dropped_before_the_model() {
         let metrics = patient.get(format!("{url}/metrics")).send().await.unwrap().text().await.unwrap();
         (fresh, metrics)
     });
-    let dropped = metrics
-        .lines()
-        .find(|l| l.starts_with("taft_dropped_items_total"))
-        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .unwrap_or_else(|| panic!("no taft_dropped_items_total in\n{metrics}"));
+    let dropped = metric(&metrics, "taft_dropped_items_total");
     assert!(dropped >= 32.0, "{dropped} items dropped (fresh request took {fresh:?})");
     // The abandoned requests hold no room in the queue.
     assert!(metrics.lines().any(|l| l == "taft_queue_items 0"), "{metrics}");
+    // Without `join_tokens` in the config, what batching is worth was measured at load
+    // (-1: not measured).
+    let join = metric(&metrics, "taft_join_tokens");
+    assert!(join >= 0.0, "taft_join_tokens {join}: not measured at load");
+}
+
+/// The value of the first sample of `name` in Prometheus text.
+fn metric(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing from:\n{metrics}"))
 }
 
 /// Age before length: a long request queued before short ones is answered first, although
@@ -391,7 +401,9 @@ fn concurrent_requests_are_batched_and_answer_what_batch_prediction_does() {
     taft_run(&["predict", "-i", s(export), "-i", s(&jsonl), "-o", s(&dir.path().join("p"))]).ok();
     let batch = predictions(&dir.path().join("p/predictions.parquet"));
 
-    let server = Server::start(export, &["max_batch_size=32", "max_wait_ms=20"]);
+    // `join_tokens` fixed: how runs are cut does not hang on a timing taken at load while
+    // other tests hold the CPU.
+    let server = Server::start(export, &["max_batch_size=32", "max_wait_ms=20", "join_tokens=10000"]);
     let url = server.url.clone();
     let answers = http::runtime().block_on(async move {
         let c = reqwest::Client::new();
@@ -424,21 +436,12 @@ fn concurrent_requests_are_batched_and_answer_what_batch_prediction_does() {
             assert_eq!(p[head]["class"], v["classes"][head][*label as usize]);
         }
     }
-    // Every request counted; fewer model runs than requests: at this size a run's fixed cost
-    // is worth more than a little padding, so the calibration at load keeps items together.
-    let value = |name: &str| -> f64 {
-        metrics
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("{name} missing from:\n{metrics}"))
-    };
+    // Every request counted; fewer model runs than requests.
+    let value = |name: &str| metric(&metrics, name);
     assert_eq!(value(r#"taft_http_requests_total{path="/v1/predict",status="200"}"#), 240.0);
     assert_eq!(value("taft_batch_items_sum"), 240.0);
     assert!(value("taft_batch_items_count") < 240.0, "the batcher took one request at a time");
-    let join = value("taft_join_tokens");
-    assert!(join > 0.0, "batching measured as worth no padding on a 2 x 64 encoder: {join}");
+    assert_eq!(value("taft_join_tokens"), 10000.0, "join_tokens from the config");
     let runs = value("taft_model_runs_total");
     assert!(runs < 240.0, "{runs} model runs for 240 requests: no batching");
     assert!(metrics.contains("taft_http_request_duration_seconds_bucket") && metrics.contains("taft_queue_items"));
@@ -480,6 +483,17 @@ fn serve_refuses_what_is_not_an_export() {
         run(Command::new(serve_bin()).args(["serve", "--input", s(dir.path()), "--port", "0", "--set", "max_items=0"]));
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(r.stderr.contains("max_items"), "{}", r.stderr);
+    let r = run(Command::new(serve_bin()).args([
+        "serve",
+        "--input",
+        s(dir.path()),
+        "--port",
+        "0",
+        "--set",
+        "join_tokens=-3",
+    ]));
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("join_tokens"), "{}", r.stderr);
 }
 
 #[test]
