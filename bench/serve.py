@@ -10,12 +10,15 @@ every server encodes them the same way (the utterances joined by the separator t
 512 tokens), so every server runs the same token ids.
 - Throughput: CLIENTS connections each send requests of 32 conversations; items/s over all.
 - Latency: CLIENTS connections each send requests of 1 conversation; p50 and p99 of the
-  request latency as the client sees it.
+  request latency as the client sees it (each server saturated: a request waits for the
+  others' runs). Then one connection sends the same requests one after the other: the latency
+  of a request alone (p50 and p99 at 1 client).
 Each server runs fp32 and int8 (the peers: torch eager is fp32 only; onnxruntime loads
 model.int8.onnx). Every figure is the median of ROUNDS rounds (servers alternate within a
 round); peak RSS is the server process's VmHWM after its rounds.
 Usage: .venv/bin/python bench/serve.py [--rounds 3] [--threads 2] [--models 0,1] [--clients 4]
        [--servers taft:fp32,onnxruntime:fp32] (default: all five; the ratios need taft fp32)
+       [--taft-set join_tokens=0] (settings of taft serve, repeatable)
 """
 import argparse
 import http.client
@@ -64,12 +67,14 @@ def wait_ready(port, proc, timeout=300):
     sys.exit("server never answered")
 
 
-def start(kind, model_dir, export_dir, variant, threads):
+def start(kind, model_dir, export_dir, variant, threads, taft_sets=()):
     port = free_port()
     if kind == "taft":
         cmd = [SERVE_BIN, "--log-format", "json", "serve", "--input", export_dir, "--port", str(port),
-               "--set", f"threads={threads}", "--set", f"model={variant}", "--set", "max_wait_ms=2",
+               "--set", f"threads={threads}", "--set", f"model={variant}",
                "--set", "max_batch_size=32", "--set", "request_timeout_ms=600000"]
+        for kv in taft_sets:
+            cmd += ["--set", kv]
         env = dict(os.environ, TAFT_LOG="warn")
     else:
         backend = "torch" if kind == "torch eager" else "ort"
@@ -140,6 +145,8 @@ def main():
     ap.add_argument("--models", default="0,1")
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--servers", default=None, help="comma-separated kind:variant, kind one of taft, onnxruntime, torch")
+    ap.add_argument("--taft-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a setting of taft serve (repeatable), e.g. join_tokens=0")
     args = ap.parse_args()
     kinds = {"taft": "taft", "onnxruntime": "onnxruntime (Python)", "torch": "torch eager"}
     chosen = None
@@ -158,8 +165,9 @@ def main():
     work = tempfile.mkdtemp(prefix="taft-bench-serve-")
     print(f"# taft serve vs Python peers — {platform.machine()}, {os.cpu_count()} cores, {versions()}, "
           f"threads {args.threads}, {args.clients} clients, median of {args.rounds} rounds\n")
-    print("| model | server | variant | items/s at 32 per request | p50 ms at 1 | p99 ms at 1 | peak RSS MiB | status labels = taft fp32 |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| model | server | variant | items/s at 32 per request | p50 ms at 1 | p99 ms at 1 | p50 ms at 1, 1 client | "
+          "p99 ms at 1, 1 client | peak RSS MiB | status labels = taft fp32 |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     try:
         prep = os.path.join(work, "prep")
         taft("prep", "-o", prep, "--set", "synthetic={seed: 42, train: 64, val: 64, test: 200, unlabeled: 400, learnable: true}")
@@ -180,13 +188,15 @@ def main():
                        ("taft", "int8"), ("onnxruntime (Python)", "int8")]
             if chosen:
                 servers = [s for s in servers if s in chosen]
-            results = {s: {"thr": [], "p50": [], "p99": [], "rss": 0.0, "labels": None} for s in servers}
+            results = {s: {"thr": [], "p50": [], "p99": [], "a50": [], "a99": [], "rss": 0.0, "labels": None}
+                       for s in servers}
             for _ in range(args.rounds):
                 for s in servers:
-                    proc, port = start(s[0], model, export, s[1], args.threads)
+                    proc, port = start(s[0], model, export, s[1], args.threads, args.taft_set)
                     try:
                         thr, _, labels = load(port, texts, 32, thr_requests, args.clients)
                         _, lat, _ = load(port, texts, 1, lat_requests, args.clients)
+                        _, alone, _ = load(port, texts, 1, lat_requests * args.clients, 1)
                         results[s]["rss"] = max(results[s]["rss"], peak_rss_mib(proc.pid))
                     finally:
                         proc.terminate()
@@ -194,22 +204,28 @@ def main():
                     results[s]["thr"].append(thr)
                     results[s]["p50"].append(quantile(lat, 0.5) * 1000)
                     results[s]["p99"].append(quantile(lat, 0.99) * 1000)
+                    results[s]["a50"].append(quantile(alone, 0.5) * 1000)
+                    results[s]["a99"].append(quantile(alone, 0.99) * 1000)
                     results[s]["labels"] = labels
                     print(f"# {name} {s[0]} {s[1]}: {thr:.2f} items/s, p50 {quantile(lat, 0.5) * 1000:.1f} ms, "
-                          f"p99 {quantile(lat, 0.99) * 1000:.1f} ms", file=sys.stderr, flush=True)
+                          f"p99 {quantile(lat, 0.99) * 1000:.1f} ms; 1 client: p50 {quantile(alone, 0.5) * 1000:.1f} ms, "
+                          f"p99 {quantile(alone, 0.99) * 1000:.1f} ms", file=sys.stderr, flush=True)
             ref = results[("taft", "fp32")]["labels"]
             for s in servers:
                 r = results[s]
                 same = sum(r["labels"].get(t) == l for t, l in ref.items()) / len(ref)
                 print(f"| {name} | {s[0]} | {s[1]} | {statistics.median(r['thr']):.1f} | {statistics.median(r['p50']):.1f} | "
-                      f"{statistics.median(r['p99']):.1f} | {r['rss']:.0f} | {same:.3f} |", flush=True)
+                      f"{statistics.median(r['p99']):.1f} | {statistics.median(r['a50']):.1f} | {statistics.median(r['a99']):.1f} | "
+                      f"{r['rss']:.0f} | {same:.3f} |", flush=True)
             t = results[("taft", "fp32")]
             for peer in (("torch eager", "fp32"), ("onnxruntime (Python)", "fp32")):
                 if peer not in results:
                     continue
                 p = results[peer]
                 print(f"\n{name}: taft fp32 / {peer[0]}: throughput {statistics.median(t['thr']) / statistics.median(p['thr']):.2f}x, "
-                      f"p99 {statistics.median(t['p99']):.1f} vs {statistics.median(p['p99']):.1f} ms, RSS {t['rss'] / p['rss']:.2f}", flush=True)
+                      f"p99 {statistics.median(t['p99']):.1f} vs {statistics.median(p['p99']):.1f} ms, "
+                      f"at 1 client {statistics.median(t['a99']):.1f} vs {statistics.median(p['a99']):.1f} ms, "
+                      f"RSS {t['rss'] / p['rss']:.2f}", flush=True)
             if ("taft", "int8") not in results or ("onnxruntime (Python)", "int8") not in results:
                 continue
             ti, pi = results[("taft", "int8")], results[("onnxruntime (Python)", "int8")]

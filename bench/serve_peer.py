@@ -103,6 +103,10 @@ def main():
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # TCP_NODELAY, as uvicorn and other production servers set it: the headers and the
+        # body go out in two writes, and Nagle's algorithm would hold the body until the
+        # client's delayed ACK of the headers (tens of milliseconds per request).
+        disable_nagle_algorithm = True
 
         def log_message(self, *a):
             pass

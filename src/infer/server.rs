@@ -49,7 +49,7 @@ host: 127.0.0.1
 port: 8080
 model: fp32
 max_batch_size: 32
-max_wait_ms: 5
+max_wait_ms: 0
 queue_items: 2048
 max_body_bytes: 1048576
 max_items: 256
@@ -70,7 +70,8 @@ pub struct ServeConfig {
     pub model: Variant,
     /// Items run together at most.
     pub max_batch_size: usize,
-    /// How long the batcher waits for more items once it has one.
+    /// How long the batcher waits for more items once it has one (0: it runs what is queued
+    /// as soon as the model is free; items that come meanwhile go into the next run).
     pub max_wait_ms: u64,
     /// Items waiting at most; a request that would exceed it gets 503.
     pub queue_items: usize,
@@ -233,7 +234,12 @@ async fn accept(listener: tokio::net::TcpListener, app: Router, state: Arc<AppSt
             (permit, accepted) = next => {
                 let Ok(permit) = permit else { break };
                 let stream = match accepted {
-                    Ok((stream, _)) => stream,
+                    // Answers go out as soon as they are written, not held back by Nagle's
+                    // algorithm until the client's delayed ACK of the previous segment.
+                    Ok((stream, _)) => {
+                        let _ = stream.set_nodelay(true);
+                        stream
+                    }
                     Err(e) => {
                         // Out of file descriptors, or a connection reset before accept.
                         tracing::warn!(error = %e, "accept failed");
