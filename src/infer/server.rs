@@ -9,7 +9,9 @@
 //!   `max_batch_size` or `max_wait_ms`, runs them at once and answers each request its part.
 //!   Items share a run only where the padding costs less than the run it saves, as measured
 //!   for the model on this machine when it loads ([`Exported::calibrate`]).
-//!   The queue holds at most `queue_items` items; beyond that a request gets 503.
+//!   The model runs on a thread of its own, woken by the queue; requests are parsed and
+//!   answered on the runtime's workers. The queue holds at most `queue_items` items; beyond
+//!   that a request gets 503.
 //!   Work of a request whose client has gone or whose deadline (`request_timeout_ms`) has
 //!   passed is dropped before it reaches the model.
 //! - Limits: body size (413), items per request (413: texts, conversations, or the
@@ -157,7 +159,17 @@ pub async fn serve(model_url: &str, config: ServeConfig) -> Result<()> {
         metrics: Metrics::new()?,
         config: config.clone(),
     });
-    tokio::spawn(batcher(Arc::clone(&state), rx));
+    // The model runs on a thread of its own: a request queued wakes it, and it runs the model
+    // there, without handing the run to another thread and back.
+    let runner = {
+        let state = Arc::clone(&state);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .map_err(|e| Error::Other(format!("model runner: {e}")))?;
+        std::thread::Builder::new().name("taft-model".into()).spawn(move || rt.block_on(batcher(state, rx)))
+    };
+    runner.map_err(|e| Error::Other(format!("model runner: {e}")))?;
     let app = router(Arc::clone(&state));
     {
         // The line is for whoever reads stdout; a reader gone away does not stop the server.
@@ -756,13 +768,16 @@ async fn batcher(state: Arc<AppState>, mut rx: mpsc::Receiver<Job>) {
         let mut jobs = vec![first];
         let deadline = tokio::time::Instant::now() + wait;
         while n < max_batch {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(job)) => {
-                    n += job.texts.len();
-                    jobs.push(job);
-                }
-                _ => break,
-            }
+            // Without a wait, what is queued now: a timer set to now fires at the timer's
+            // next tick (up to a millisecond later), not at once.
+            let next = if wait.is_zero() {
+                rx.try_recv().ok()
+            } else {
+                tokio::time::timeout_at(deadline, rx.recv()).await.ok().flatten()
+            };
+            let Some(job) = next else { break };
+            n += job.texts.len();
+            jobs.push(job);
         }
         // Under load, take what else is already waiting (without waiting for more): runs of
         // `max_batch_size` cut from more items, sorted by length, carry less padding.
@@ -813,7 +828,7 @@ async fn batcher(state: Arc<AppState>, mut rx: mpsc::Receiver<Job>) {
         }
         let mut left: Vec<usize> = pending.iter().map(|p| p.1).collect();
         let runs = state.metrics.runs.clone();
-        let outcome = tokio::task::spawn_blocking(move || {
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
             fail::fail_point!("serve::run");
             // Jobs arrive in order: a job's index is its age rank.
             let age = owner.clone();
@@ -833,8 +848,7 @@ async fn batcher(state: Arc<AppState>, mut rx: mpsc::Receiver<Job>) {
                 }
             });
             (result.err().map(|e| e.to_string()), pending)
-        })
-        .await;
+        }));
         // A failed run: every request not yet answered gets the error.
         match outcome {
             Ok((None, _)) => {}
@@ -845,7 +859,10 @@ async fn batcher(state: Arc<AppState>, mut rx: mpsc::Receiver<Job>) {
                     }
                 }
             }
-            Err(e) => tracing::error!(error = %e, "model runner failed"),
+            Err(e) => {
+                let e = e.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| e.downcast_ref::<String>().cloned());
+                tracing::error!(error = e.as_deref().unwrap_or("panic"), "model run failed");
+            }
         }
     }
 }

@@ -368,6 +368,10 @@ impl<S: AsRef<str>> Segments for Vec<S> {
     }
 }
 
+/// Up to this many bytes of text, [`BatchEncoder::ids`] encodes on the calling thread rather
+/// than on the thread pool.
+const SEQUENTIAL_BYTES: usize = 2048;
+
 /// A tokenizer with truncation set: token ids of texts, and batches of them padded to their
 /// longest row.
 #[derive(Clone)]
@@ -395,8 +399,15 @@ impl BatchEncoder {
     pub fn ids<T: Segments>(&self, items: &[T]) -> Result<Vec<Vec<i64>>> {
         let segments: Vec<Vec<&str>> = items.iter().map(Segments::segments).collect();
         let flat: Vec<&str> = segments.iter().flatten().copied().collect();
-        let encodings =
-            self.tokenizer.encode_batch(flat, false).map_err(|e| Error::Other(format!("tokenization: {e}")))?;
+        // Little text is encoded on this thread: handing it to the thread pool and back costs
+        // more than it saves.
+        let bytes: usize = flat.iter().map(|s| s.len()).sum();
+        let encodings = if bytes <= SEQUENTIAL_BYTES {
+            flat.into_iter().map(|s| self.tokenizer.encode(s, false)).collect()
+        } else {
+            self.tokenizer.encode_batch(flat, false)
+        }
+        .map_err(|e| Error::Other(format!("tokenization: {e}")))?;
         let mut encodings = encodings.iter();
         let mut out = Vec::with_capacity(items.len());
         let mut content = Vec::new();
@@ -494,6 +505,23 @@ mod tests {
             let long = tok.encode_batch(&[texts[..20].join(" ")], 12).unwrap();
             assert_eq!(long.seq, 12);
             assert_eq!(long.input_ids[11], i64::from(tok.sep_id));
+        }
+    }
+
+    #[test]
+    fn ids_are_the_same_encoded_on_the_calling_thread_or_the_pool() {
+        let texts = corpus();
+        let items: Vec<Vec<&str>> = texts.chunks(5).take(40).map(|c| c.iter().map(String::as_str).collect()).collect();
+        let bytes = |item: &Vec<&str>| item.iter().map(|s| s.len()).sum::<usize>();
+        assert!(items.iter().map(bytes).sum::<usize>() > SEQUENTIAL_BYTES, "all at once: the pool");
+        assert!(items.iter().all(|i| bytes(i) <= SEQUENTIAL_BYTES), "each alone: the calling thread");
+        for kind in [TokenizerKind::WordPiece, TokenizerKind::Unigram] {
+            let tok = TextTokenizer::train(texts.iter(), kind, 300).unwrap();
+            let enc = tok.batches(64, Truncation::default()).unwrap();
+            let together = enc.ids(&items).unwrap();
+            let alone: Vec<Vec<i64>> =
+                items.iter().map(|i| enc.ids(std::slice::from_ref(i)).unwrap().remove(0)).collect();
+            assert_eq!(together, alone, "{kind:?}");
         }
     }
 
