@@ -16,7 +16,10 @@ order). The figure to compare is then the wall time.
 With `--group` (steps mode): taft with `train.group_by_length` against the peer's batches
 padded to their longest, the same random utterances in both; the padding columns give the
 share of computed tokens that are padding on each side.
+With `--taft-set KEY=VALUE` (repeatable): a setting of taft role, e.g. pass_memory_mib=0 (every
+batch in one forward pass).
 Usage: .venv/bin/python bench/role.py [--rounds 3] [--steps 30] [--threads 2] [--whole | --group]
+       [--taft-set KEY=VALUE]
 """
 import argparse
 import json
@@ -39,6 +42,7 @@ def main():
     ap.add_argument("--whole", action="store_true")
     ap.add_argument("--group", action="store_true", help="taft groups its batches by length (steps mode)")
     ap.add_argument("--models", default="0,1", help="indexes into MODELS")
+    ap.add_argument("--taft-set", action="append", default=[], metavar="KEY=VALUE", help="a setting of taft role (repeatable)")
     args = ap.parse_args()
     chosen = [int(i) for i in args.models.split(",")]
     MODELS[:] = [MODELS[i] for i in chosen]
@@ -46,11 +50,11 @@ def main():
     adaptive = lambda i: f"adaptive={{heads: {heads_ffn[i][0]}, ffn: {heads_ffn[i][1]}}}"
     if args.whole:
         taft_sets = lambda i: [f"train.batch_size={args.batch}", "train.epochs=1", "train.eval_each_epoch=true",
-                               "train.group_by_length=true", f"train.threads={args.threads}", adaptive(i)]
+                               "train.group_by_length=true", f"train.threads={args.threads}", adaptive(i)] + args.taft_set
     else:
         taft_sets = lambda i: [f"train.batch_size={args.batch}", f"train.max_steps={args.steps}", "train.epochs=100",
                                "train.best=null", f"train.threads={args.threads}", adaptive(i)] + \
-            (["train.group_by_length=true"] if args.group else [])
+            (["train.group_by_length=true"] if args.group else []) + args.taft_set
     peer_cmd = lambda i, model, prep: [sys.executable, os.path.join(HERE, "role_peer.py"), model, prep, str(args.batch),
                                        str(args.steps), str(args.threads), str(heads_ffn[i][0]), str(heads_ffn[i][1])] + \
         (["whole"] if args.whole else [])
@@ -65,7 +69,7 @@ def main():
     peak = gemm_peak(args.threads)
     print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores; threads {args.threads}; "
           f"batch {args.batch} x 50 tokens; {'one epoch + evaluation' if args.whole else f'{args.steps} steps'}; "
-          f"taft {'with' if args.group or args.whole else 'without'} length grouping; "
+          f"taft {'with' if args.group or args.whole else 'without'} length grouping{''.join('; ' + kv for kv in args.taft_set)}; "
           f"{versions()}; median of {args.rounds} processes; fp32 GEMM peak through libtorch {peak:.1f} GFLOP/s\n")
     print("| model | taft steps/s | taft wall s | taft peak RSS MiB | taft MFU | PyTorch loop steps/s | PyTorch wall s "
           "| PyTorch peak RSS MiB | PyTorch MFU | taft padding | PyTorch padding | steps/s ratio | wall ratio |")

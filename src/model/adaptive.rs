@@ -59,16 +59,38 @@ impl AdaptiveLayer {
 
     /// `x` [batch, seq, d_model]; `attention_mask` [batch, seq] (1 token, 0 padding).
     pub fn forward_t(&self, x: &Tensor, attention_mask: &Tensor, train: bool) -> Tensor {
-        let (b, t, d) = x.size3().expect("hidden states are [batch, seq, hidden]");
-        let heads = self.cfg.heads;
         let qkv = x.linear(&self.in_proj_weight, Some(&self.in_proj_bias)).chunk(3, -1);
-        let split = |y: &Tensor| y.view([b, t, heads, d / heads]).transpose(1, 2);
+        self.attend(x, &qkv[0], &qkv[1], &qkv[2], attention_mask, train)
+    }
+
+    /// [`AdaptiveLayer::forward_t`] at the first token alone, [batch, 1, d_model]: all that a
+    /// pooler reading the first token needs. Keys and values are every token's; the query,
+    /// the output projection, the LayerNorms and the feed-forward layers run on one token per
+    /// item instead of all of them.
+    pub fn first_token_t(&self, x: &Tensor, attention_mask: &Tensor, train: bool) -> Tensor {
+        let d = x.size()[2];
+        let first = x.narrow(1, 0, 1);
+        let (w, b) = (&self.in_proj_weight, &self.in_proj_bias);
+        let q = first.linear(&w.narrow(0, 0, d), Some(&b.narrow(0, 0, d)));
+        let kv = x.linear(&w.narrow(0, d, 2 * d), Some(&b.narrow(0, d, 2 * d))).chunk(2, -1);
+        self.attend(&first, &q, &kv[0], &kv[1], attention_mask, train)
+    }
+
+    /// The layer's output at the tokens `x` [batch, rows, d_model] whose queries are `q`,
+    /// attending over the keys `k` and values `v` of every token [batch, seq, d_model].
+    fn attend(&self, x: &Tensor, q: &Tensor, k: &Tensor, v: &Tensor, attention_mask: &Tensor, train: bool) -> Tensor {
+        let (b, rows, d) = x.size3().expect("hidden states are [batch, seq, hidden]");
+        let heads = self.cfg.heads;
+        let split = |y: &Tensor| {
+            let n = y.size()[1];
+            y.view([b, n, heads, d / heads]).transpose(1, 2)
+        };
         let mask = self.cfg.mask_padding.then(|| attention_mask.to_kind(Kind::Bool).unsqueeze(1).unsqueeze(1));
         let p = self.cfg.dropout;
-        let context = attention(&split(&qkv[0]), &split(&qkv[1]), &split(&qkv[2]), mask.as_ref(), p, train)
+        let context = attention(&split(q), &split(k), &split(v), mask.as_ref(), p, train)
             .transpose(1, 2)
             .contiguous()
-            .view([b, t, d]);
+            .view([b, rows, d]);
         let attended = dropout(&self.out_proj.forward(&context), p, train);
         let x = self.norm1.forward(&(x + attended));
         let ff = dropout(&self.linear1.forward(&x).relu(), p, train);

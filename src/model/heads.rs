@@ -92,9 +92,11 @@ impl Pooler {
     }
 }
 
-/// Multi-output forward: logits per task (and the adapted hidden states).
+/// Multi-output forward: logits per task, the pooled state, and the states the pooler read.
 #[derive(Debug)]
 pub struct ClassifierOutput {
+    /// The encoder's states [batch, seq, hidden]; with an adaptive layer, its output at the
+    /// first token [batch, 1, hidden].
     pub hidden: Tensor,
     pub pooled: Tensor,
     pub logits: BTreeMap<String, Tensor>,
@@ -144,7 +146,8 @@ impl Classifier {
     /// Everything above the encoder, from its hidden states [batch, tokens, hidden].
     pub fn heads_t(&self, mut hidden: Tensor, attention_mask: &Tensor, train: bool) -> ClassifierOutput {
         if let Some(adaptive) = &self.adaptive {
-            hidden = adaptive.forward_t(&hidden, attention_mask, train);
+            // The pooler reads the first token: the adaptive layer's output there is all it needs.
+            hidden = adaptive.first_token_t(&hidden, attention_mask, train);
         }
         let pooled = self.pooler.forward(&hidden);
         let dropped = super::dropout::dropout(&pooled, self.dropout, train);

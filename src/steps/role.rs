@@ -25,6 +25,7 @@ val_fraction: 0.25
 split: hash
 dropout: 0.1
 adaptive: {}
+pass_memory_mib: 512
 train:
   epochs: 10
   batch_size: 128
@@ -84,6 +85,12 @@ pub struct RoleConfig {
     pub dropout: f64,
     /// The adaptive layer (variant `adaptive`): heads, ffn, dropout, layer_norm_eps, mask_padding.
     pub adaptive: AdaptiveConfig,
+    /// On the CPU: the memory one forward pass's activations may take, estimated from the
+    /// model's shape and the batch's padded length. A batch that needs more runs in parts,
+    /// its utterances by length, each part padded to its own longest and its backward pass
+    /// before the next part's forward: the loss and gradient are the batch's, the peak holds
+    /// one part's activations. 0: every batch whole, as on CUDA.
+    pub pass_memory_mib: u64,
     pub train: train::TrainConfig,
 }
 

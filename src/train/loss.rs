@@ -47,6 +47,34 @@ pub fn weighted_loss(logits: &Tensor, labels: &Tensor) -> TaskLoss {
     TaskLoss { loss, single_class }
 }
 
+/// The share of a batch's [`weighted_loss`] that the rows `labels` of it (with `logits`)
+/// make, where `batch` are the whole batch's labels: the batch's class weights and its
+/// mean's denominator, so that the parts' losses, and their gradients, add up to the
+/// batch's. A batch of one class gives a zero that updates nothing, as [`weighted_loss`].
+pub fn weighted_loss_part(logits: &Tensor, labels: &Tensor, batch: &[i64]) -> TaskLoss {
+    let classes = logits.size()[1];
+    let weights = batch_class_weights(batch, classes);
+    let single_class = weights.iter().all(|&w| w == 0.0);
+    if single_class {
+        return TaskLoss { loss: logits.sum(Kind::Float) * 0.0, single_class };
+    }
+    let ys = Vec::<i64>::try_from(&labels.to_device(tch::Device::Cpu)).expect("int64 labels");
+    let w = Tensor::from_slice(&weights).to_kind(Kind::Float).to_device(logits.device());
+    let logits = logits.to_kind(Kind::Float);
+    let loss = if classes == 2 {
+        // The mean over the part's elements, as a share of the batch's.
+        let onehot = labels.one_hot(2).to_kind(Kind::Float);
+        let part = logits.binary_cross_entropy_with_logits::<Tensor>(&onehot, Some(w), None, Reduction::Mean);
+        part * (ys.len() as f64 / batch.len().max(1) as f64)
+    } else {
+        // PyTorch's weighted mean divides by the weights of the rows' classes.
+        let of = |ys: &[i64]| ys.iter().map(|&y| weights[y as usize]).sum::<f64>();
+        let part = logits.cross_entropy_loss(labels, Some(w), Reduction::Mean, -100, 0.0);
+        part * (of(&ys) / of(batch))
+    };
+    TaskLoss { loss, single_class }
+}
+
 /// The unweighted cross-entropy used for model selection.
 pub fn validation_loss(logits: &Tensor, labels: &Tensor) -> Tensor {
     logits.to_kind(Kind::Float).cross_entropy_loss::<Tensor>(labels, None, Reduction::Mean, -100, 0.0)
@@ -62,6 +90,36 @@ pub fn task_shares(weights: &[f64]) -> Vec<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_parts_of_a_batch_add_up_to_its_loss_and_gradient() {
+        for (labels, classes) in [(vec![0i64, 1, 1, 0, 1, 1, 1], 2), (vec![2i64, 0, 1, 2, 2, 0, 1, 2], 3)] {
+            let n = labels.len() as i64;
+            let values: Vec<f32> = (0..n * classes).map(|i| ((i * 37 % 11) as f32 - 5.0) / 3.0).collect();
+            let leaf = || Tensor::from_slice(&values).view([n, classes]).set_requires_grad(true);
+            let ys = Tensor::from_slice(&labels);
+            let whole = leaf();
+            let loss = weighted_loss(&whole, &ys).loss;
+            loss.backward();
+            let parted = leaf();
+            let mut total = 0.0;
+            for (start, len) in [(0, 3), (3, 1), (4, n - 4)] {
+                let part = weighted_loss_part(&parted.narrow(0, start, len), &ys.narrow(0, start, len), &labels);
+                total += part.loss.double_value(&[]);
+                part.loss.backward();
+            }
+            assert!((total - loss.double_value(&[])).abs() < 1e-6, "{classes} classes: {total} vs {loss}");
+            let diff = (whole.grad() - parted.grad()).abs().max().double_value(&[]);
+            assert!(diff < 1e-6, "{classes} classes: gradients differ by {diff}");
+        }
+        // One class in the whole batch: nothing to learn from any part.
+        let part = weighted_loss_part(
+            &Tensor::ones([2, 3], (Kind::Float, tch::Device::Cpu)),
+            &Tensor::from_slice(&[1i64, 1]),
+            &[1, 1, 1],
+        );
+        assert!(part.single_class && part.loss.double_value(&[]) == 0.0);
+    }
 
     #[test]
     fn weights_follow_the_batch() {

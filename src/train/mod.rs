@@ -21,3 +21,14 @@ pub use config::{Best, GroupRule, Mode, Precision, TrainConfig, THREADS_VAR};
 #[cfg(feature = "train")]
 pub use fit::{fit, write_metrics, Fit, Metrics, Objective};
 pub use sampler::{mix, Sampler, Shuffle};
+
+/// Bytes of activations one row of `tokens` tokens keeps for the backward pass through
+/// `layers` transformer layers of width `hidden`, FFN `intermediate` and `heads` heads,
+/// estimated: per token and layer about twelve hidden-size and two intermediate-size fp32
+/// vectors, and per head a row of attention scores, weights and dropped weights (fp32) and
+/// its dropout mask (a byte each).
+pub fn activation_bytes(layers: i64, hidden: i64, intermediate: i64, heads: i64, tokens: usize) -> u64 {
+    let (hidden, intermediate, heads, tokens) = (hidden as u64, intermediate as u64, heads as u64, tokens as u64);
+    let per_token_layer = 4 * (12 * hidden + 2 * intermediate) + 13 * heads * tokens;
+    per_token_layer * tokens * layers.max(0) as u64
+}

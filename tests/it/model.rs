@@ -195,6 +195,14 @@ fn adaptive_layer_matches_torch_transformer_encoder_layer() {
     eprintln!("parity adaptive layer without padding mask: max abs diff {diff:.2e}");
     assert!(diff <= LAYER_TOL, "without padding mask (compat): max abs diff {diff} > {LAYER_TOL}");
     assert!(max_abs_diff(&masked, &unmasked) > 1e-3, "the mask must change the outputs");
+    // The first token alone (what the pooler reads) is the whole layer's output there.
+    for (layer, name) in [(&layer, "masked"), (&compat, "unmasked")] {
+        let first = tch::no_grad(|| layer.first_token_t(&x, &mask, false));
+        assert_eq!(first.size(), [3, 1, d]);
+        let diff = max_abs_diff(&first, &reference[name].narrow(1, 0, 1));
+        eprintln!("parity adaptive layer at the first token ({name}): max abs diff {diff:.2e}");
+        assert!(diff <= LAYER_TOL, "first token ({name}): max abs diff {diff} > {LAYER_TOL}");
+    }
 }
 
 #[test]
@@ -275,7 +283,8 @@ fn tiny_models_have_the_right_shapes_and_heads_start_fresh_only_when_declared() 
     let ids = Tensor::from_slice(&[0i64, 5, 6, 7, 2, 0, 8, 2, 1, 1]).view([2, 5]);
     let mask = ids.ne(1).to_kind(Kind::Int64);
     let out = tch::no_grad(|| model.forward_t(&ids, &mask, false));
-    assert_eq!(out.hidden.size(), [2, 5, 32]);
+    // With an adaptive layer, its output at the first token: what the pooler reads.
+    assert_eq!(out.hidden.size(), [2, 1, 32]);
     assert_eq!(out.pooled.size(), [2, 32]);
     assert_eq!(out.logits["status"].size(), [2, 4]);
     assert_eq!(out.logits["satisfaction"].size(), [2, 7]);

@@ -98,15 +98,16 @@ fn train_mlm(config: &DaptConfig, job: &TrainingJob) -> Result<(Fit, serde_json:
     Ok((fit, serde_json::json!({"data": data})))
 }
 
-/// Bytes of activations one block of `block` tokens keeps for the backward pass, estimated
-/// from the encoder's shape: per token and layer about twelve hidden-size and two
-/// intermediate-size fp32 vectors, and per head a row of attention scores, weights and
-/// dropped weights (fp32) and its dropout mask (a byte each).
+/// Bytes of activations one block of `block` tokens keeps for the backward pass
+/// ([`train::activation_bytes`]).
 fn activation_bytes_per_block(encoder: &EncoderConfig, block: usize) -> u64 {
-    let (hidden, intermediate, heads) =
-        (encoder.hidden_size as u64, encoder.intermediate_size as u64, encoder.num_attention_heads as u64);
-    let per_token_layer = 4 * (12 * hidden + 2 * intermediate) + 13 * heads * block as u64;
-    per_token_layer * block as u64 * encoder.num_hidden_layers as u64
+    train::activation_bytes(
+        encoder.num_hidden_layers,
+        encoder.hidden_size,
+        encoder.intermediate_size,
+        encoder.num_attention_heads,
+        block,
+    )
 }
 
 /// Blocks per forward pass (the batch size: the whole batch): `blocks_per_pass` when set,

@@ -13,7 +13,7 @@ use crate::model::heads::Classifier;
 use crate::steps::training::{self, Items, Padding, TrainingJob};
 use crate::steps::Step;
 use crate::store::commit::Output;
-use crate::train::loss::weighted_loss;
+use crate::train::loss::{weighted_loss, weighted_loss_part};
 use crate::train::{self, Fit, Metrics, Objective, Sampler, Shuffle};
 
 pub async fn run(config: &RoleConfig, out: &mut Output) -> Result<serde_json::Value> {
@@ -81,6 +81,23 @@ fn train_role(config: &RoleConfig, job: &TrainingJob) -> Result<(Fit, serde_json
     let tasks = [("role".to_string(), ROLES.len() as i64)];
     let model = Classifier::new(&vs.root(), &encoder_config, family, adaptive, &tasks, config.dropout);
     checkpoint::load_weights(&vs, src, &["pooler.", "adaptive.", "classifiers."])?;
+    // What a row of a given padded length keeps for the backward pass: the encoder's
+    // layers, and the adaptive layer's.
+    let row_bytes = {
+        let e = encoder_config.clone();
+        let a = adaptive.cloned();
+        move |tokens: usize| {
+            let layers = train::activation_bytes(
+                e.num_hidden_layers,
+                e.hidden_size,
+                e.intermediate_size,
+                e.num_attention_heads,
+                tokens,
+            );
+            layers + a.as_ref().map_or(0, |a| train::activation_bytes(1, e.hidden_size, a.ffn, a.heads, tokens))
+        }
+    };
+    let pass_bytes = (device == Device::Cpu && config.pass_memory_mib > 0).then_some(config.pass_memory_mib << 20);
     let objective = RoleObjective {
         model: &model,
         train: train_items,
@@ -91,6 +108,9 @@ fn train_role(config: &RoleConfig, job: &TrainingJob) -> Result<(Fit, serde_json
         device,
         single_class: Cell::new(0),
         padding: Padding::default(),
+        pass_bytes,
+        row_bytes: Box::new(row_bytes),
+        parts: Cell::new((0, 0)),
     };
     let fit = train::fit(&config.train, &vs, &objective, &job.work)?;
     let (loss, report) = tch::no_grad(|| objective.predict(&test_items))?;
@@ -107,6 +127,7 @@ fn train_role(config: &RoleConfig, job: &TrainingJob) -> Result<(Fit, serde_json
         "data": data,
         "test": test,
         "single_class_batches": objective.single_class.get(),
+        "parts_per_batch": objective.parts_per_batch(),
         "train_padding": objective.padding.fraction(),
     });
     Ok((fit, summary))
@@ -136,6 +157,12 @@ struct RoleObjective<'a> {
     /// Training batches holding one class only (zero loss, SPEC §4), in this process.
     single_class: Cell<u64>,
     padding: Padding,
+    /// On the CPU, the bytes of activations one forward pass may take (`pass_memory_mib`).
+    pass_bytes: Option<u64>,
+    /// Activation bytes of one row padded to a length.
+    row_bytes: Box<dyn Fn(usize) -> u64>,
+    /// (training batches, forward passes) in this process.
+    parts: Cell<(u64, u64)>,
 }
 
 impl RoleObjective<'_> {
@@ -143,6 +170,12 @@ impl RoleObjective<'_> {
         let (ids, mask, labels) = items.batch(rows, self.pad, self.device);
         let mut out = self.model.forward_t(&ids, &mask, train);
         (out.logits.remove("role").expect("the role classifier"), labels)
+    }
+
+    /// The mean number of forward passes a training batch took.
+    fn parts_per_batch(&self) -> f64 {
+        let (batches, passes) = self.parts.get();
+        passes as f64 / batches.max(1) as f64
     }
 
     /// Unweighted cross-entropy and predictions over all of `items`.
@@ -163,13 +196,34 @@ impl Objective for RoleObjective<'_> {
     }
 
     fn loss(&self, batch: &[usize], _seed: u64, backward: &mut dyn FnMut(Tensor) -> Result<()>) -> Result<()> {
-        self.train.count_padding(batch, &self.padding);
-        let (logits, labels) = self.logits(&self.train, batch, true);
-        let task = weighted_loss(&logits, &labels);
-        if task.single_class {
-            self.single_class.set(self.single_class.get() + 1);
+        let parts = self.pass_bytes.map_or_else(
+            || vec![batch.to_vec()],
+            |budget| passes(batch, &self.train.ids, self.train.width.unwrap_or(0), budget, &self.row_bytes),
+        );
+        let (batches, passes) = self.parts.get();
+        self.parts.set((batches + 1, passes + parts.len() as u64));
+        if parts.len() == 1 {
+            self.train.count_padding(batch, &self.padding);
+            let (logits, labels) = self.logits(&self.train, batch, true);
+            let task = weighted_loss(&logits, &labels);
+            if task.single_class {
+                self.single_class.set(self.single_class.get() + 1);
+            }
+            return backward(task.loss);
         }
-        backward(task.loss)
+        // The batch's loss as the sum of its parts' shares: the batch's class weights, its mean.
+        let labels: Vec<i64> = batch.iter().map(|&r| self.train.labels[r]).collect();
+        for part in &parts {
+            self.train.count_padding(part, &self.padding);
+            let (logits, part_labels) = self.logits(&self.train, part, true);
+            let task = weighted_loss_part(&logits, &part_labels, &labels);
+            if task.single_class {
+                self.single_class.set(self.single_class.get() + 1);
+                return backward(task.loss);
+            }
+            backward(task.loss)?;
+        }
+        Ok(())
     }
 
     fn evaluate(&self) -> Result<Metrics> {
@@ -181,5 +235,62 @@ impl Objective for RoleObjective<'_> {
             ("f1_weighted".to_string(), report.weighted_avg.f1),
             ("f1_macro".to_string(), report.macro_avg.f1),
         ]))
+    }
+}
+
+/// A batch's rows in forward passes whose activations stay within `budget` bytes (at least
+/// one row a pass): the rows by length, longest first, each pass padded to its first row
+/// (or to `width`, for batches of a fixed width), so that a pass holds rows of nearly one
+/// length. A batch that fits runs whole, in its own order.
+fn passes(
+    batch: &[usize],
+    ids: &[Vec<i64>],
+    width: usize,
+    budget: u64,
+    row_bytes: &dyn Fn(usize) -> u64,
+) -> Vec<Vec<usize>> {
+    let len = |r: usize| ids[r].len().max(width);
+    let longest = batch.iter().map(|&r| len(r)).max().unwrap_or(0);
+    if row_bytes(longest).saturating_mul(batch.len() as u64) <= budget {
+        return vec![batch.to_vec()];
+    }
+    let mut rows = batch.to_vec();
+    rows.sort_by_key(|&r| std::cmp::Reverse(len(r)));
+    let mut out: Vec<Vec<usize>> = Vec::new();
+    let mut fit = 0;
+    for r in rows {
+        match out.last_mut() {
+            Some(part) if part.len() < fit => part.push(r),
+            _ => {
+                // A new pass, padded to this row's length: as many rows as the budget holds.
+                fit = (budget / row_bytes(len(r)).max(1)).max(1) as usize;
+                out.push(vec![r]);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_over_the_budget_runs_in_passes_of_rows_of_nearly_one_length() {
+        let ids: Vec<Vec<i64>> = [10, 50, 20, 50, 5, 30].iter().map(|&n| vec![7; n]).collect();
+        let batch: Vec<usize> = (0..ids.len()).collect();
+        let bytes = |tokens: usize| tokens as u64 * 100;
+        // Six rows padded to 50 tokens: 30,000 bytes. Within the budget, the batch as it is.
+        assert_eq!(passes(&batch, &ids, 0, 30_000, &bytes), vec![batch.clone()]);
+        // 10,000 bytes: two rows of 50, three of at most 30, then the shortest alone.
+        assert_eq!(passes(&batch, &ids, 0, 10_000, &bytes), vec![vec![1, 3], vec![5, 2, 0], vec![4]]);
+        // Less than a row: a row a pass.
+        assert_eq!(passes(&batch, &ids, 0, 1, &bytes).len(), 6);
+        // Batches of a fixed width: every row counts as that wide.
+        let fixed = passes(&batch, &ids, 60, 13_000, &bytes);
+        assert_eq!(fixed.iter().map(Vec::len).collect::<Vec<_>>(), [2, 2, 2]);
+        let mut all: Vec<usize> = fixed.concat();
+        all.sort();
+        assert_eq!(all, batch, "every row once");
     }
 }
