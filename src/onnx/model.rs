@@ -2,7 +2,9 @@
 //! encoder, the adaptive layer when the model has one (with or without its padding mask), the
 //! pooler and one classifier per task, each with its logits and probabilities. The graph
 //! follows `model::bert`, `model::adaptive` and `model::heads` operation for operation, and
-//! reads the parameters by the same names.
+//! reads the parameters by the same names. The adaptive layer, like
+//! `AdaptiveLayer::first_token_t`, computes its output at the first token alone: the pooler
+//! reads nothing else.
 //!
 //! With `int8`, every linear layer's weight is quantized as ONNX Runtime's dynamic quantizer
 //! does with `per_channel=True` (symmetric int8, one scale per output column, zero point 0).
@@ -102,14 +104,7 @@ pub fn classifier(spec: &Spec, params: &BTreeMap<String, Param>, metadata: &[(&s
         // The fused Attention's raw mask: int32 [batch, seq], 1 for tokens.
         Masks::Raw(b.g.node("Cast", &[&mask], &[("to", Attr::Int(INT32))], "mask"))
     } else {
-        // The additive attention mask [batch, 1, 1, seq]: 0 for tokens, MASKED for padding.
-        let m = b.g.node("Cast", &[&mask], &[("to", Attr::Int(FLOAT))], "mask");
-        let one = b.g.scalar_f32(1.0);
-        let m = b.g.node("Sub", &[&one, &m], &[], "mask");
-        let big = b.g.scalar_f32(MASKED);
-        let m = b.g.node("Mul", &[&m, &big], &[], "mask");
-        let axes = b.g.const_i64(&[2], &[1, 2]);
-        Masks::Additive(b.g.node("Unsqueeze", &[&m, &axes], &[], "mask"))
+        Masks::Additive(b.additive_mask(&mask))
     };
 
     let heads = cfg.num_attention_heads;
@@ -131,7 +126,12 @@ pub fn classifier(spec: &Spec, params: &BTreeMap<String, Param>, metadata: &[(&s
     }
 
     if let Some(a) = spec.adaptive {
-        x = b.adaptive(&x, a, cfg.hidden_size, &masks)?;
+        let additive = match (&masks, a.mask_padding) {
+            (_, false) => None,
+            (Masks::Additive(m), true) => Some(m.clone()),
+            (Masks::Raw(_), true) => Some(b.additive_mask(&mask)),
+        };
+        x = b.adaptive(&x, a, cfg.hidden_size, additive.as_deref())?;
     }
 
     // Pooler: tanh(dense(h[:, 0])), then one classifier per task. These run on one row per
@@ -172,6 +172,18 @@ struct Builder<'a> {
 impl<'a> Builder<'a> {
     fn p(&self, name: &str) -> Result<&'a Param> {
         self.params.get(name).ok_or_else(|| Error::input(format!("the model has no parameter `{name}`")))
+    }
+
+    /// The additive attention mask [batch, 1, 1, seq] of the int64 mask input [batch, seq]: 0
+    /// for tokens, MASKED for padding.
+    fn additive_mask(&mut self, mask: &str) -> String {
+        let m = self.g.node("Cast", &[mask], &[("to", Attr::Int(FLOAT))], "mask");
+        let one = self.g.scalar_f32(1.0);
+        let m = self.g.node("Sub", &[&one, &m], &[], "mask");
+        let big = self.g.scalar_f32(MASKED);
+        let m = self.g.node("Mul", &[&m, &big], &[], "mask");
+        let axes = self.g.const_i64(&[2], &[1, 2]);
+        self.g.node("Unsqueeze", &[&m, &axes], &[], "mask")
     }
 
     /// A parameter as an initializer of the same name.
@@ -438,21 +450,30 @@ impl<'a> Builder<'a> {
         }
     }
 
-    /// The adaptive layer (`nn.TransformerEncoderLayer`, post-norm, ReLU): the padding mask
-    /// only when it was trained with one.
-    fn adaptive(&mut self, x: &str, cfg: &AdaptiveConfig, d: i64, masks: &Masks) -> Result<String> {
+    /// The adaptive layer (`nn.TransformerEncoderLayer`, post-norm, ReLU) at the first token,
+    /// [batch, 1, d]: the pooler reads nothing else (as `AdaptiveLayer::first_token_t`). Keys
+    /// and values are every token's; the query, the output projection, the LayerNorms and the
+    /// feed-forward layers run on one token per item. `mask`: the additive padding mask, only
+    /// when the layer was trained with one.
+    fn adaptive(&mut self, x: &str, cfg: &AdaptiveConfig, d: i64, mask: Option<&str>) -> Result<String> {
         let w = self.p("adaptive.self_attn.in_proj_weight")?;
         let b = self.p("adaptive.self_attn.in_proj_bias")?;
         let du = d as usize;
         if w.data.len() != 3 * du * du || b.data.len() != 3 * du {
             return Err(Error::input(format!("adaptive.self_attn.in_proj_weight {:?} is not [3·{d}, {d}]", w.dims)));
         }
-        let part = |i: usize| (&w.data[i * du * du..(i + 1) * du * du], &b.data[i * du..(i + 1) * du]);
-        let mask = cfg.mask_padding.then_some(masks);
-        let context = self.self_attention(x, "adaptive.self_attn", [part(0), part(1), part(2)], cfg.heads, d, mask)?;
+        let name = "adaptive.self_attn";
+        let (zero, one) = (self.g.const_i64(&[1], &[0]), self.g.const_i64(&[1], &[1]));
+        let first = self.g.node("Slice", &[x, &zero, &one, &one], &[], name);
+        let project = |s: &mut Self, input: &str, i: usize, suffix: &str| {
+            let (w, b) = (&w.data[i * du * du..(i + 1) * du * du], &b.data[i * du..(i + 1) * du]);
+            s.linear(input, &format!("{name}.{suffix}"), w, b, du, du)
+        };
+        let qkv = [project(self, &first, 0, "q"), project(self, x, 1, "k"), project(self, x, 2, "v")];
+        let context = self.attention(&qkv, cfg.heads, d, mask, name)?;
         let eps = cfg.layer_norm_eps as f32;
         let a = self.matmul_of(&context, "adaptive.self_attn.out_proj")?;
-        let x1 = self.add_bias_norm(&a.0, x, &a.1, "adaptive.norm1", eps)?;
+        let x1 = self.add_bias_norm(&a.0, &first, &a.1, "adaptive.norm1", eps)?;
         let f = self.matmul_of(&x1, "adaptive.linear1")?;
         let f = self.bias_activate(&f, "relu", "adaptive");
         let f = self.matmul_of(&f, "adaptive.linear2")?;
