@@ -16,7 +16,10 @@ FLOP utilisation as bench/dapt.py's `mfu`, per step: the frozen encoder's forwar
 per parameter and token) unless the cache holds it, and 6 per parameter and token for what
 trains (the whole encoder for tapt, the adaptive layer for taft); the tokens are the training
 conversations' mean real length (at most 512) times the batch, for both tasks; the pooler and
-heads are left out, so noadapt with the cache counts nothing.
+heads are left out, so noadapt with the cache counts nothing. Each side's MFU counts the work
+it does: the peer's adaptive layer (`nn.TransformerEncoderLayer`) runs on every token, taft's
+computes its output at the first token alone (keys and values of every token; the query,
+output projection and feed-forward layers for one token per conversation: the same logits).
 Usage: .venv/bin/python bench/finetune.py [--rounds 3] [--models 0,1] [--peer-padding batch|max_length]
        [--runs taft,taft+cache,noadapt,noadapt+cache,tapt]
 """
@@ -81,8 +84,12 @@ def main():
             tokens = 2 * batch * mean_conversation_tokens(init, convs, 512)
             hidden = json.load(open(os.path.join(init, "config.json")))["hidden_size"]
             enc, adapt = encoder_params(init), layer_params(hidden, 1, ffn)
-            flops = {("tapt", False): 6 * enc * tokens, ("taft", False): (2 * enc + 6 * adapt) * tokens,
-                     ("taft", True): 6 * adapt * tokens, ("noadapt", False): 2 * enc * tokens, ("noadapt", True): 0}
+            peer_flops = {("tapt", False): 6 * enc * tokens, ("taft", False): (2 * enc + 6 * adapt) * tokens,
+                          ("noadapt", False): 2 * enc * tokens}
+            # taft's adaptive layer: keys and values over every token, the rest for the first.
+            first_token = 6 * (2 * hidden * hidden * tokens + (adapt - 2 * hidden * hidden) * 2 * batch)
+            flops = {("tapt", False): 6 * enc * tokens, ("taft", False): 2 * enc * tokens + first_token,
+                     ("taft", True): first_token, ("noadapt", False): 2 * enc * tokens, ("noadapt", True): 0}
             parents = {}
             for variant in ("adaptive", "direct"):
                 parents[variant] = os.path.join(work, f"role{i}-{variant}")
@@ -112,7 +119,8 @@ def main():
                 med = lambda runs, k: statistics.median(run[k] for run in runs)
                 row = (name, batch, steps, method, cache, flops[(method, cache)], med(ours, 0), med(ours, 1),
                        max(r[2] for r in ours))
-                table.append(row + ((med(peer, 0), med(peer, 1), max(r[2] for r in peer)) if peer else (None, None, None)))
+                table.append(row + ((med(peer, 0), med(peer, 1), max(r[2] for r in peer), peer_flops[(method, cache)])
+                                    if peer else (None, None, None, None)))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     peak = gemm_peak(args.threads)
@@ -123,9 +131,9 @@ def main():
           "| PyTorch steps/s | PyTorch wall s | PyTorch peak RSS MiB | PyTorch MFU | steps/s ratio | wall ratio |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     peers = {}
-    for name, batch, steps, method, cache, f, s, w, m, sp, wp, mp in table:
+    for name, batch, steps, method, cache, f, s, w, m, sp, wp, mp, fp in table:
         if sp is not None:
-            peers[(name, method)] = (sp, wp, mp, f)
+            peers[(name, method)] = (sp, wp, mp, fp)
         sp, wp, mp, fp = peers[(name, method)]
         print(f"| {name} | {batch} x {steps} | {method} | {'yes' if cache else 'no'} | {s:.2f} | {w:.1f} | {m:.0f} "
               f"| {mfu(f, s, peak):.1%} | {sp:.2f} | {wp:.1f} | {mp:.0f} | {mfu(fp, sp, peak):.1%} | {s / sp:.2f}x "
