@@ -752,20 +752,26 @@ const DRAIN_BATCHES: usize = 8;
 /// soon as its items are scored.
 async fn batcher(state: Arc<AppState>, mut rx: mpsc::Receiver<Job>) {
     // Whichever way this task ends, `/ready` says so.
-    struct Alive<'a>(&'a AppState);
+    struct Alive<'a>(&'a AppState, bool);
     impl Drop for Alive<'_> {
         fn drop(&mut self) {
-            self.0.batcher_alive.store(false, Ordering::SeqCst);
-            self.0.metrics.ready.set(0);
+            // `true`: only when it ends by a panic.
+            if !self.1 || std::thread::panicking() {
+                self.0.batcher_alive.store(false, Ordering::SeqCst);
+                self.0.metrics.ready.set(0);
+            }
         }
     }
-    let _alive = Alive(&state);
+    let _alive = Alive(&state, false);
     let max_batch = state.config.max_batch_size;
     let wait = Duration::from_millis(state.config.max_wait_ms);
     while let Some(first) = rx.recv().await {
-        fail::fail_point!("serve::batcher");
-        let mut n = first.texts.len();
         let mut jobs = vec![first];
+        // Dropped before `jobs` when a panic unwinds: the probes say the runner stopped
+        // before its requests learn that their run failed.
+        let _dying = Alive(&state, true);
+        fail::fail_point!("serve::batcher");
+        let mut n = jobs[0].texts.len();
         let deadline = tokio::time::Instant::now() + wait;
         while n < max_batch {
             // Without a wait, what is queued now: a timer set to now fires at the timer's
