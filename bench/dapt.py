@@ -10,7 +10,12 @@ no checkpoints. Each side runs ROUNDS processes (alternating); the table shows t
 training steps/s (taft: its summary's steps_per_second; peer: Trainer's
 train_steps_per_second), the median whole-process wall time, the peak RSS (wait4), and each
 side's model FLOP utilisation (see `mfu`).
+On a GPU (`--device cuda --precision fp16|bf16`): both sides train on CUDA with autocast
+in that type (the Trainer's `fp16`/`bf16`), and the peak is the GEMM peak in that type; a
+larger `--batch`/`--block` keeps the GPU busy. `TAFT_BIN` names a built binary (no cargo
+build: a machine without Rust).
 Usage: .venv/bin/python bench/dapt.py [--rounds 3] [--steps 60] [--threads 2] [--models 0,1,2]
+       [--device cpu|cuda] [--precision fp32|fp16|bf16] [--batch N] [--block N]
 """
 import argparse
 import json
@@ -25,7 +30,13 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-TAFT = os.path.join(ROOT, "target", "release", "taft")
+TAFT = os.environ.get("TAFT_BIN") or os.path.join(ROOT, "target", "release", "taft")
+
+
+def build():
+    """Builds taft's release binary, unless `TAFT_BIN` names one."""
+    if not os.environ.get("TAFT_BIN"):
+        subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
 
 MODELS = [
     # name, init scratch settings, block, batch
@@ -35,12 +46,17 @@ MODELS = [
 ]
 
 
-def gemm_peak(threads):
-    """This machine's fp32 GEMM peak through libtorch with `threads` threads, GFLOP/s: the best
-    of 5 timings of 10 products of two 2048 x 2048 matrices (after a warm-up product)."""
-    code = ("import time, torch\ntorch.set_num_threads(%d)\nn = 2048\na, b = torch.randn(n, n), torch.randn(n, n)\n"
-            "a @ b\nbest = 0.0\nfor _ in range(5):\n    t = time.perf_counter()\n    for _ in range(10):\n        a @ b\n"
-            "    best = max(best, 10 * 2 * n ** 3 / (time.perf_counter() - t))\nprint(best / 1e9)\n") % threads
+def gemm_peak(threads, device="cpu", precision="fp32"):
+    """This machine's GEMM peak through libtorch, GFLOP/s: the best of 5 timings of 10
+    products of two square matrices (after a warm-up product). On the CPU: fp32, 2048 x 2048,
+    `threads` threads; on CUDA: 8192 x 8192 in `precision` (fp32 without TF32)."""
+    n = 2048 if device == "cpu" else 8192
+    dtype = {"fp32": "torch.float32", "fp16": "torch.float16", "bf16": "torch.bfloat16"}[precision]
+    sync = "torch.cuda.synchronize()" if device != "cpu" else "pass"
+    code = (f"import time, torch\ntorch.set_num_threads({threads})\ntorch.backends.cuda.matmul.allow_tf32 = False\n"
+            f"n = {n}\na, b = (torch.randn(n, n, device='{device}').to({dtype}) for _ in range(2))\n"
+            f"a @ b\n{sync}\nbest = 0.0\nfor _ in range(5):\n    t = time.perf_counter()\n    for _ in range(10):\n"
+            f"        a @ b\n    {sync}\n    best = max(best, 10 * 2 * n ** 3 / (time.perf_counter() - t))\nprint(best / 1e9)\n")
     return float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
 
 
@@ -94,7 +110,7 @@ def taft(*args):
     subprocess.run([TAFT, *args], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def compare(step, rounds, taft_sets, peer_cmd, models=None, flops=None):
+def compare(step, rounds, taft_sets, peer_cmd, models=None, flops=None, device="cpu"):
     """Builds taft, makes the data and each of MODELS (`taft prep`, `taft init`), then runs
     `taft STEP` (with `taft_sets(i)`, the no-evaluation, no-checkpoint settings) and the
     peer (`peer_cmd(i, model, prep)`) ROUNDS times each, alternately. Returns one row per
@@ -102,8 +118,8 @@ def compare(step, rounds, taft_sets, peer_cmd, models=None, flops=None):
     then `flops(i, model, prep)` (the model FLOPs of one step) when given, then the medians
     of the share of computed tokens that are padding (taft's summary `train_padding`, the
     peer's `padding`; NaN where a side does not report it). `models`: the
-    indexes into MODELS to run (default all)."""
-    subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
+    indexes into MODELS to run (default all); `device`: taft's `train.device`."""
+    build()
     work = tempfile.mkdtemp(prefix=f"taft-bench-{step}-")
     rows = []
     try:
@@ -119,7 +135,7 @@ def compare(step, rounds, taft_sets, peer_cmd, models=None, flops=None):
                 out = os.path.join(work, f"{step}{i}-{r}")
                 cmd = [TAFT, "--log-format", "json", step, "-i", prep, "-i", model, "-o", out,
                        "--set", "train.lr=1e-3", "--set", "train.eval_each_epoch=false",
-                       "--set", "train.checkpoint_every=0", "--set", "train.device=cpu"]
+                       "--set", "train.checkpoint_every=0", "--set", f"train.device={device}"]
                 for setting in taft_sets(i):
                     cmd += ["--set", setting]
                 summary = lambda _, out=out: json.load(open(os.path.join(out, "_MANIFEST.json")))["summary"]
@@ -133,6 +149,16 @@ def compare(step, rounds, taft_sets, peer_cmd, models=None, flops=None):
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return rows
+
+
+def machine(device="cpu"):
+    """The host, its cores, and on CUDA the GPU's name."""
+    host = f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores"
+    if device == "cpu":
+        return host
+    gpu = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.get_device_name(0))"],
+                         capture_output=True, text=True).stdout.strip()
+    return f"{host}, {gpu}"
 
 
 def versions():
@@ -149,24 +175,33 @@ def main():
     ap.add_argument("--models", default="0,1,2", help="indexes into MODELS")
     ap.add_argument("--set", action="append", default=[], dest="sets", metavar="KEY=VALUE",
                     help="a further `--set` for taft dapt (e.g. blocks_per_pass=4); repeatable")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
+    ap.add_argument("--batch", type=int, help="instead of the model's batch")
+    ap.add_argument("--block", type=int, help="instead of the model's block size")
     args = ap.parse_args()
+    if args.precision != "fp32" and args.device == "cpu":
+        sys.exit("--precision fp16 and bf16 need --device cuda")
     chosen = [int(i) for i in args.models.split(",")]
-    taft_sets = lambda i: [f"block_size={MODELS[i][2]}", f"train.batch_size={MODELS[i][3]}",
-                           f"train.max_steps={args.steps}", f"train.threads={args.threads}", *args.sets]
-    peer_cmd = lambda i, model, prep: [sys.executable, os.path.join(HERE, "dapt_peer.py"), model, prep, str(MODELS[i][2]),
-                                       str(MODELS[i][3]), str(args.steps), str(args.threads)]
+    block = lambda i: args.block or MODELS[i][2]
+    batch = lambda i: args.batch or MODELS[i][3]
+    taft_sets = lambda i: [f"block_size={block(i)}", f"train.batch_size={batch(i)}", f"train.max_steps={args.steps}",
+                           "train.epochs=1000", f"train.threads={args.threads}", f"train.precision={args.precision}",
+                           *args.sets]
+    peer_cmd = lambda i, model, prep: [sys.executable, os.path.join(HERE, "dapt_peer.py"), model, prep, str(block(i)),
+                                       str(batch(i)), str(args.steps), str(args.threads), args.device, args.precision]
     # Every token of a block trains every encoder parameter (the masked-LM head is left out).
-    flops = lambda i, model, prep: 6 * encoder_params(model) * MODELS[i][2] * MODELS[i][3]
-    rows = compare("dapt", args.rounds, taft_sets, peer_cmd, chosen, flops)
-    peak = gemm_peak(args.threads)
-    print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores; threads {args.threads}; "
-          f"{args.steps} steps; taft sets {args.sets}; {versions()}; median of {args.rounds} processes; "
-          f"fp32 GEMM peak through libtorch {peak:.1f} GFLOP/s\n")
+    flops = lambda i, model, prep: 6 * encoder_params(model) * block(i) * batch(i)
+    rows = compare("dapt", args.rounds, taft_sets, peer_cmd, chosen, flops, args.device)
+    peak = gemm_peak(args.threads, args.device, args.precision)
+    print(f"machine: {machine(args.device)}; threads {args.threads}; {args.steps} steps; {args.device} "
+          f"{args.precision}; taft sets {args.sets}; {versions()}; median of {args.rounds} processes; "
+          f"{args.precision} GEMM peak through libtorch {peak:.1f} GFLOP/s\n")
     print("| model | block x batch | taft steps/s | taft wall s | taft peak RSS MiB | taft MFU | Trainer steps/s "
           "| Trainer wall s | Trainer peak RSS MiB | Trainer MFU | steps/s ratio |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for (name, _, block, batch), (s, w, m, sp, wp, mp, f, *_) in zip([MODELS[i] for i in chosen], rows):
-        print(f"| {name} | {block} x {batch} | {s:.2f} | {w:.1f} | {m:.0f} | {mfu(f, s, peak):.1%} | {sp:.2f} | {wp:.1f} "
+    for i, (s, w, m, sp, wp, mp, f, *_) in zip(chosen, rows):
+        print(f"| {MODELS[i][0]} | {block(i)} x {batch(i)} | {s:.2f} | {w:.1f} | {m:.0f} | {mfu(f, s, peak):.1%} | {sp:.2f} | {wp:.1f} "
               f"| {mp:.0f} | {mfu(f, sp, peak):.1%} | {s / sp:.2f}x |")
 
 

@@ -3,7 +3,9 @@
 same unlabeled utterances (tokenized with special tokens, concatenated, cut into blocks),
 batch, block size, learning rate, schedule and threads as `taft dapt`.
 
-  dapt_peer.py MODEL_DIR PREP_DIR BLOCK BATCH STEPS THREADS
+  dapt_peer.py MODEL_DIR PREP_DIR BLOCK BATCH STEPS THREADS [DEVICE [PRECISION]]
+
+DEVICE `cpu` (default) or `cuda`; PRECISION `fp32` (default), `fp16` or `bf16` (CUDA autocast).
 
 Prints one JSON line: steps_per_second (Trainer's own train_steps_per_second), seconds.
 """
@@ -19,6 +21,8 @@ from transformers import (AutoModelForMaskedLM, DataCollatorForLanguageModeling,
 
 model_dir, prep_dir = sys.argv[1:3]
 block, batch, steps, threads = (int(x) for x in sys.argv[3:7])
+device = sys.argv[7] if len(sys.argv) > 7 else "cpu"
+precision = sys.argv[8] if len(sys.argv) > 8 else "fp32"
 torch.set_num_threads(threads)
 
 tokenizer = PreTrainedTokenizerFast(tokenizer_file=os.path.join(model_dir, "tokenizer.json"), bos_token="<s>",
@@ -34,7 +38,8 @@ collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15)
 with tempfile.TemporaryDirectory() as out:
     args = TrainingArguments(output_dir=out, per_device_train_batch_size=batch, max_steps=steps, learning_rate=1e-3,
                              weight_decay=0.01, lr_scheduler_type="linear", warmup_steps=0, max_grad_norm=1.0,
-                             logging_steps=10, save_strategy="no", eval_strategy="no", report_to=[], use_cpu=True,
+                             logging_steps=10, save_strategy="no", eval_strategy="no", report_to=[], use_cpu=device == "cpu",
+                             fp16=precision == "fp16", bf16=precision == "bf16",
                              dataloader_num_workers=0, seed=42, disable_tqdm=True)
     trainer = Trainer(model=model, args=args, train_dataset=blocks, data_collator=collator)
     metrics = trainer.train().metrics

@@ -20,13 +20,16 @@ heads are left out, so noadapt with the cache counts nothing. Each side's MFU co
 it does: the peer's adaptive layer (`nn.TransformerEncoderLayer`) runs on every token, taft's
 computes its output at the first token alone (keys and values of every token; the query,
 output projection and feed-forward layers for one token per conversation: the same logits).
+On a GPU (`--device cuda --precision fp16|bf16`, `TAFT_BIN` for a built binary): both sides
+train on CUDA with autocast in that type (the peer with `torch.autocast` and, in fp16, a
+`GradScaler`), the peak is the GEMM peak in that type; `--batch N` instead of the model's.
 Usage: .venv/bin/python bench/finetune.py [--rounds 3] [--models 0,1] [--peer-padding batch|max_length]
-       [--runs taft,taft+cache,noadapt,noadapt+cache,tapt]
+       [--runs taft,taft+cache,noadapt,noadapt+cache,tapt] [--device cpu|cuda] [--precision fp32|fp16|bf16]
+       [--batch N] [--steps N]
 """
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -34,7 +37,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from dapt import HERE, ROOT, TAFT, encoder_params, gemm_peak, layer_params, measure, mfu, prep_rows, taft, versions  # noqa: E402
+from dapt import HERE, TAFT, build, encoder_params, gemm_peak, layer_params, machine, measure, mfu, prep_rows, taft, versions  # noqa: E402
 
 MODELS = [
     # name, init scratch settings, adaptive (heads, ffn), batch, steps
@@ -64,13 +67,19 @@ def main():
     ap.add_argument("--peer-padding", default="batch", choices=["batch", "max_length"])
     ap.add_argument("--runs", default="taft,taft+cache,noadapt,noadapt+cache,tapt",
                     help="which of taft's runs (a +cache run needs its run without the cache, the peer's row)")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
+    ap.add_argument("--batch", type=int, help="instead of the model's batch")
+    ap.add_argument("--steps", type=int, help="instead of the model's steps")
     args = ap.parse_args()
+    if args.precision != "fp32" and args.device == "cpu":
+        sys.exit("--precision fp16 and bf16 need --device cuda")
     names = {f"{m}+cache" if c else m: (m, c) for m, c in RUNS}
     chosen = args.runs.split(",")
     if any(r not in names or (r.endswith("+cache") and r[:-len("+cache")] not in chosen) for r in chosen):
         sys.exit(f"--runs: each of {', '.join(names)}; a +cache run with its run without the cache")
     runs = [run for name, run in names.items() if name in chosen]
-    subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
+    build()
     work = tempfile.mkdtemp(prefix="taft-bench-finetune-")
     table = []
     try:
@@ -78,6 +87,7 @@ def main():
         taft("prep", "-o", prep, "--set", "synthetic={seed: 42, learnable: true}")
         for i in (int(x) for x in args.models.split(",")):
             name, scratch, (heads, ffn), batch, steps = MODELS[i]
+            batch, steps = args.batch or batch, args.steps or steps
             init = os.path.join(work, f"init{i}")
             taft("init", "-i", prep, "-o", init, "--set", f"scratch={scratch}")
             convs = [[u["text"] for u in r["utterances"]] for r in prep_rows(prep) if r["split"] == "train"]
@@ -105,8 +115,8 @@ def main():
                     cmd = [TAFT, "--log-format", "json", "finetune", "-i", prep, "-i", parent, "-o", out]
                     for s in [f"method={method}", f"encoder_cache={str(cache).lower()}", f"train.batch_size={batch}",
                               f"train.max_steps={steps}", "train.epochs=100", "train.best=null",
-                              "train.eval_each_epoch=false", "train.checkpoint_every=0", "train.device=cpu",
-                              f"train.threads={args.threads}"]:
+                              "train.eval_each_epoch=false", "train.checkpoint_every=0", f"train.device={args.device}",
+                              f"train.precision={args.precision}", f"train.threads={args.threads}"]:
                         cmd += ["--set", s]
                     summary = lambda _, out=out: json.load(open(os.path.join(out, "_MANIFEST.json")))["summary"]
                     ours.append(measure(cmd, lambda o: summary(o)["steps_per_second"]))
@@ -114,7 +124,7 @@ def main():
                     if not cache:
                         peer.append(measure([sys.executable, os.path.join(HERE, "finetune_peer.py"), method, init, prep,
                                              str(batch), str(steps), str(args.threads), "512", str(heads), str(ffn),
-                                             args.peer_padding],
+                                             args.peer_padding, args.device, args.precision],
                                             lambda o: json.loads(o.strip().splitlines()[-1])["steps_per_second"]))
                 med = lambda runs, k: statistics.median(run[k] for run in runs)
                 row = (name, batch, steps, method, cache, flops[(method, cache)], med(ours, 0), med(ours, 1),
@@ -123,10 +133,10 @@ def main():
                                     if peer else (None, None, None, None)))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    peak = gemm_peak(args.threads)
-    print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores; threads {args.threads}; "
+    peak = gemm_peak(args.threads, args.device, args.precision)
+    print(f"machine: {machine(args.device)}; threads {args.threads}; {args.device} {args.precision}; "
           f"{versions()}; median of {args.rounds} processes; peer padding: {args.peer_padding}; "
-          f"fp32 GEMM peak through libtorch {peak:.1f} GFLOP/s\n")
+          f"{args.precision} GEMM peak through libtorch {peak:.1f} GFLOP/s\n")
     print("| model | batch x steps | method | encoder cache | taft steps/s | taft wall s | taft peak RSS MiB | taft MFU "
           "| PyTorch steps/s | PyTorch wall s | PyTorch peak RSS MiB | PyTorch MFU | steps/s ratio | wall ratio |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")

@@ -12,7 +12,11 @@ directory, conversations, batch, learning rates and threads as `taft finetune`:
   `nn.TransformerEncoderLayer` adaptive layer at lr 1e-3; noadapt: the encoder frozen, no
   adaptive layer; tapt: everything trains.
 
-  finetune_peer.py METHOD MODEL_DIR PREP_DIR BATCH STEPS THREADS MAX_LENGTH ADAPTIVE_HEADS ADAPTIVE_FFN [PADDING]
+  finetune_peer.py METHOD MODEL_DIR PREP_DIR BATCH STEPS THREADS MAX_LENGTH ADAPTIVE_HEADS ADAPTIVE_FFN [PADDING
+                   [DEVICE [PRECISION]]]
+
+DEVICE `cpu` (default) or `cuda`; PRECISION `fp32` (default), `fp16` (autocast and a GradScaler)
+or `bf16` (autocast).
 
 Prints one JSON line: steps_per_second (the training loop), seconds.
 """
@@ -30,6 +34,9 @@ from transformers import AutoModel, PreTrainedTokenizerFast
 method, model_dir, prep_dir = sys.argv[1:4]
 batch, steps, threads, max_length, heads, ffn = (int(x) for x in sys.argv[4:10])
 padding = {"batch": "longest", "max_length": "max_length"}[sys.argv[10] if len(sys.argv) > 10 else "batch"]
+device = sys.argv[11] if len(sys.argv) > 11 else "cpu"
+precision = sys.argv[12] if len(sys.argv) > 12 else "fp32"
+amp = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
 torch.set_num_threads(threads)
 torch.manual_seed(42)
 
@@ -93,7 +100,7 @@ def weighted_loss(logits, labels, n):
     return F.binary_cross_entropy_with_logits(logits, F.one_hot(labels, n).float(), weight=weights)
 
 
-model = Model()
+model = Model().to(device)
 model.train()
 if method in ("taft", "noadapt"):
     for p in model.encoder.parameters():
@@ -107,19 +114,25 @@ groups = [
 ]
 opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=5e-5)
 sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1 - s / steps))
+scaler = torch.amp.GradScaler(device, enabled=precision == "fp16")
 draws = [sampler(status), sampler(satis)]
 start = time.perf_counter()
 for step in range(steps):
     losses = []
     for (items, head, n, w), draw in zip([(status, model.status, 4, 0.8), (satis, model.satisfaction, 3, 0.2)], draws):
         chunk = [items[next(draw)] for _ in range(batch)]
-        ids, mask = encode([t for t, _ in chunk])
-        labels = torch.tensor([y for _, y in chunk])
-        losses.append(w * weighted_loss(model(ids, mask, head), labels, n))
+        ids, mask = (t.to(device) for t in encode([t for t, _ in chunk]))
+        labels = torch.tensor([y for _, y in chunk], device=device)
+        with torch.autocast(device, dtype=amp, enabled=amp is not None):
+            logits = model(ids, mask, head)
+        losses.append(w * weighted_loss(logits.float(), labels, n))
     loss = sum(losses)
     opt.zero_grad()
-    loss.backward()
-    opt.step()
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
     sched.step()
+if device != "cpu":
+    torch.cuda.synchronize()
 seconds = time.perf_counter() - start
 print(json.dumps({"steps_per_second": steps / seconds, "seconds": seconds}))

@@ -571,6 +571,10 @@ async fn queue_and_wait(
 ) -> std::result::Result<super::Probs, Response> {
     let limits = &state.config;
     let n = texts.len();
+    let stopped = || error(StatusCode::SERVICE_UNAVAILABLE, "the model runner stopped", None);
+    if !state.batcher_alive.load(Ordering::SeqCst) {
+        return Err(stopped());
+    }
     // Reserve room in the bounded queue, or refuse.
     let reserved = state
         .queued
@@ -587,11 +591,14 @@ async fn queue_and_wait(
     let (reply, answer) = oneshot::channel();
     let job = Job { texts, queued: Arc::clone(&reservation.queued), deadline, reply };
     if state.queue.send(job).await.is_err() {
-        return Err(error(StatusCode::SERVICE_UNAVAILABLE, "the model runner stopped", None));
+        return Err(stopped());
     }
     match tokio::time::timeout_at(deadline, answer).await {
         Ok(Ok(Ok(p))) => Ok(p),
         Ok(Ok(Err(e))) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, &e, None)),
+        // A reply dropped unanswered: the runner died holding it (it marks itself stopped
+        // before its jobs are dropped) or a run of it failed.
+        Ok(Err(_)) if !state.batcher_alive.load(Ordering::SeqCst) => Err(stopped()),
         Ok(Err(_)) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, "the model run failed", None)),
         Err(_) => Err(error(
             StatusCode::GATEWAY_TIMEOUT,

@@ -17,6 +17,8 @@ pub enum Precision {
     Fp32,
     /// fp16 autocast with dynamic loss scaling (CUDA only).
     Fp16,
+    /// bf16 autocast (CUDA only; bf16 has fp32's range: no loss scaling).
+    Bf16,
     /// fp16 on a CUDA device, fp32 on the CPU.
     Auto,
 }

@@ -27,12 +27,13 @@ use crate::store::commit::Output;
 pub type Metrics = BTreeMap<String, f64>;
 
 impl TrainConfig {
-    /// The device to train on; fp16 needs CUDA.
+    /// The device to train on; fp16 and bf16 need CUDA.
     pub fn device(&self) -> Result<Device> {
         let device = crate::model::parse_device(&self.device)?;
-        if self.precision == Precision::Fp16 && !device.is_cuda() {
+        if matches!(self.precision, Precision::Fp16 | Precision::Bf16) && !device.is_cuda() {
+            let name = if self.precision == Precision::Fp16 { "fp16" } else { "bf16" };
             return Err(Error::config(format!(
-                "train.precision fp16 needs a CUDA device (train.device is `{}`, which is the CPU here): use fp32",
+                "train.precision {name} needs a CUDA device (train.device is `{}`, which is the CPU here): use fp32",
                 self.device
             )));
         }
@@ -114,10 +115,11 @@ pub fn fit(config: &TrainConfig, vs: &nn::VarStore, objective: &dyn Objective, w
     let steps_per_epoch = batches_per_epoch.div_ceil(config.grad_accum);
     let total = config.epochs.saturating_mul(steps_per_epoch).min(config.max_steps.unwrap_or(u64::MAX));
     let schedule = LinearSchedule { total_steps: total, warmup_steps: config.warmup_steps };
-    let fp16 = match config.precision {
-        Precision::Fp16 => true,
-        Precision::Fp32 => false,
-        Precision::Auto => vs.device().is_cuda(),
+    let (autocast, fp16) = match config.precision {
+        Precision::Fp16 => (true, true),
+        Precision::Bf16 => (true, false),
+        Precision::Fp32 => (false, false),
+        Precision::Auto => (vs.device().is_cuda(), vs.device().is_cuda()),
     };
 
     let mut optimizer = AdamW::new(groups(vs, config)?, (0.9, 0.999), 1e-8);
@@ -176,7 +178,11 @@ pub fn fit(config: &TrainConfig, vs: &nn::VarStore, objective: &dyn Objective, w
                 tch::autocast(false, || (part.to_kind(Kind::Float) * scale).backward());
                 Ok(())
             };
-            tch::autocast(fp16, || objective.loss(batch, seed, &mut backward))?;
+            if autocast {
+                // libtorch keeps the autocast type per thread.
+                super::autocast_type(config.precision == Precision::Bf16)?;
+            }
+            tch::autocast(autocast, || objective.loss(batch, seed, &mut backward))?;
         }
 
         let grad_norm = unscale_and_clip(&optimizer, state.scale, config.max_grad_norm);
@@ -675,9 +681,9 @@ mod tests {
         c.best = Some(Best { metric: "loss".into(), mode: Mode::Min, patience: None });
         assert!(c.validate().unwrap_err().to_string().contains("best needs evaluations"));
         let mut c = config();
-        c.precision = Precision::Fp16;
-        if !tch::Cuda::is_available() {
-            assert!(c.device().unwrap_err().to_string().contains("fp16 needs a CUDA device"));
+        for (precision, name) in [(Precision::Fp16, "fp16"), (Precision::Bf16, "bf16")] {
+            c.precision = precision;
+            assert!(c.device().unwrap_err().to_string().contains(&format!("{name} needs a CUDA device")));
         }
         let mut c = config();
         c.lr = f64::NAN;

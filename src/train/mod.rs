@@ -32,3 +32,19 @@ pub fn activation_bytes(layers: i64, hidden: i64, intermediate: i64, heads: i64,
     let per_token_layer = 4 * (12 * hidden + 2 * intermediate) + 13 * heads * tokens;
     per_token_layer * tokens * layers.max(0) as u64
 }
+
+#[cfg(feature = "train")]
+unsafe extern "C" {
+    /// `src/train/autocast.cpp`: sets this thread's CUDA autocast type; 0 on success.
+    fn taft_cuda_autocast_bf16(bf16: i32) -> i32;
+}
+
+/// Makes this thread's CUDA autocast compute in bf16 (`true`) or fp16.
+#[cfg(feature = "train")]
+pub fn autocast_type(bf16: bool) -> crate::error::Result<()> {
+    // SAFETY: the function takes a plain integer and catches every C++ exception.
+    match unsafe { taft_cuda_autocast_bf16(i32::from(bf16)) } {
+        0 => Ok(()),
+        _ => Err(crate::error::Error::Other("libtorch refused to set the CUDA autocast type".into())),
+    }
+}

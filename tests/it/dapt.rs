@@ -382,9 +382,11 @@ fn bad_dapt_configs_are_rejected_before_training() {
         assert!(r.stderr.contains(expect), "{set}: {}", r.stderr);
     }
     if !tch::Cuda::is_available() {
-        let r = run(&mut dapt(&out, &["train.precision=fp16"]));
-        assert_eq!(r.code, 2);
-        assert!(r.stderr.contains("fp16 needs a CUDA device"), "{}", r.stderr);
+        for precision in ["fp16", "bf16"] {
+            let r = run(&mut dapt(&out, &[&format!("train.precision={precision}")]));
+            assert_eq!(r.code, 2);
+            assert!(r.stderr.contains(&format!("{precision} needs a CUDA device")), "{}", r.stderr);
+        }
     }
     let f = fixture();
     let r = taft_run(&["dapt", "-i", s(&f.prep), "-i", s(&f.prep), "-o", s(&out)]);
@@ -392,14 +394,18 @@ fn bad_dapt_configs_are_rejected_before_training() {
     assert!(r.stderr.contains("2 prep output(s) and 0 other(s)"), "{}", r.stderr);
 }
 
+/// Both reduced precisions train on the GPU: finite evaluation losses that fall.
 #[test]
 #[ignore = "needs CUDA: run with --ignored on a GPU machine"]
-fn dapt_in_fp16_on_cuda() {
+fn dapt_in_fp16_and_bf16_on_cuda() {
     assert!(tch::Cuda::is_available(), "this test needs a CUDA device");
     let dir = tempdir();
-    let out = dir.path().join("fp16");
-    run(&mut dapt(&out, &["train.device=cuda", "train.precision=fp16", "train.epochs=3"])).ok();
-    let recs = records(&out);
-    let eval = values(&recs, "eval", "loss");
-    assert!(eval.iter().all(|l| l.is_finite()) && eval[2] < eval[0], "{eval:?}");
+    for precision in ["fp16", "bf16"] {
+        let out = dir.path().join(precision);
+        let r = run(&mut dapt(&out, &["train.device=cuda", &format!("train.precision={precision}"), "train.epochs=3"])).ok();
+        let recs = records(&out);
+        let eval = values(&recs, "eval", "loss");
+        eprintln!("dapt {precision} on CUDA: eval losses {eval:?}");
+        assert!(eval.iter().all(|l| l.is_finite()) && eval[2] < eval[0], "{precision}: {eval:?}\n{}", r.stderr);
+    }
 }

@@ -69,14 +69,6 @@ fn minilm_matches_transformers_token_ids_and_hidden_states() {
     minilm_parity(Device::Cpu);
 }
 
-/// The same parity on the GPU.
-#[test]
-#[ignore = "needs CUDA: run with --ignored on a GPU machine"]
-fn minilm_matches_transformers_on_cuda() {
-    assert!(tch::Cuda::is_available(), "this test needs a CUDA device");
-    minilm_parity(Device::Cuda(0));
-}
-
 fn minilm_parity(device: Device) {
     let dir = tempdir();
     let model = minilm_dir();
@@ -112,6 +104,18 @@ fn minilm_parity(device: Device) {
 
 #[test]
 fn camembert_family_matches_transformers_with_a_tokenizer_trained_here() {
+    camembert_parity(Device::Cpu);
+}
+
+/// The same parity on the GPU (a random CamemBERT: no model files needed there).
+#[test]
+#[ignore = "needs CUDA: run with --ignored on a GPU machine"]
+fn camembert_family_matches_transformers_on_cuda() {
+    assert!(tch::Cuda::is_available(), "this test needs a CUDA device");
+    camembert_parity(Device::Cuda(0));
+}
+
+fn camembert_parity(device: Device) {
     let dir = tempdir();
     let model = dir.path().join("camembert");
     std::fs::create_dir_all(&model).unwrap();
@@ -137,12 +141,13 @@ fn camembert_family_matches_transformers_with_a_tokenizer_trained_here() {
     let (ids, mask) = encode(&tok, &SENTENCES);
     assert!(ids.equal(&reference["input_ids"]), "token ids differ between tokenizers (Rust) and transformers");
     assert!(mask.equal(&reference["attention_mask"]));
-    let loaded = load_encoder(&model, Device::Cpu).unwrap();
+    let loaded = load_encoder(&model, device).unwrap();
     assert_eq!(loaded.config.family("config.json").unwrap(), Family::Roberta);
+    let (ids, mask) = (ids.to_device(device), mask.to_device(device));
     let hidden = tch::no_grad(|| loaded.encoder.forward_t(&ids, &mask, None, false));
-    let diff = max_abs_diff(&hidden, &reference["hidden"]);
-    eprintln!("parity CamemBERT hidden states: max abs diff {diff:.2e}");
-    assert!(diff <= ENCODER_TOL, "max abs diff {diff} > {ENCODER_TOL}");
+    let diff = max_abs_diff(&hidden.to_device(Device::Cpu), &reference["hidden"]);
+    eprintln!("parity CamemBERT hidden states ({device:?}): max abs diff {diff:.2e}");
+    assert!(diff <= ENCODER_TOL, "{device:?}: max abs diff {diff} > {ENCODER_TOL}");
 }
 
 #[test]
