@@ -10,3 +10,13 @@ extern "C" int taft_cuda_autocast_bf16(int bf16) {
     return 1;
   }
 }
+
+// This thread's CUDA autocast type: 0 fp16, 1 bf16, 2 another.
+extern "C" int taft_cuda_autocast_type() {
+  try {
+    auto t = at::autocast::get_autocast_dtype(at::kCUDA);
+    return t == at::kHalf ? 0 : t == at::kBFloat16 ? 1 : 2;
+  } catch (...) {
+    return 2;
+  }
+}

@@ -37,6 +37,9 @@ pub fn activation_bytes(layers: i64, hidden: i64, intermediate: i64, heads: i64,
 unsafe extern "C" {
     /// `src/train/autocast.cpp`: sets this thread's CUDA autocast type; 0 on success.
     fn taft_cuda_autocast_bf16(bf16: i32) -> i32;
+    /// This thread's CUDA autocast type: 0 fp16, 1 bf16, 2 another.
+    #[cfg(test)]
+    fn taft_cuda_autocast_type() -> i32;
 }
 
 /// Makes this thread's CUDA autocast compute in bf16 (`true`) or fp16.
@@ -46,5 +49,20 @@ pub fn autocast_type(bf16: bool) -> crate::error::Result<()> {
     match unsafe { taft_cuda_autocast_bf16(i32::from(bf16)) } {
         0 => Ok(()),
         _ => Err(crate::error::Error::Other("libtorch refused to set the CUDA autocast type".into())),
+    }
+}
+
+#[cfg(all(test, feature = "train"))]
+mod tests {
+    #[test]
+    fn the_autocast_type_is_set_per_thread_in_libtorch() {
+        // SAFETY: reads a thread-local of libtorch; catches every C++ exception.
+        let current = || unsafe { super::taft_cuda_autocast_type() };
+        assert_eq!(current(), 0, "libtorch's default is fp16");
+        super::autocast_type(true).unwrap();
+        assert_eq!(current(), 1);
+        std::thread::spawn(move || assert_eq!(unsafe { super::taft_cuda_autocast_type() }, 0)).join().unwrap();
+        super::autocast_type(false).unwrap();
+        assert_eq!(current(), 0);
     }
 }
