@@ -402,7 +402,8 @@ fn dapt_in_fp16_and_bf16_on_cuda() {
     let dir = tempdir();
     for precision in ["fp16", "bf16"] {
         let out = dir.path().join(precision);
-        let r = run(&mut dapt(&out, &["train.device=cuda", &format!("train.precision={precision}"), "train.epochs=3"])).ok();
+        let r = run(&mut dapt(&out, &["train.device=cuda", &format!("train.precision={precision}"), "train.epochs=3"]))
+            .ok();
         let recs = records(&out);
         let eval = values(&recs, "eval", "loss");
         eprintln!("dapt {precision} on CUDA: eval losses {eval:?}");
