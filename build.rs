@@ -13,7 +13,7 @@ fn main() {
     if std::env::var_os("CARGO_FEATURE_TRAIN").is_some() {
         if let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") {
             println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");
-            autocast_shim(&PathBuf::from(lib));
+            torch_ext(&PathBuf::from(lib));
         }
         if let Ok(libtorch) = std::env::var("LIBTORCH") {
             let version_py = PathBuf::from(&libtorch).join("version.py");
@@ -50,10 +50,10 @@ fn main() {
     }
 }
 
-/// Compiles `src/train/autocast.cpp` against the headers of the libtorch in `lib`'s parent.
+/// Compiles `src/train/torch_ext.cpp` against the headers of the libtorch in `lib`'s parent.
 #[cfg(feature = "train")]
-fn autocast_shim(lib: &std::path::Path) {
-    let src = "src/train/autocast.cpp";
+fn torch_ext(lib: &std::path::Path) {
+    let src = "src/train/torch_ext.cpp";
     println!("cargo:rerun-if-changed={src}");
     let include = lib.parent().expect("libtorch's lib folder has a parent").join("include");
     cc::Build::new()
@@ -63,11 +63,11 @@ fn autocast_shim(lib: &std::path::Path) {
         .include(include.join("torch/csrc/api/include"))
         .flag("-std=c++17")
         .warnings(false)
-        .compile("taft_autocast");
+        .compile("taft_torch_ext");
 }
 
 #[cfg(not(feature = "train"))]
-fn autocast_shim(_: &std::path::Path) {}
+fn torch_ext(_: &std::path::Path) {}
 
 /// Compiles `onnx.proto` (`ONNX_PROTO`, else the `.venv` link scripts/bootstrap makes) into
 /// prost types with protox: no `protoc` needed.

@@ -189,7 +189,7 @@ pub fn fit(config: &TrainConfig, vs: &nn::VarStore, objective: &dyn Objective, w
         state.step += 1;
         let lr_factor = schedule.factor(state.step - 1);
         if grad_norm.is_finite() {
-            optimizer.step(lr_factor);
+            optimizer.step(lr_factor)?;
             if fp16 {
                 state.good_steps += 1;
                 if state.good_steps % SCALE_GROWTH_INTERVAL == 0 {

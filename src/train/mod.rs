@@ -35,11 +35,29 @@ pub fn activation_bytes(layers: i64, hidden: i64, intermediate: i64, heads: i64,
 
 #[cfg(feature = "train")]
 unsafe extern "C" {
-    /// `src/train/autocast.cpp`: sets this thread's CUDA autocast type; 0 on success.
+    /// `src/train/torch_ext.cpp`: sets this thread's CUDA autocast type; 0 on success.
     fn taft_cuda_autocast_bf16(bf16: i32) -> i32;
     /// This thread's CUDA autocast type: 0 fp16, 1 bf16, 2 another.
     #[cfg(test)]
     fn taft_cuda_autocast_type() -> i32;
+    /// `src/train/torch_ext.cpp`: libtorch's fused AdamW update of `n` parameters in place.
+    pub(crate) fn taft_fused_adamw(
+        params: *const *const torch_sys::C_tensor,
+        grads: *const *const torch_sys::C_tensor,
+        exp_avgs: *const *const torch_sys::C_tensor,
+        exp_avg_sqs: *const *const torch_sys::C_tensor,
+        step: *const torch_sys::C_tensor,
+        n: usize,
+        lr: f64,
+        beta1: f64,
+        beta2: f64,
+        weight_decay: f64,
+        eps: f64,
+        err: *mut std::ffi::c_char,
+        err_len: usize,
+    ) -> i32;
+    /// `src/train/torch_ext.cpp`: drops the gradients of `n` tensors; 0 on success.
+    pub(crate) fn taft_clear_grads(tensors: *const *const torch_sys::C_tensor, n: usize) -> i32;
 }
 
 /// Makes this thread's CUDA autocast compute in bf16 (`true`) or fp16.

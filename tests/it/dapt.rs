@@ -374,7 +374,7 @@ fn bad_dapt_configs_are_rejected_before_training() {
         ("block_size=4096", "block_size 4096 exceeds the 128 positions"),
         ("train.lrr=1", "unknown field `lrr`"),
         ("mlm_probability=1.5", "mlm_probability must be in (0, 1)"),
-        ("train.precision=bf16", "unknown variant `bf16`"),
+        ("train.precision=fp8", "unknown variant `fp8`"),
         ("first_token_words=-1", "first_token_words must be a finite weight ≥ 0 (0: off), not -1"),
     ] {
         let r = run(&mut dapt(&out, &[set]));

@@ -49,7 +49,7 @@ fn adamw_with_groups_and_schedule_matches_torch() {
         opt.zero_grad();
         // d/dx sum(x * g) = g: the gradients PyTorch was given.
         ((&a * ga).sum(Kind::Float) + (&b * gb).sum(Kind::Float)).backward();
-        opt.step(factors[k]);
+        opt.step(factors[k]).unwrap();
     }
     for (name, mine) in [("a", &a), ("b", &b)] {
         let diff = (mine.detach() - &reference[name]).abs().max().double_value(&[]);
