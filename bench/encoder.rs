@@ -25,7 +25,7 @@ fn main() {
     tch::no_grad(|| {
         for i in 0..repeat + 2 {
             let start = Instant::now();
-            let out = model.encoder.forward_t(&ids, &mask, None, false);
+            let out = model.encoder.forward_t(&ids, Some(&mask), None, false);
             let _ = out.sum(Kind::Float).double_value(&[]);
             if i >= 2 {
                 times.push(start.elapsed().as_secs_f64());

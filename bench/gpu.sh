@@ -6,9 +6,13 @@
 #   cargo test --release --features cuda --no-run   # taft and the test binary it prints
 #   TAFT_BIN=target/release/taft bench/gpu.sh target/release/deps/it-<hash>
 # and a Python with torch, transformers, tokenizers and pyarrow as `python3` (PYTHON).
+# Sections after the test binary pick some (cuda tests dapt-bf16 dapt-fp16 finetune-bf16
+# finetune-fp16); none runs them all.
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-tests=${1:?usage: bench/gpu.sh TEST_BINARY}
+tests=${1:?usage: bench/gpu.sh TEST_BINARY [SECTION...]}
+shift
+wanted=" $* "
 py=${PYTHON:-python3}
 out=${RESULTS_DIR:-$here/gpu-results}
 mkdir -p "$out"
@@ -17,6 +21,7 @@ export TAFT_BIN
 section() {
     local name=$1
     shift
+    if [ "$wanted" != "  " ] && [[ $wanted != *" $name "* ]]; then return; fi
     echo "== $name: $*"
     local t0=$SECONDS
     "$@" > "$out/$name.txt" 2>&1

@@ -112,14 +112,15 @@ impl Attention {
         }
     }
 
-    /// `mask`: boolean [batch, 1, 1, seq], true where a key may be attended.
-    pub fn forward_t(&self, x: &Tensor, mask: &Tensor, train: bool) -> Tensor {
+    /// `mask`: boolean [batch, 1, 1, seq], true where a key may be attended; `None` when
+    /// every key may be (no padding), which lets CUDA take its flash-attention kernel.
+    pub fn forward_t(&self, x: &Tensor, mask: Option<&Tensor>, train: bool) -> Tensor {
         let (b, t, h) = x.size3().expect("hidden states are [batch, seq, hidden]");
         let split = |y: Tensor| y.view([b, t, self.heads, h / self.heads]).transpose(1, 2);
         let q = split(self.query.forward(x));
         let k = split(self.key.forward(x));
         let v = split(self.value.forward(x));
-        let context = attention(&q, &k, &v, Some(mask), self.attention_dropout, train)
+        let context = attention(&q, &k, &v, mask, self.attention_dropout, train)
             .transpose(1, 2)
             .contiguous()
             .view([b, t, h]);
@@ -160,7 +161,7 @@ impl Layer {
         }
     }
 
-    pub fn forward_t(&self, x: &Tensor, mask: &Tensor, train: bool) -> Tensor {
+    pub fn forward_t(&self, x: &Tensor, mask: Option<&Tensor>, train: bool) -> Tensor {
         let a = self.attention.forward_t(x, mask, train);
         let i = self.intermediate.forward(&a);
         let i = activate(&i, &self.activation);
@@ -183,17 +184,18 @@ impl Encoder {
     }
 
     /// `input_ids`, `attention_mask` (1 token, 0 padding): int64 [batch, seq] → [batch, seq, hidden].
+    /// `attention_mask` may be `None` when no item is padded.
     pub fn forward_t(
         &self,
         input_ids: &Tensor,
-        attention_mask: &Tensor,
+        attention_mask: Option<&Tensor>,
         token_type_ids: Option<&Tensor>,
         train: bool,
     ) -> Tensor {
-        let mask = attention_mask.to_kind(Kind::Bool).unsqueeze(1).unsqueeze(1);
+        let mask = attention_mask.map(|m| m.to_kind(Kind::Bool).unsqueeze(1).unsqueeze(1));
         let mut x = self.embeddings.forward_t(input_ids, token_type_ids, train);
         for layer in &self.layers {
-            x = layer.forward_t(&x, &mask, train);
+            x = layer.forward_t(&x, mask.as_ref(), train);
         }
         x
     }

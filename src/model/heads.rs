@@ -139,7 +139,7 @@ impl Classifier {
     }
 
     pub fn forward_t(&self, input_ids: &Tensor, attention_mask: &Tensor, train: bool) -> ClassifierOutput {
-        let hidden = self.encoder.forward_t(input_ids, attention_mask, None, train);
+        let hidden = self.encoder.forward_t(input_ids, Some(attention_mask), None, train);
         self.heads_t(hidden, attention_mask, train)
     }
 

@@ -51,7 +51,7 @@ fn check_loads_in_transformers(model: &Path, work: &Path) {
     let reference: std::collections::HashMap<String, Tensor> =
         Tensor::read_safetensors(&out).unwrap().into_iter().collect();
     let loaded = load_encoder(model, Device::Cpu).unwrap();
-    let hidden = tch::no_grad(|| loaded.encoder.forward_t(&ids, &mask, None, false));
+    let hidden = tch::no_grad(|| loaded.encoder.forward_t(&ids, Some(&mask), None, false));
     let diff = (&hidden - &reference["hidden"]).abs().max().double_value(&[]);
     assert!(diff <= 1e-4, "max abs diff {diff}");
 }

@@ -91,14 +91,14 @@ fn minilm_parity(device: Device) {
 
     let loaded = load_encoder(&model, device).unwrap();
     let (ids, mask) = (ids.to_device(device), mask.to_device(device));
-    let hidden = tch::no_grad(|| loaded.encoder.forward_t(&ids, &mask, None, false));
+    let hidden = tch::no_grad(|| loaded.encoder.forward_t(&ids, Some(&mask), None, false));
     let diff = max_abs_diff(&hidden.to_device(Device::Cpu), &reference["hidden"]);
     eprintln!("parity MiniLM hidden states ({device:?}): max abs diff {diff:.2e}");
     assert!(diff <= ENCODER_TOL, "{device:?}: max abs diff {diff} > {ENCODER_TOL}");
     // Eval mode is deterministic; training mode applies dropout.
-    let again = tch::no_grad(|| loaded.encoder.forward_t(&ids, &mask, None, false));
+    let again = tch::no_grad(|| loaded.encoder.forward_t(&ids, Some(&mask), None, false));
     assert!(hidden.equal(&again));
-    let train = tch::no_grad(|| loaded.encoder.forward_t(&ids, &mask, None, true));
+    let train = tch::no_grad(|| loaded.encoder.forward_t(&ids, Some(&mask), None, true));
     assert!(max_abs_diff(&train, &hidden) > 1e-3, "dropout must be active in training");
 }
 
@@ -144,10 +144,16 @@ fn camembert_parity(device: Device) {
     let loaded = load_encoder(&model, device).unwrap();
     assert_eq!(loaded.config.family("config.json").unwrap(), Family::Roberta);
     let (ids, mask) = (ids.to_device(device), mask.to_device(device));
-    let hidden = tch::no_grad(|| loaded.encoder.forward_t(&ids, &mask, None, false));
+    let hidden = tch::no_grad(|| loaded.encoder.forward_t(&ids, Some(&mask), None, false));
     let diff = max_abs_diff(&hidden.to_device(Device::Cpu), &reference["hidden"]);
     eprintln!("parity CamemBERT hidden states ({device:?}): max abs diff {diff:.2e}");
     assert!(diff <= ENCODER_TOL, "{device:?}: max abs diff {diff} > {ENCODER_TOL}");
+    // No mask is the all-ones mask (the path unpadded blocks take).
+    let full = ids.ones_like();
+    let unmasked = tch::no_grad(|| loaded.encoder.forward_t(&ids, None, None, false));
+    let all_ones = tch::no_grad(|| loaded.encoder.forward_t(&ids, Some(&full), None, false));
+    let diff = max_abs_diff(&unmasked.to_device(Device::Cpu), &all_ones.to_device(Device::Cpu));
+    assert!(diff <= 1e-5, "{device:?}: no mask vs all-ones mask: max abs diff {diff}");
 }
 
 #[test]
@@ -228,7 +234,7 @@ fn a_model_saved_by_taft_loads_in_transformers() {
     Tensor::write_safetensors(&[("input_ids", &ids), ("attention_mask", &mask)], &inputs).unwrap();
     let out = dir.path().join("ref.safetensors");
     run(python().args([&parity_script("encoder_ref.py"), "load", s(&saved), s(&inputs), s(&out)])).ok();
-    let hidden = tch::no_grad(|| base.encoder.forward_t(&ids, &mask, None, false));
+    let hidden = tch::no_grad(|| base.encoder.forward_t(&ids, Some(&mask), None, false));
     let diff = max_abs_diff(&hidden, &read(&out)["hidden"]);
     eprintln!("parity taft-saved model in transformers: max abs diff {diff:.2e}");
     assert!(diff <= ENCODER_TOL, "max abs diff {diff} > {ENCODER_TOL}");
@@ -335,7 +341,7 @@ fn mlm_head_matches_transformers_for_both_families() {
         let head = MlmHead::new(&MlmHead::path(&vs.root(), kind), &config, kind);
         load_weights(&vs, &model, &[]).unwrap();
         let logits = tch::no_grad(|| {
-            let hidden = encoder.forward_t(&reference["input_ids"], &reference["attention_mask"], None, false);
+            let hidden = encoder.forward_t(&reference["input_ids"], Some(&reference["attention_mask"]), None, false);
             head.forward(&hidden, encoder.embeddings.word_embeddings())
         });
         let valid = reference["attention_mask"].to_kind(Kind::Bool).unsqueeze(-1).expand_as(&logits);

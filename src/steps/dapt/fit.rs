@@ -181,8 +181,8 @@ impl<'a> MaskedLm<'a> {
     /// `first_token_words`, also the first token's word prediction, summed or averaged
     /// over the blocks.
     fn loss_of(&self, ids: &Tensor, labels: &Tensor, train: bool, reduction: Reduction) -> Losses {
-        let mask = ids.ones_like();
-        let hidden = self.model.encoder.forward_t(ids, &mask, None, train);
+        // Blocks are full: no padding, no mask.
+        let hidden = self.model.encoder.forward_t(ids, None, None, train);
         let width = hidden.size()[2];
         let words = (self.words_weight > 0.0).then(|| {
             // The blocks as they were before masking.

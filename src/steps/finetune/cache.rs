@@ -96,7 +96,7 @@ pub fn encode_each(
             let shape = [chunk.len() as i64, width as i64];
             let ids = Tensor::from_slice(&ids).view(shape).to(settings.device);
             let mask = Tensor::from_slice(&mask).view(shape).to(settings.device);
-            let states = encoder.forward_t(&ids, &mask, None, false).to_kind(kind).to(Device::Cpu);
+            let states = encoder.forward_t(&ids, Some(&mask), None, false).to_kind(kind).to(Device::Cpu);
             for (j, &r) in chunk.iter().enumerate() {
                 let len = match (settings.first_token_only, fixed) {
                     (true, _) => 1,
