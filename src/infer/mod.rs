@@ -72,13 +72,19 @@ pub struct Exported {
     /// `taft.json` of the export.
     pub taft: serde_json::Value,
     pub variant: Variant,
-    /// ONNX Runtime's intra-op threads.
+    /// ONNX Runtime's intra-op threads of each instance.
     pub threads: usize,
+    /// Sessions of the model that run at once, each on its own runs ([`Exported::calibrate`]).
+    pub instances: usize,
     /// Measured by [`Exported::calibrate`]: how many padding tokens one run saved is worth
     /// (a run takes another item only while the padding it adds costs less). None: runs are
     /// cut by [`MAX_PADDING`] alone, the same way on every machine.
     pub join_tokens: Option<usize>,
-    session: Mutex<Session>,
+    /// One session per instance.
+    sessions: Vec<Mutex<Session>>,
+    /// The ONNX file, kept by [`Exported::open`] until [`Exported::calibrate`] has made the
+    /// instances.
+    source: Option<bytes::Bytes>,
 }
 
 impl Exported {
@@ -104,9 +110,13 @@ impl Exported {
         let tokenizer = committed.read(TOKENIZER).await?;
         let taft = committed.read(TAFT_JSON).await?;
         let url = committed.url().to_string();
-        tokio::task::spawn_blocking(move || Exported::from_bytes(&url, &model, &tokenizer, &taft, variant, threads))
-            .await
-            .map_err(|e| Error::Other(format!("model loading: {e}")))?
+        tokio::task::spawn_blocking(move || {
+            let mut exported = Exported::from_bytes(&url, &model, &tokenizer, &taft, variant, threads)?;
+            exported.source = Some(model);
+            Ok(exported)
+        })
+        .await
+        .map_err(|e| Error::Other(format!("model loading: {e}")))?
     }
 
     pub fn from_bytes(
@@ -143,8 +153,10 @@ impl Exported {
             taft,
             variant,
             threads,
+            instances: 1,
             join_tokens: None,
-            session: Mutex::new(session),
+            sessions: vec![Mutex::new(session)],
+            source: None,
         };
         // A warm-up run: every head's outputs must be there with `taft.json`'s classes, or
         // the model is refused now rather than answering shifted rows later.
@@ -169,10 +181,20 @@ impl Exported {
 
     /// Class probabilities of each text, per head: `[head][item][class]`, in the texts' order.
     pub fn probabilities<T: Segments>(&self, texts: &[T], batch_size: usize) -> Result<Probs> {
-        self.probabilities_with(texts, batch_size, None, |_, _| {})
+        self.probabilities_with(0, texts, batch_size, None, |_, _| {})
     }
 
-    /// Measures what batching is worth on this machine for this model and sets
+    /// Sets up the sessions for serving and measures what batching is worth on this machine
+    /// for this model.
+    ///
+    /// `instances`: sessions that run at once, the threads shared among them (`None`:
+    /// chosen here). With several threads, one 128-token item is timed on all of them and,
+    /// if that takes less than [`SPLIT_SECONDS`], on one: where the threads make it less than
+    /// [`THREAD_EFFICIENCY`] × threads times faster (a small model, whose operators are too
+    /// short to split), each thread gets a session of its own and runs its own runs
+    /// (throughput up, a request alone no slower than the threads made it by much); a large
+    /// encoder keeps one session on all threads, so that a request alone gets every core.
+    ///
     /// [`Exported::join_tokens`]: the time of one item of `CALIBRATION_TOKENS` tokens alone
     /// and of `CALIBRATION_ITEMS` such items in one run (the best of at least three runs and
     /// `CALIBRATION_SECONDS` each: a small model is timed over many runs, so that a moment
@@ -182,44 +204,109 @@ impl Exported {
     /// efficient for one conversation and padding is pure work: runs join only items of
     /// nearly equal length. On a small one a run's fixed cost dominates and runs stay long.
     /// A model whose runs are all `max_length` wide is not timed: its runs are plain chunks.
-    pub fn calibrate(&mut self) -> Result<Option<usize>> {
+    /// A `join_tokens` given is taken as it is (not timed).
+    pub fn calibrate(&mut self, instances: Option<usize>, join: Option<usize>) -> Result<Option<usize>> {
+        let source = self.source.take();
+        let total = self.threads * self.instances;
+        let name = format!("{}/{}", self.url, self.variant.file());
+        let mut one_thread = None;
+        let wanted = match instances {
+            Some(k) => k.max(1),
+            None if total >= 2 && !self.fixed_width && source.is_some() => {
+                let row = self.calibration_row()?;
+                let all = self.best_run(&mut self.sessions[0].lock().unwrap_or_else(|e| e.into_inner()), &row, 1)?;
+                // An item this long is made of operators that split well over threads; a
+                // second session (a second copy of a large model) is not made to time it.
+                if all >= SPLIT_SECONDS {
+                    1
+                } else {
+                    let bytes = source.as_deref().unwrap_or_default();
+                    let mut single = session(bytes, Some(1), &name)?;
+                    let alone = self.best_run(&mut single, &row, 1)?;
+                    one_thread = Some(single);
+                    tracing::info!(
+                        threads = total,
+                        seconds_on_all = all,
+                        seconds_on_one = alone,
+                        "one item timed on all threads and on one"
+                    );
+                    if alone < THREAD_EFFICIENCY * total as f64 * all {
+                        total
+                    } else {
+                        1
+                    }
+                }
+            }
+            None => 1,
+        };
+        if wanted != self.instances {
+            let Some(bytes) = source.as_deref() else {
+                return Err(Error::Other(format!("{name}: the model's instances are set when it is opened")));
+            };
+            let threads = (total / wanted).max(1);
+            let mut sessions = Vec::with_capacity(wanted);
+            if threads == 1 {
+                sessions.extend(one_thread.take());
+            }
+            while sessions.len() < wanted {
+                sessions.push(session(bytes, Some(threads), &name)?);
+            }
+            self.sessions = sessions.into_iter().map(Mutex::new).collect();
+            (self.threads, self.instances) = (threads, wanted);
+        }
+        drop(one_thread);
         if self.fixed_width {
             return Ok(None);
         }
+        if let Some(join) = join {
+            self.join_tokens = Some(join);
+            return Ok(Some(join));
+        }
+        let row = self.calibration_row()?;
+        let mut session = self.sessions[0].lock().unwrap_or_else(|e| e.into_inner());
+        let alone = self.best_run(&mut session, &row, 1)?;
+        let together = self.best_run(&mut session, &row, CALIBRATION_ITEMS)?;
+        drop(session);
+        let join = join_tokens(alone, together, CALIBRATION_ITEMS, row.len());
+        self.join_tokens = Some(join);
+        Ok(Some(join))
+    }
+
+    /// A row of `CALIBRATION_TOKENS` token ids (a word between the special tokens).
+    fn calibration_row(&self) -> Result<Vec<i64>> {
         let tokens = CALIBRATION_TOKENS.min(self.max_length).max(2);
         let ids = self.encoder.ids(&["a"])?.remove(0);
         let (first, last, word) = (ids[0], ids[ids.len() - 1], ids[ids.len() / 2]);
         let mut row = vec![word; tokens];
         row[0] = first;
         row[tokens - 1] = last;
-        let names = self.head_names();
-        let session = self.session.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut best = |n: usize| -> Result<f64> {
-            let enc = self.encoder.pad(&vec![row.as_slice(); n]);
-            run(session, &enc, &names)?;
-            let (mut best, mut spent, mut runs) = (f64::INFINITY, 0.0, 0);
-            while runs < 3 || (spent < CALIBRATION_SECONDS && runs < 1000) {
-                let started = std::time::Instant::now();
-                run(session, &enc, &names)?;
-                let took = started.elapsed().as_secs_f64();
-                (best, spent, runs) = (best.min(took), spent + took, runs + 1);
-            }
-            Ok(best)
-        };
-        let alone = best(1)?;
-        let together = best(CALIBRATION_ITEMS)?;
-        let join = join_tokens(alone, together, CALIBRATION_ITEMS, tokens);
-        self.join_tokens = Some(join);
-        Ok(Some(join))
+        Ok(row)
     }
 
-    /// [`Exported::probabilities`], calling `done(items, probs)` after each run with the
-    /// items it scored. Texts are cut into runs of at most `batch_size` by length (padding
+    /// The best time of a run of `n` copies of `row` on `session`: at least three runs and
+    /// `CALIBRATION_SECONDS`, after one untimed.
+    fn best_run(&self, session: &mut Session, row: &[i64], n: usize) -> Result<f64> {
+        let names = self.head_names();
+        let enc = self.encoder.pad(&vec![row; n]);
+        run(session, &enc, &names)?;
+        let (mut best, mut spent, mut runs) = (f64::INFINITY, 0.0, 0);
+        while runs < 3 || (spent < CALIBRATION_SECONDS && runs < 1000) {
+            let started = std::time::Instant::now();
+            run(session, &enc, &names)?;
+            let took = started.elapsed().as_secs_f64();
+            (best, spent, runs) = (best.min(took), spent + took, runs + 1);
+        }
+        Ok(best)
+    }
+
+    /// [`Exported::probabilities`] on the session of `instance`, calling `done(items, probs)`
+    /// after each run with the items it scored. Texts are cut into runs of at most `batch_size` by length (padding
     /// within [`MAX_PADDING`] of their tokens, and, once calibrated, worth less than a run:
     /// [`Exported::join_tokens`]); the runs go shortest first, or, given each text's `age`
     /// rank (0 the oldest), the run holding the oldest text first.
     pub fn probabilities_with<S, F>(
         &self,
+        instance: usize,
         texts: &[S],
         batch_size: usize,
         age: Option<&[usize]>,
@@ -243,13 +330,7 @@ impl Exported {
         if let Some(age) = age {
             oldest_first(&mut cut, age);
         }
-        for rows in cut {
-            let enc = self.pad(&rows.iter().map(|&i| ids[i].as_slice()).collect::<Vec<_>>());
-            let out = {
-                // A panic in an earlier run leaves the session as ONNX Runtime left it.
-                let mut session = self.session.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                run(&mut session, &enc, &names)?
-            };
+        let store = |rows: &[usize], out: Vec<(Vec<f32>, Vec<f32>)>, probs: &mut Probs| -> Result<()> {
             for (h, (_, p)) in out.iter().enumerate() {
                 let width = self.heads[h].1.len();
                 if p.len() != rows.len() * width {
@@ -265,6 +346,18 @@ impl Exported {
                     probs[h][row] = p[k * width..(k + 1) * width].to_vec();
                 }
             }
+            Ok(())
+        };
+        let score = |session: &Mutex<Session>, rows: &[usize]| {
+            let enc = self.pad(&rows.iter().map(|&i| ids[i].as_slice()).collect::<Vec<_>>());
+            // A panic in an earlier run leaves the session as ONNX Runtime left it.
+            let mut session = session.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            run(&mut session, &enc, &names)
+        };
+        let session = &self.sessions[instance.min(self.sessions.len() - 1)];
+        for rows in cut {
+            let out = score(session, rows)?;
+            store(rows, out, &mut probs)?;
             done(rows, &probs);
         }
         Ok(probs)
@@ -284,6 +377,11 @@ const CALIBRATION_TOKENS: usize = 128;
 const CALIBRATION_ITEMS: usize = 8;
 /// How long it times each of the two at least.
 const CALIBRATION_SECONDS: f64 = 0.25;
+/// The share of a perfect speed-up (threads × faster) below which threads are worth more as
+/// instances of their own.
+const THREAD_EFFICIENCY: f64 = 0.9;
+/// An item of `CALIBRATION_TOKENS` that takes this long on all threads is not timed on one.
+const SPLIT_SECONDS: f64 = 0.01;
 
 /// Padding tokens worth one run saved: from the time of one item alone and of `items` such
 /// items of `tokens` tokens together (0 where batching saved nothing).

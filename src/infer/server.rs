@@ -10,7 +10,9 @@
 //!   Items share a run only where the padding costs less than the run it saves, as measured
 //!   for the model on this machine when it loads ([`Exported::calibrate`]).
 //!   The model runs on a thread of its own, woken by the queue; requests are parsed and
-//!   answered on the runtime's workers. The queue holds at most `queue_items` items; beyond
+//!   answered on the runtime's workers. A model too small to split over threads runs as
+//!   several instances, a session and a runner thread each, sharing the queue
+//!   ([`Exported::calibrate`]). The queue holds at most `queue_items` items; beyond
 //!   that a request gets 503.
 //!   Work of a request whose client has gone or whose deadline (`request_timeout_ms`) has
 //!   passed is dropped before it reaches the model.
@@ -102,6 +104,11 @@ pub struct ServeConfig {
     /// [`Exported::calibrate`]); a number fixes it, the same on every machine.
     #[serde(default)]
     pub join_tokens: Option<usize>,
+    /// Sessions of the model running at once, `threads` shared among them (default: chosen
+    /// at load, [`Exported::calibrate`]: one per thread for a model too small to split over
+    /// threads, else one).
+    #[serde(default)]
+    pub instances: Option<usize>,
 }
 
 impl ServeConfig {
@@ -133,6 +140,9 @@ impl ServeConfig {
         if self.threads.is_some_and(|t| !(1..=1024).contains(&t)) {
             return Err(Error::config("threads must be in 1..=1024"));
         }
+        if self.instances.is_some_and(|k| !(1..=1024).contains(&k)) {
+            return Err(Error::config("instances must be in 1..=1024"));
+        }
         if self.join_tokens.is_some_and(|t| t > 1 << 20) {
             return Err(Error::config("join_tokens must be in 0..=1048576"));
         }
@@ -160,16 +170,10 @@ pub async fn serve(model_url: &str, config: ServeConfig) -> Result<()> {
         config: config.clone(),
     });
     // The model runs on a thread of its own: a request queued wakes it, and it runs the model
-    // there, without handing the run to another thread and back.
-    let runner = {
-        let state = Arc::clone(&state);
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .map_err(|e| Error::Other(format!("model runner: {e}")))?;
-        std::thread::Builder::new().name("taft-model".into()).spawn(move || rt.block_on(batcher(state, rx)))
-    };
-    runner.map_err(|e| Error::Other(format!("model runner: {e}")))?;
+    // there, without handing the run to another thread and back. Each further instance of the
+    // model gets a runner of its own once the model is loaded; they share the queue.
+    let rx = Arc::new(tokio::sync::Mutex::new(rx));
+    runner(Arc::clone(&state), Arc::clone(&rx), 0)?;
     let app = router(Arc::clone(&state));
     {
         // The line is for whoever reads stdout; a reader gone away does not stop the server.
@@ -185,20 +189,20 @@ pub async fn serve(model_url: &str, config: ServeConfig) -> Result<()> {
         async move {
             let started = Instant::now();
             let mut model = Exported::open(&url, state.config.model, state.config.threads).await?;
-            // What batching is worth for this model on this machine decides how runs are cut,
-            // unless the config fixes it.
-            let model = match state.config.join_tokens {
-                Some(join) => {
-                    model.join_tokens = (!model.fixed_width).then_some(join);
-                    model
-                }
-                None => tokio::task::spawn_blocking(move || model.calibrate().map(|_| model))
-                    .await
-                    .map_err(|e| Error::Other(format!("model calibration: {e}")))??,
-            };
-            tracing::info!(model = %url, heads = ?model.head_names(), threads = model.threads, join_tokens = model.join_tokens, seconds = started.elapsed().as_secs_f64(), "model loaded");
+            // How many sessions run at once and what batching is worth, for this model on this
+            // machine, decide how runs are cut and run, unless the config fixes them.
+            let (instances, join) = (state.config.instances, state.config.join_tokens);
+            let model = tokio::task::spawn_blocking(move || model.calibrate(instances, join).map(|_| model))
+                .await
+                .map_err(|e| Error::Other(format!("model calibration: {e}")))??;
+            tracing::info!(model = %url, heads = ?model.head_names(), instances = model.instances, threads = model.threads, join_tokens = model.join_tokens, seconds = started.elapsed().as_secs_f64(), "model loaded");
             state.metrics.join_tokens.set(model.join_tokens.map_or(-1, |t| t.min(i64::MAX as usize) as i64));
+            state.metrics.instances.set(model.instances as i64);
+            let instances = model.instances;
             let _ = state.model.set(Arc::new(model));
+            for instance in 1..instances {
+                runner(Arc::clone(&state), Arc::clone(&rx), instance)?;
+            }
             state.metrics.ready.set(1);
             std::future::pending::<Result<()>>().await
         }
@@ -208,6 +212,17 @@ pub async fn serve(model_url: &str, config: ServeConfig) -> Result<()> {
         r = load => r?,
     }
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// Starts the thread that runs the model's session `instance` on what it takes from the queue.
+fn runner(state: Arc<AppState>, rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>, instance: usize) -> Result<()> {
+    let fail = |e: std::io::Error| Error::Other(format!("model runner: {e}"));
+    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().map_err(fail)?;
+    std::thread::Builder::new()
+        .name(format!("taft-model-{instance}"))
+        .spawn(move || rt.block_on(batcher(state, rx, instance)))
+        .map_err(fail)?;
     Ok(())
 }
 
@@ -360,6 +375,8 @@ struct Metrics {
     dropped: prometheus::IntCounter,
     runs: prometheus::IntCounter,
     join_tokens: IntGauge,
+    instances: IntGauge,
+    instance_runs: IntCounterVec,
 }
 
 impl Metrics {
@@ -405,7 +422,28 @@ impl Metrics {
         registry.register(Box::new(dropped.clone())).map_err(fail)?;
         registry.register(Box::new(runs.clone())).map_err(fail)?;
         registry.register(Box::new(join_tokens.clone())).map_err(fail)?;
-        Ok(Metrics { registry, requests, latency, batch, queue, ready, dropped, runs, join_tokens })
+        let instances = IntGauge::new("taft_model_instances", "Sessions of the model running at once, chosen at load")
+            .map_err(fail)?;
+        registry.register(Box::new(instances.clone())).map_err(fail)?;
+        let instance_runs = IntCounterVec::new(
+            Opts::new("taft_instance_runs_total", "Model runs by instance of the model"),
+            &["instance"],
+        )
+        .map_err(fail)?;
+        registry.register(Box::new(instance_runs.clone())).map_err(fail)?;
+        Ok(Metrics {
+            registry,
+            requests,
+            latency,
+            batch,
+            queue,
+            ready,
+            dropped,
+            runs,
+            join_tokens,
+            instances,
+            instance_runs,
+        })
     }
 }
 
@@ -446,7 +484,8 @@ async fn ready(State(state): State<Arc<AppState>>) -> Response {
     }
     match state.model.get() {
         Some(m) => {
-            Json(json!({"status": "ready", "model": m.url, "variant": m.variant, "threads": m.threads})).into_response()
+            Json(json!({"status": "ready", "model": m.url, "variant": m.variant, "instances": m.instances, "threads": m.threads * m.instances}))
+                .into_response()
         }
         None => error(StatusCode::SERVICE_UNAVAILABLE, "the model is loading", None),
     }
@@ -753,11 +792,12 @@ fn request_items(
 const DRAIN_BATCHES: usize = 8;
 
 /// Takes queued requests until `max_batch_size` items or `max_wait_ms` (then whatever else is
-/// already queued, up to [`DRAIN_BATCHES`] runs), cuts them by length into runs of at most
+/// already queued, up to [`DRAIN_BATCHES`] runs, or none when other instances of the model
+/// share the queue), runs them on the session of `instance`: cuts them by length into runs of at most
 /// `max_batch_size` with little padding, runs first the run that holds the oldest request
 /// (age before length: no request waits behind younger ones), and answers each request as
 /// soon as its items are scored.
-async fn batcher(state: Arc<AppState>, mut rx: mpsc::Receiver<Job>) {
+async fn batcher(state: Arc<AppState>, rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>, instance: usize) {
     // Whichever way this task ends, `/ready` says so.
     struct Alive<'a>(&'a AppState, bool);
     impl Drop for Alive<'_> {
@@ -772,7 +812,10 @@ async fn batcher(state: Arc<AppState>, mut rx: mpsc::Receiver<Job>) {
     let _alive = Alive(&state, false);
     let max_batch = state.config.max_batch_size;
     let wait = Duration::from_millis(state.config.max_wait_ms);
-    while let Some(first) = rx.recv().await {
+    loop {
+        // One runner at a time takes from the queue; the others wait for their turn.
+        let mut rx = rx.lock().await;
+        let Some(first) = rx.recv().await else { break };
         let mut jobs = vec![first];
         // Dropped before `jobs` when a panic unwinds: the probes say the runner stopped
         // before its requests learn that their run failed.
@@ -793,8 +836,11 @@ async fn batcher(state: Arc<AppState>, mut rx: mpsc::Receiver<Job>) {
             jobs.push(job);
         }
         // Under load, take what else is already waiting (without waiting for more): runs of
-        // `max_batch_size` cut from more items, sorted by length, carry less padding.
-        while n < max_batch * DRAIN_BATCHES {
+        // `max_batch_size` cut from more items, sorted by length, carry less padding. With
+        // several instances, what waits is left to the others.
+        let instances = state.model.get().map_or(1, |m| m.instances);
+        let most = if instances > 1 { max_batch } else { max_batch * DRAIN_BATCHES };
+        while n < most {
             match rx.try_recv() {
                 Ok(job) => {
                     n += job.texts.len();
@@ -803,6 +849,7 @@ async fn batcher(state: Arc<AppState>, mut rx: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
+        drop(rx);
         // The items leave the queue: each job's reservation is released here, unless its
         // request already gave up and released it. Nobody waits for the work of a client
         // gone away or past its deadline: it is dropped.
@@ -841,12 +888,14 @@ async fn batcher(state: Arc<AppState>, mut rx: mpsc::Receiver<Job>) {
         }
         let mut left: Vec<usize> = pending.iter().map(|p| p.1).collect();
         let runs = state.metrics.runs.clone();
+        let instance_runs = state.metrics.instance_runs.with_label_values(&[instance.to_string()]);
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
             fail::fail_point!("serve::run");
             // Jobs arrive in order: a job's index is its age rank.
             let age = owner.clone();
-            let result = model.probabilities_with(&texts, max_batch, Some(&age), |rows, probs| {
+            let result = model.probabilities_with(instance, &texts, max_batch, Some(&age), |rows, probs| {
                 runs.inc();
+                instance_runs.inc();
                 for &i in rows {
                     let j = owner[i];
                     left[j] -= 1;

@@ -120,10 +120,8 @@ impl Attention {
         let q = split(self.query.forward(x));
         let k = split(self.key.forward(x));
         let v = split(self.value.forward(x));
-        let context = attention(&q, &k, &v, mask, self.attention_dropout, train)
-            .transpose(1, 2)
-            .contiguous()
-            .view([b, t, h]);
+        let context =
+            attention(&q, &k, &v, mask, self.attention_dropout, train).transpose(1, 2).contiguous().view([b, t, h]);
         let out = dropout(&self.dense.forward(&context), self.dropout, train);
         self.layer_norm.forward(&(out + x))
     }

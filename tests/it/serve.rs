@@ -390,6 +390,18 @@ fn an_older_long_request_is_not_kept_behind_younger_short_ones() {
 
 #[test]
 fn concurrent_requests_are_batched_and_answer_what_batch_prediction_does() {
+    concurrent_requests_answer_what_batch_prediction_does(&[], 1);
+}
+
+/// Two sessions of the model, each on one thread, take requests from one queue.
+#[test]
+fn instances_of_the_model_share_the_queue_and_answer_what_batch_prediction_does() {
+    concurrent_requests_answer_what_batch_prediction_does(&["threads=2", "instances=2"], 2);
+}
+
+/// 240 concurrent one-conversation requests to a server with `sets`: every answer is batch
+/// prediction's, runs hold several items, `instances` sessions run them.
+fn concurrent_requests_answer_what_batch_prediction_does(sets: &[&str], instances: usize) {
     let export = &models().tapt_export;
     let convs = conversations(240);
     // Batch prediction of the same conversations.
@@ -403,7 +415,9 @@ fn concurrent_requests_are_batched_and_answer_what_batch_prediction_does() {
 
     // `join_tokens` fixed: how runs are cut does not hang on a timing taken at load while
     // other tests hold the CPU.
-    let server = Server::start(export, &["max_batch_size=32", "max_wait_ms=20", "join_tokens=10000"]);
+    let mut settings = vec!["max_batch_size=32", "max_wait_ms=20", "join_tokens=10000"];
+    settings.extend_from_slice(sets);
+    let server = Server::start(export, &settings);
     let url = server.url.clone();
     let answers = http::runtime().block_on(async move {
         let c = reqwest::Client::new();
@@ -420,9 +434,11 @@ fn concurrent_requests_are_batched_and_answer_what_batch_prediction_does() {
             out.push(t.await.unwrap());
         }
         let metrics = c.get(format!("{url}/metrics")).send().await.unwrap().text().await.unwrap();
-        (out, metrics)
+        let ready = json_of(c.get(format!("{url}/ready")).send().await.unwrap()).await;
+        (out, metrics, ready)
     });
-    let (answers, metrics) = answers;
+    let (answers, metrics, ready) = answers;
+    assert_eq!(ready["instances"], instances, "{ready}");
     assert_eq!(answers.len(), 240);
     for (status, v) in &answers {
         assert_eq!(*status, 200, "{v}");
@@ -442,6 +458,11 @@ fn concurrent_requests_are_batched_and_answer_what_batch_prediction_does() {
     assert_eq!(value("taft_batch_items_sum"), 240.0);
     assert!(value("taft_batch_items_count") < 240.0, "the batcher took one request at a time");
     assert_eq!(value("taft_join_tokens"), 10000.0, "join_tokens from the config");
+    assert_eq!(value("taft_model_instances"), instances as f64);
+    for i in 0..instances {
+        let ran = value(&format!(r#"taft_instance_runs_total{{instance="{i}"}}"#));
+        assert!(ran > 0.0, "instance {i} ran nothing");
+    }
     let runs = value("taft_model_runs_total");
     assert!(runs < 240.0, "{runs} model runs for 240 requests: no batching");
     assert!(metrics.contains("taft_http_request_duration_seconds_bucket") && metrics.contains("taft_queue_items"));
