@@ -191,9 +191,10 @@ impl Exported {
     /// chosen here). With several threads, one 128-token item is timed on all of them and,
     /// if that takes less than [`SPLIT_SECONDS`], on one: where the threads make it less than
     /// [`THREAD_EFFICIENCY`] × threads times faster (a small model, whose operators are too
-    /// short to split), each thread gets a session of its own and runs its own runs
-    /// (throughput up, a request alone no slower than the threads made it by much); a large
-    /// encoder keeps one session on all threads, so that a request alone gets every core.
+    /// short to split), each thread gets a session of its own that runs runs of its own: more
+    /// throughput, while a request alone loses little, as the threads gained it little. A
+    /// large encoder keeps one session on all threads, so that a request alone gets every
+    /// core.
     ///
     /// [`Exported::join_tokens`]: the time of one item of `CALIBRATION_TOKENS` tokens alone
     /// and of `CALIBRATION_ITEMS` such items in one run (the best of at least three runs and
@@ -300,8 +301,8 @@ impl Exported {
     }
 
     /// [`Exported::probabilities`] on the session of `instance`, calling `done(items, probs)`
-    /// after each run with the items it scored. Texts are cut into runs of at most `batch_size` by length (padding
-    /// within [`MAX_PADDING`] of their tokens, and, once calibrated, worth less than a run:
+    /// after each run with the items it scored. Texts are cut into runs of at most
+    /// `batch_size` by length (padding within [`MAX_PADDING`] of their tokens, and, once calibrated, worth less than a run:
     /// [`Exported::join_tokens`]); the runs go shortest first, or, given each text's `age`
     /// rank (0 the oldest), the run holding the oldest text first.
     pub fn probabilities_with<S, F>(
@@ -330,7 +331,14 @@ impl Exported {
         if let Some(age) = age {
             oldest_first(&mut cut, age);
         }
-        let store = |rows: &[usize], out: Vec<(Vec<f32>, Vec<f32>)>, probs: &mut Probs| -> Result<()> {
+        let session = &self.sessions[instance.min(self.sessions.len() - 1)];
+        for rows in cut {
+            let enc = self.pad(&rows.iter().map(|&i| ids[i].as_slice()).collect::<Vec<_>>());
+            let out = {
+                // A panic in an earlier run leaves the session as ONNX Runtime left it.
+                let mut session = session.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                run(&mut session, &enc, &names)?
+            };
             for (h, (_, p)) in out.iter().enumerate() {
                 let width = self.heads[h].1.len();
                 if p.len() != rows.len() * width {
@@ -346,18 +354,6 @@ impl Exported {
                     probs[h][row] = p[k * width..(k + 1) * width].to_vec();
                 }
             }
-            Ok(())
-        };
-        let score = |session: &Mutex<Session>, rows: &[usize]| {
-            let enc = self.pad(&rows.iter().map(|&i| ids[i].as_slice()).collect::<Vec<_>>());
-            // A panic in an earlier run leaves the session as ONNX Runtime left it.
-            let mut session = session.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            run(&mut session, &enc, &names)
-        };
-        let session = &self.sessions[instance.min(self.sessions.len() - 1)];
-        for rows in cut {
-            let out = score(session, rows)?;
-            store(rows, out, &mut probs)?;
             done(rows, &probs);
         }
         Ok(probs)
