@@ -44,8 +44,25 @@ pub fn taft_run(args: &[&str]) -> Run {
     run(taft().args(args))
 }
 
+/// A temporary directory under the target's (`target/tmp`). Fixtures shared by a process's
+/// tests live in statics, which are never dropped: what an earlier run left there over an
+/// hour ago is removed when a run makes its first directory.
 pub fn tempdir() -> tempfile::TempDir {
-    tempfile::Builder::new().prefix("taft-it-").tempdir().expect("temp dir")
+    static PRUNED: std::sync::Once = std::sync::Once::new();
+    let parent = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    PRUNED.call_once(|| prune(parent, Duration::from_secs(3600)));
+    tempfile::Builder::new().prefix("taft-it-").tempdir_in(parent).expect("temp dir")
+}
+
+/// Removes the `taft-it-*` directories in `parent` last changed more than `age` ago.
+fn prune(parent: &Path, age: Duration) {
+    let Ok(entries) = std::fs::read_dir(parent) else { return };
+    for entry in entries.flatten() {
+        let old = entry.metadata().and_then(|m| m.modified()).is_ok_and(|t| t.elapsed().is_ok_and(|e| e > age));
+        if old && entry.file_name().to_string_lossy().starts_with("taft-it-") {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 pub fn s(p: &Path) -> &str {
