@@ -793,10 +793,10 @@ const DRAIN_BATCHES: usize = 8;
 
 /// Takes queued requests until `max_batch_size` items or `max_wait_ms` (then whatever else is
 /// already queued, up to [`DRAIN_BATCHES`] runs, or none when other instances of the model
-/// share the queue), runs them on the session of `instance`: cuts them by length into runs of at most
-/// `max_batch_size` with little padding, runs first the run that holds the oldest request
-/// (age before length: no request waits behind younger ones), and answers each request as
-/// soon as its items are scored.
+/// share the queue) and scores them on the session of `instance`: cuts them by length into
+/// runs of at most `max_batch_size` with little padding, runs first the run that holds the
+/// oldest request (age before length: no request waits behind younger ones), and answers each
+/// request as soon as its items are scored.
 async fn batcher(state: Arc<AppState>, rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>, instance: usize) {
     // Whichever way this task ends, `/ready` says so.
     struct Alive<'a>(&'a AppState, bool);
