@@ -269,6 +269,13 @@ impl Exported {
         let together = self.best_run(&mut session, &row, CALIBRATION_ITEMS)?;
         drop(session);
         let join = join_tokens(alone, together, CALIBRATION_ITEMS, row.len());
+        tracing::info!(
+            seconds_alone = alone,
+            seconds_together = together,
+            items = CALIBRATION_ITEMS,
+            join_tokens = join,
+            "one item timed alone and with others"
+        );
         self.join_tokens = Some(join);
         Ok(Some(join))
     }
@@ -378,13 +385,17 @@ const CALIBRATION_SECONDS: f64 = 0.25;
 const THREAD_EFFICIENCY: f64 = 0.9;
 /// An item of `CALIBRATION_TOKENS` that takes this long on all threads is not timed on one.
 const SPLIT_SECONDS: f64 = 0.01;
+/// The share of an item's time that batching must save for items to share runs.
+const MIN_SAVING: f64 = 0.1;
 
 /// Padding tokens worth one run saved: from the time of one item alone and of `items` such
-/// items of `tokens` tokens together (0 where batching saved nothing).
+/// items of `tokens` tokens together (0 where batching saved less than [`MIN_SAVING`] of an
+/// item's time: within the timing's spread, and an item that joins a run waits for its
+/// partner).
 fn join_tokens(alone: f64, together: f64, items: usize, tokens: usize) -> usize {
     let saved_per_item = (items as f64 * alone - together) / (items - 1) as f64;
     let per_token = together / (items * tokens) as f64;
-    if saved_per_item > 0.0 && per_token > 0.0 {
+    if saved_per_item > MIN_SAVING * alone && per_token > 0.0 {
         (saved_per_item / per_token).round().min(1e9) as usize
     } else {
         0
@@ -476,6 +487,9 @@ mod tests {
         // A large encoder: 8 x 128 tokens in 0.70 s against 0.1 s alone saves 14 ms per item
         // batched; a token costs 0.68 ms: 21 tokens.
         assert_eq!(join_tokens(0.1, 0.70, 8, 128), 21);
+        // A large encoder on two threads: 8 items in 0.32 s against 0.042 s alone
+        // saves 2.3 ms an item, 5 % of one: not worth making an item wait for a partner.
+        assert_eq!(join_tokens(0.042, 0.32, 8, 128), 0);
         // A small one: a run's fixed cost is most of one item's time.
         assert_eq!(join_tokens(0.001, 0.002, 8, 128), 439);
     }
