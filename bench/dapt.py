@@ -14,8 +14,9 @@ On a GPU (`--device cuda --precision fp16|bf16`): both sides train on CUDA with 
 in that type (the Trainer's `fp16`/`bf16`), and the peak is the GEMM peak in that type; a
 larger `--batch`/`--block` keeps the GPU busy. `TAFT_BIN` names a built binary (no cargo
 build: a machine without Rust).
+`--warmup W` counts steps/s over the steps after the first W on both sides (`steady_rate`).
 Usage: .venv/bin/python bench/dapt.py [--rounds 3] [--steps 60] [--threads 2] [--models 0,1,2]
-       [--device cpu|cuda] [--precision fp32|fp16|bf16] [--batch N] [--block N]
+       [--device cpu|cuda] [--precision fp32|fp16|bf16] [--batch N] [--block N] [--warmup W]
 """
 import argparse
 import json
@@ -106,11 +107,26 @@ def measure(cmd, parse):
     return parse(out), wall, usage.ru_maxrss / 1024
 
 
+def steady_rate(out, warmup):
+    """Steps/s of a taft training run over its steps after the first `warmup`, from the
+    times its metrics.jsonl records for every step (`train.log_every=1`): a GPU's first steps
+    carry one-time work (the CUDA context, cuBLAS handles, kernels loaded on first use, the
+    caching allocator growing) that a short run would otherwise count."""
+    times = {}
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        for line in f:
+            record = json.loads(line)
+            if record.get("kind", "train") == "train":
+                times[record["step"]] = record["time"]
+    last = max(times)
+    return (last - warmup) / (times[last] - times[warmup])
+
+
 def taft(*args):
     subprocess.run([TAFT, *args], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def compare(step, rounds, taft_sets, peer_cmd, models=None, flops=None, device="cpu"):
+def compare(step, rounds, taft_sets, peer_cmd, models=None, flops=None, device="cpu", warmup=0):
     """Builds taft, makes the data and each of MODELS (`taft prep`, `taft init`), then runs
     `taft STEP` (with `taft_sets(i)`, the no-evaluation, no-checkpoint settings) and the
     peer (`peer_cmd(i, model, prep)`) ROUNDS times each, alternately. Returns one row per
@@ -118,7 +134,8 @@ def compare(step, rounds, taft_sets, peer_cmd, models=None, flops=None, device="
     then `flops(i, model, prep)` (the model FLOPs of one step) when given, then the medians
     of the share of computed tokens that are padding (taft's summary `train_padding`, the
     peer's `padding`; NaN where a side does not report it). `models`: the
-    indexes into MODELS to run (default all); `device`: taft's `train.device`."""
+    indexes into MODELS to run (default all); `device`: taft's `train.device`; `warmup`: steps/s
+    counted after that many steps on both sides (`steady_rate`; the peer is given it)."""
     build()
     work = tempfile.mkdtemp(prefix=f"taft-bench-{step}-")
     rows = []
@@ -136,9 +153,12 @@ def compare(step, rounds, taft_sets, peer_cmd, models=None, flops=None, device="
                 cmd = [TAFT, "--log-format", "json", step, "-i", prep, "-i", model, "-o", out,
                        "--set", "train.lr=1e-3", "--set", "train.eval_each_epoch=false",
                        "--set", "train.checkpoint_every=0", "--set", f"train.device={device}"]
-                for setting in taft_sets(i):
+                for setting in taft_sets(i) + (["train.log_every=1"] if warmup else []):
                     cmd += ["--set", setting]
-                summary = lambda _, out=out: json.load(open(os.path.join(out, "_MANIFEST.json")))["summary"]
+
+                def summary(_, out=out):
+                    s = json.load(open(os.path.join(out, "_MANIFEST.json")))["summary"]
+                    return {**s, "steps_per_second": steady_rate(out, warmup)} if warmup else s
                 ours.append(measure(cmd, summary))
                 peer.append(measure(peer_cmd(i, model, prep), lambda o: json.loads(o.strip().splitlines()[-1])))
             med = lambda runs, k: statistics.median(run[k] for run in runs)
@@ -179,6 +199,7 @@ def main():
     ap.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
     ap.add_argument("--batch", type=int, help="instead of the model's batch")
     ap.add_argument("--block", type=int, help="instead of the model's block size")
+    ap.add_argument("--warmup", type=int, default=0, help="steps/s counted after this many steps, on both sides")
     args = ap.parse_args()
     if args.precision != "fp32" and args.device == "cpu":
         sys.exit("--precision fp16 and bf16 need --device cuda")
@@ -189,12 +210,14 @@ def main():
                            "train.epochs=1000", f"train.threads={args.threads}", f"train.precision={args.precision}",
                            *args.sets]
     peer_cmd = lambda i, model, prep: [sys.executable, os.path.join(HERE, "dapt_peer.py"), model, prep, str(block(i)),
-                                       str(batch(i)), str(args.steps), str(args.threads), args.device, args.precision]
+                                       str(batch(i)), str(args.steps), str(args.threads), args.device, args.precision,
+                                       str(args.warmup)]
     # Every token of a block trains every encoder parameter (the masked-LM head is left out).
     flops = lambda i, model, prep: 6 * encoder_params(model) * block(i) * batch(i)
-    rows = compare("dapt", args.rounds, taft_sets, peer_cmd, chosen, flops, args.device)
+    rows = compare("dapt", args.rounds, taft_sets, peer_cmd, chosen, flops, args.device, args.warmup)
     peak = gemm_peak(args.threads, args.device, args.precision)
-    print(f"machine: {machine(args.device)}; threads {args.threads}; {args.steps} steps; {args.device} "
+    print(f"machine: {machine(args.device)}; threads {args.threads}; {args.steps} steps, steps/s over the last "
+          f"{args.steps - args.warmup}; {args.device} "
           f"{args.precision}; taft sets {args.sets}; {versions()}; median of {args.rounds} processes; "
           f"{args.precision} GEMM peak through libtorch {peak:.1f} GFLOP/s\n")
     print("| model | block x batch | taft steps/s | taft wall s | taft peak RSS MiB | taft MFU | Trainer steps/s "

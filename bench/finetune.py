@@ -23,9 +23,11 @@ output projection and feed-forward layers for one token per conversation: the sa
 On a GPU (`--device cuda --precision fp16|bf16`, `TAFT_BIN` for a built binary): both sides
 train on CUDA with autocast in that type (the peer with `torch.autocast` and, in fp16, a
 `GradScaler`), the peak is the GEMM peak in that type; `--batch N` instead of the model's.
+`--warmup W` counts steps/s over the steps after the first W on both sides (a GPU's first
+steps carry its one-time start-up; dapt.py's `steady_rate`).
 Usage: .venv/bin/python bench/finetune.py [--rounds 3] [--models 0,1] [--peer-padding batch|max_length]
        [--runs taft,taft+cache,noadapt,noadapt+cache,tapt] [--device cpu|cuda] [--precision fp32|fp16|bf16]
-       [--batch N] [--steps N]
+       [--batch N] [--steps N] [--warmup W]
 """
 import argparse
 import json
@@ -37,7 +39,8 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from dapt import HERE, TAFT, build, encoder_params, gemm_peak, layer_params, machine, measure, mfu, prep_rows, taft, versions  # noqa: E402
+from dapt import (HERE, TAFT, build, encoder_params, gemm_peak, layer_params, machine, measure, mfu, prep_rows,
+                  steady_rate, taft, versions)  # noqa: E402
 
 MODELS = [
     # name, init scratch settings, adaptive (heads, ffn), batch, steps
@@ -71,6 +74,7 @@ def main():
     ap.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
     ap.add_argument("--batch", type=int, help="instead of the model's batch")
     ap.add_argument("--steps", type=int, help="instead of the model's steps")
+    ap.add_argument("--warmup", type=int, default=0, help="steps/s counted after this many steps, on both sides")
     args = ap.parse_args()
     if args.precision != "fp32" and args.device == "cpu":
         sys.exit("--precision fp16 and bf16 need --device cuda")
@@ -116,15 +120,18 @@ def main():
                     for s in [f"method={method}", f"encoder_cache={str(cache).lower()}", f"train.batch_size={batch}",
                               f"train.max_steps={steps}", "train.epochs=100", "train.best=null",
                               "train.eval_each_epoch=false", "train.checkpoint_every=0", f"train.device={args.device}",
-                              f"train.precision={args.precision}", f"train.threads={args.threads}"]:
+                              f"train.precision={args.precision}", f"train.threads={args.threads}",
+                              *(["train.log_every=1"] if args.warmup else [])]:
                         cmd += ["--set", s]
                     summary = lambda _, out=out: json.load(open(os.path.join(out, "_MANIFEST.json")))["summary"]
-                    ours.append(measure(cmd, lambda o: summary(o)["steps_per_second"]))
+                    rate = lambda o, out=out: (steady_rate(out, args.warmup) if args.warmup
+                                               else summary(o)["steps_per_second"])
+                    ours.append(measure(cmd, rate))
                     shutil.rmtree(out, ignore_errors=True)
                     if not cache:
                         peer.append(measure([sys.executable, os.path.join(HERE, "finetune_peer.py"), method, init, prep,
                                              str(batch), str(steps), str(args.threads), "512", str(heads), str(ffn),
-                                             args.peer_padding, args.device, args.precision],
+                                             args.peer_padding, args.device, args.precision, str(args.warmup)],
                                             lambda o: json.loads(o.strip().splitlines()[-1])["steps_per_second"]))
                 med = lambda runs, k: statistics.median(run[k] for run in runs)
                 row = (name, batch, steps, method, cache, flops[(method, cache)], med(ours, 0), med(ours, 1),
@@ -135,7 +142,8 @@ def main():
         shutil.rmtree(work, ignore_errors=True)
     peak = gemm_peak(args.threads, args.device, args.precision)
     print(f"machine: {machine(args.device)}; threads {args.threads}; {args.device} {args.precision}; "
-          f"{versions()}; median of {args.rounds} processes; peer padding: {args.peer_padding}; "
+          f"{versions()}; median of {args.rounds} processes; steps/s after {args.warmup} steps; "
+          f"peer padding: {args.peer_padding}; "
           f"{args.precision} GEMM peak through libtorch {peak:.1f} GFLOP/s\n")
     print("| model | batch x steps | method | encoder cache | taft steps/s | taft wall s | taft peak RSS MiB | taft MFU "
           "| PyTorch steps/s | PyTorch wall s | PyTorch peak RSS MiB | PyTorch MFU | steps/s ratio | wall ratio |")

@@ -13,12 +13,12 @@ directory, conversations, batch, learning rates and threads as `taft finetune`:
   adaptive layer; tapt: everything trains.
 
   finetune_peer.py METHOD MODEL_DIR PREP_DIR BATCH STEPS THREADS MAX_LENGTH ADAPTIVE_HEADS ADAPTIVE_FFN [PADDING
-                   [DEVICE [PRECISION]]]
+                   [DEVICE [PRECISION [WARMUP]]]]
 
 DEVICE `cpu` (default) or `cuda`; PRECISION `fp32` (default), `fp16` (autocast and a GradScaler)
-or `bf16` (autocast).
+or `bf16` (autocast); WARMUP (default 0): the loop is timed from the end of that many steps.
 
-Prints one JSON line: steps_per_second (the training loop), seconds.
+Prints one JSON line: steps_per_second (the training loop after WARMUP steps), seconds.
 """
 import json
 import os
@@ -36,6 +36,7 @@ batch, steps, threads, max_length, heads, ffn = (int(x) for x in sys.argv[4:10])
 padding = {"batch": "longest", "max_length": "max_length"}[sys.argv[10] if len(sys.argv) > 10 else "batch"]
 device = sys.argv[11] if len(sys.argv) > 11 else "cpu"
 precision = sys.argv[12] if len(sys.argv) > 12 else "fp32"
+warmup = int(sys.argv[13]) if len(sys.argv) > 13 else 0
 amp = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
 torch.set_num_threads(threads)
 torch.manual_seed(42)
@@ -118,6 +119,10 @@ scaler = torch.amp.GradScaler(device, enabled=precision == "fp16")
 draws = [sampler(status), sampler(satis)]
 start = time.perf_counter()
 for step in range(steps):
+    if step == warmup > 0:
+        if device != "cpu":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
     losses = []
     for (items, head, n, w), draw in zip([(status, model.status, 4, 0.8), (satis, model.satisfaction, 3, 0.2)], draws):
         chunk = [items[next(draw)] for _ in range(batch)]
@@ -135,4 +140,4 @@ for step in range(steps):
 if device != "cpu":
     torch.cuda.synchronize()
 seconds = time.perf_counter() - start
-print(json.dumps({"steps_per_second": steps / seconds, "seconds": seconds}))
+print(json.dumps({"steps_per_second": (steps - warmup) / seconds, "seconds": seconds}))
