@@ -46,11 +46,15 @@ pub fn taft_run(args: &[&str]) -> Run {
 
 /// A temporary directory under the target's (`target/tmp`). Fixtures shared by a process's
 /// tests live in statics, which are never dropped: what an earlier run left there over an
-/// hour ago is removed when a run makes its first directory.
+/// hour ago is removed when a run makes its first directory. The directory is made when
+/// missing (a test binary run where its build's `target/` is not, as on another machine).
 pub fn tempdir() -> tempfile::TempDir {
     static PRUNED: std::sync::Once = std::sync::Once::new();
     let parent = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    PRUNED.call_once(|| prune(parent, Duration::from_secs(3600)));
+    PRUNED.call_once(|| {
+        std::fs::create_dir_all(parent).expect("the tests' temporary directory");
+        prune(parent, Duration::from_secs(3600))
+    });
     tempfile::Builder::new().prefix("taft-it-").tempdir_in(parent).expect("temp dir")
 }
 
