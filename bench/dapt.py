@@ -212,7 +212,9 @@ def main():
     peer_cmd = lambda i, model, prep: [sys.executable, os.path.join(HERE, "dapt_peer.py"), model, prep, str(block(i)),
                                        str(batch(i)), str(args.steps), str(args.threads), args.device, args.precision,
                                        str(args.warmup)]
-    # Every token of a block trains every encoder parameter (the masked-LM head is left out).
+    # Every token of a block trains every encoder parameter (the masked-LM head is left out). The
+    # same count on both sides: taft's last layer computes its queries, output projection and
+    # feed-forward block at the chosen positions alone, so its MFU counts work it skips.
     flops = lambda i, model, prep: 6 * encoder_params(model) * block(i) * batch(i)
     rows = compare("dapt", args.rounds, taft_sets, peer_cmd, chosen, flops, args.device, args.warmup)
     peak = gemm_peak(args.threads, args.device, args.precision)

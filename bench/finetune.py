@@ -19,7 +19,8 @@ conversations' mean real length (at most 512) times the batch, for both tasks; t
 heads are left out, so noadapt with the cache counts nothing. Each side's MFU counts the work
 it does: the peer's adaptive layer (`nn.TransformerEncoderLayer`) runs on every token, taft's
 computes its output at the first token alone (keys and values of every token; the query,
-output projection and feed-forward layers for one token per conversation: the same logits).
+output projection and feed-forward layers for one token per conversation: the same logits),
+and so does taft's last encoder layer where no adaptive layer follows it (tapt, noadapt).
 On a GPU (`--device cuda --precision fp16|bf16`, `TAFT_BIN` for a built binary): both sides
 train on CUDA with autocast in that type (the peer with `torch.autocast` and, in fp16, a
 `GradScaler`), the peak is the GEMM peak in that type; `--batch N` instead of the model's.
@@ -102,8 +103,12 @@ def main():
                           ("noadapt", False): 2 * enc * tokens}
             # taft's adaptive layer: keys and values over every token, the rest for the first.
             first_token = 6 * (2 * hidden * hidden * tokens + (adapt - 2 * hidden * hidden) * 2 * batch)
-            flops = {("tapt", False): 6 * enc * tokens, ("taft", False): 2 * enc * tokens + first_token,
-                     ("taft", True): first_token, ("noadapt", False): 2 * enc * tokens, ("noadapt", True): 0}
+            # Without an adaptive layer taft's last encoder layer does the same (tapt, noadapt).
+            c = json.load(open(os.path.join(init, "config.json")))
+            last = layer_params(hidden, 1, c["intermediate_size"])
+            enc_first = (enc - last + 2 * hidden * hidden) * tokens + (last - 2 * hidden * hidden) * 2 * batch
+            flops = {("tapt", False): 6 * enc_first, ("taft", False): 2 * enc * tokens + first_token,
+                     ("taft", True): first_token, ("noadapt", False): 2 * enc_first, ("noadapt", True): 0}
             parents = {}
             for variant in ("adaptive", "direct"):
                 parents[variant] = os.path.join(work, f"role{i}-{variant}")

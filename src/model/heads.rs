@@ -7,7 +7,7 @@ use tch::nn::{self, Module};
 use tch::Tensor;
 
 use super::adaptive::{AdaptiveConfig, AdaptiveLayer};
-use super::bert::Encoder;
+use super::bert::{Encoder, Rows};
 use super::config::{EncoderConfig, Family};
 
 /// The masked-LM head: `transform` (dense, activation, LayerNorm), then the decoder whose
@@ -95,8 +95,9 @@ impl Pooler {
 /// Multi-output forward: logits per task, the pooled state, and the states the pooler read.
 #[derive(Debug)]
 pub struct ClassifierOutput {
-    /// The encoder's states [batch, seq, hidden]; with an adaptive layer, its output at the
-    /// first token [batch, 1, hidden].
+    /// The states the pooler read from, at the first token [batch, 1, hidden]: the adaptive
+    /// layer's output, or without one the encoder's (from [`Classifier::forward_t`]; from
+    /// [`Classifier::heads_t`], the states it was given).
     pub hidden: Tensor,
     pub pooled: Tensor,
     pub logits: BTreeMap<String, Tensor>,
@@ -139,11 +140,14 @@ impl Classifier {
     }
 
     pub fn forward_t(&self, input_ids: &Tensor, attention_mask: &Tensor, train: bool) -> ClassifierOutput {
-        let hidden = self.encoder.forward_t(input_ids, Some(attention_mask), None, train);
+        // Without an adaptive layer the pooler reads the encoder's first token alone.
+        let rows = if self.adaptive.is_some() { Rows::All } else { Rows::First };
+        let hidden = self.encoder.forward_rows_t(input_ids, Some(attention_mask), None, rows, train);
         self.heads_t(hidden, attention_mask, train)
     }
 
-    /// Everything above the encoder, from its hidden states [batch, tokens, hidden].
+    /// Everything above the encoder, from its hidden states [batch, tokens, hidden] (without
+    /// an adaptive layer, the first token's are enough).
     pub fn heads_t(&self, mut hidden: Tensor, attention_mask: &Tensor, train: bool) -> ClassifierOutput {
         if let Some(adaptive) = &self.adaptive {
             // The pooler reads the first token: the adaptive layer's output there is all it needs.

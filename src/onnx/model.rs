@@ -4,7 +4,9 @@
 //! follows `model::bert`, `model::adaptive` and `model::heads` operation for operation, and
 //! reads the parameters by the same names. The adaptive layer, like
 //! `AdaptiveLayer::first_token_t`, computes its output at the first token alone: the pooler
-//! reads nothing else.
+//! reads nothing else. Without an adaptive layer the encoder's last layer does the same
+//! (`Encoder::forward_rows_t` with `Rows::First`): keys and values over every token, the rest
+//! at the first.
 //!
 //! With `int8`, every linear layer's weight is quantized as ONNX Runtime's dynamic quantizer
 //! does with `per_channel=True` (symmetric int8, one scale per output column, zero point 0).
@@ -116,9 +118,20 @@ pub fn classifier(spec: &Spec, params: &BTreeMap<String, Param>, metadata: &[(&s
         let (qb, kb, vb) =
             (b.p(&format!("{s}.query.bias"))?, b.p(&format!("{s}.key.bias"))?, b.p(&format!("{s}.value.bias"))?);
         let projections = [(&q.data[..], &qb.data[..]), (&k.data[..], &kb.data[..]), (&v.data[..], &vb.data[..])];
-        let context = b.self_attention(&x, &s, projections, heads, cfg.hidden_size, Some(&masks))?;
+        let (context, residual) = if spec.adaptive.is_none() && l + 1 == cfg.num_hidden_layers {
+            // Without an adaptive layer the pooler reads the last layer's first token alone
+            // (as `Rows::First` in `Encoder::forward_rows_t`).
+            let additive = match &masks {
+                Masks::Additive(m) => m.clone(),
+                Masks::Raw(_) => b.additive_mask(&mask),
+            };
+            let first = b.first_token_attention(&x, &s, projections, heads, cfg.hidden_size, &additive)?;
+            (first.0, first.1)
+        } else {
+            (b.self_attention(&x, &s, projections, heads, cfg.hidden_size, Some(&masks))?, x.clone())
+        };
         let dense = b.matmul_of(&context, &format!("{p}.attention.output.dense"))?;
-        let a = b.add_bias_norm(&dense.0, &x, &dense.1, &format!("{p}.attention.output.LayerNorm"), eps)?;
+        let a = b.add_bias_norm(&dense.0, &residual, &dense.1, &format!("{p}.attention.output.LayerNorm"), eps)?;
         let i = b.matmul_of(&a, &format!("{p}.intermediate.dense"))?;
         let i = b.bias_activate(&i, &cfg.hidden_act, &p);
         let o = b.matmul_of(&i, &format!("{p}.output.dense"))?;
@@ -317,12 +330,7 @@ impl<'a> Builder<'a> {
         d: i64,
         mask: Option<&Masks>,
     ) -> Result<String> {
-        let du = d as usize;
-        for (w, b) in &projections {
-            if w.len() != du * du || b.len() != du {
-                return Err(Error::input(format!("{name}: a q/k/v projection is not [{d}, {d}]")));
-            }
-        }
+        let du = check_projections(name, &projections, d)?;
         if heads <= 0 || d % heads != 0 {
             return Err(Error::input(format!("{name}: {heads} heads do not divide {d}")));
         }
@@ -354,6 +362,30 @@ impl<'a> Builder<'a> {
             None => None,
         };
         self.attention(&qkv, heads, d, bias, name)
+    }
+
+    /// Self-attention of `x` [batch, seq, d] at its first token alone: the query of that
+    /// token over the keys and values of every one, standard operators with the additive
+    /// `mask`. Returns the context [batch, 1, d] and the first token's states (its residual).
+    fn first_token_attention(
+        &mut self,
+        x: &str,
+        name: &str,
+        projections: [(&[f32], &[f32]); 3],
+        heads: i64,
+        d: i64,
+        mask: &str,
+    ) -> Result<(String, String)> {
+        let du = check_projections(name, &projections, d)?;
+        let (zero, one) = (self.g.const_i64(&[1], &[0]), self.g.const_i64(&[1], &[1]));
+        let first = self.g.node("Slice", &[x, &zero, &one, &one], &[], name);
+        let [(qw, qb), (kw, kb), (vw, vb)] = projections;
+        let qkv = [
+            self.linear(&first, &format!("{name}.q"), qw, qb, du, du),
+            self.linear(x, &format!("{name}.k"), kw, kb, du, du),
+            self.linear(x, &format!("{name}.v"), vw, vb, du, du),
+        ];
+        Ok((self.attention(&qkv, heads, d, Some(mask), name)?, first))
     }
 
     /// Symmetric quantization of `x` [batch, seq, features] with one scale per token: x / s
@@ -479,6 +511,17 @@ impl<'a> Builder<'a> {
         let f = self.matmul_of(&f, "adaptive.linear2")?;
         self.add_bias_norm(&f.0, &x1, &f.1, "adaptive.norm2", eps)
     }
+}
+
+/// Checks that each q/k/v projection is (weight [d, d], bias [d]); returns d.
+fn check_projections(name: &str, projections: &[(&[f32], &[f32]); 3], d: i64) -> Result<usize> {
+    let du = d as usize;
+    for (w, b) in projections {
+        if w.len() != du * du || b.len() != du {
+            return Err(Error::input(format!("{name}: a q/k/v projection is not [{d}, {d}]")));
+        }
+    }
+    Ok(du)
 }
 
 /// `w` [rows, cols] row-major → its transpose [cols, rows].

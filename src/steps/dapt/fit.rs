@@ -6,6 +6,7 @@ use tch::{nn, Device, Kind, Reduction, Tensor};
 
 use super::{Dapt, DaptConfig};
 use crate::error::{Error, Result};
+use crate::model::bert::Rows;
 use crate::model::checkpoint::{self, Arch};
 use crate::model::config::EncoderConfig;
 use crate::model::heads::{Classifier, MlmHead};
@@ -179,31 +180,55 @@ impl<'a> MaskedLm<'a> {
     /// Cross-entropy of the chosen positions only (the head runs on those alone), summed
     /// or averaged; with no chosen position, a zero that keeps the graph. With
     /// `first_token_words`, also the first token's word prediction, summed or averaged
-    /// over the blocks.
+    /// over the blocks. The encoder's last layer computes the states the losses read alone
+    /// (the chosen positions and, for the word prediction, the first token), with keys and
+    /// values over every token ([`crate::model::bert::Encoder::forward_rows_t`]).
     fn loss_of(&self, ids: &Tensor, labels: &Tensor, train: bool, reduction: Reduction) -> Losses {
+        let chosen = labels.ne(IGNORE);
+        let wanted = if self.words_weight > 0.0 {
+            let first = Tensor::arange(labels.size()[1], (Kind::Int64, labels.device())).eq(0).unsqueeze(0);
+            chosen.logical_or(&first)
+        } else {
+            chosen
+        };
+        let (positions, valid) = wanted_rows(&wanted);
         // Blocks are full: no padding, no mask.
-        let hidden = self.model.encoder.forward_t(ids, None, None, train);
+        let hidden = self.model.encoder.forward_rows_t(ids, None, None, Rows::At(&positions), train);
         let width = hidden.size()[2];
         let words = (self.words_weight > 0.0).then(|| {
-            // The blocks as they were before masking.
+            // The blocks as they were before masking; the first token sorts first in its row.
             let original = labels.where_self(&labels.ne(IGNORE), ids);
             let first = hidden.select(1, 0);
             let logits = self.head.forward(&first, self.model.encoder.embeddings.word_embeddings());
             first_token_words(&logits, &original, &self.word_columns, reduction)
         });
-        let labels = labels.view([-1]);
-        let chosen = labels.ne(IGNORE).nonzero().squeeze_dim(1);
-        let count = chosen.size()[0];
+        let targets = labels.gather(1, &positions, false);
+        let picked = targets.ne(IGNORE).logical_and(&valid).view([-1]).nonzero().squeeze_dim(1);
+        let count = picked.size()[0];
         let masked_lm = if count == 0 {
             hidden.sum(Kind::Float) * 0.0
         } else {
-            let picked = hidden.view([-1, width]).index_select(0, &chosen);
-            let logits = self.head.forward(&picked, self.model.encoder.embeddings.word_embeddings());
-            let targets = labels.index_select(0, &chosen);
+            let states = hidden.view([-1, width]).index_select(0, &picked);
+            let logits = self.head.forward(&states, self.model.encoder.embeddings.word_embeddings());
+            let targets = targets.view([-1]).index_select(0, &picked);
             logits.to_kind(Kind::Float).cross_entropy_loss::<Tensor>(&targets, None, reduction, IGNORE, 0.0)
         };
         Losses { masked_lm, count, words }
     }
+}
+
+/// The positions where `wanted` [blocks, seq] is true, per block in order, padded to the
+/// most any block has (at least one): int64 [blocks, rows], and which of them are real
+/// (bool, the same shape).
+fn wanted_rows(wanted: &Tensor) -> (Tensor, Tensor) {
+    let (seq, device) = (wanted.size()[1], wanted.device());
+    let counts = wanted.sum_dim_intlist(1, false, Kind::Int64);
+    let rows = counts.max().int64_value(&[]).max(1);
+    // Wanted positions sort before the rest, each group in position order.
+    let key = wanted.logical_not().to_kind(Kind::Int64) * seq + Tensor::arange(seq, (Kind::Int64, device));
+    let positions = key.argsort(1, false).narrow(1, 0, rows);
+    let valid = Tensor::arange(rows, (Kind::Int64, device)).unsqueeze(0).lt_tensor(&counts.unsqueeze(1));
+    (positions, valid)
 }
 
 /// What one batch's forward pass gives: the masked-LM loss over `count` chosen positions,
@@ -307,6 +332,24 @@ impl Objective for MaskedLm<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wanted_rows_lists_each_blocks_positions_in_order_padded_to_the_most() {
+        let wanted = Tensor::from_slice(&[false, true, false, true, true, false, false, false, false, false, true, false])
+            .view([3, 4]);
+        let (positions, valid) = wanted_rows(&wanted);
+        assert_eq!(positions.size(), [3, 2]);
+        let valid: Vec<bool> = Vec::try_from(valid.reshape([-1])).unwrap();
+        assert_eq!(valid, [true, true, true, false, true, false]);
+        let positions: Vec<i64> = Vec::try_from(positions.reshape([-1])).unwrap();
+        let real: Vec<i64> = positions.iter().zip(&valid).filter(|(_, v)| **v).map(|(p, _)| *p).collect();
+        assert_eq!(real, [1, 3, 0, 2]);
+        assert!(positions.iter().all(|p| (0..4).contains(p)));
+        // Nothing wanted anywhere: one row per block, none real.
+        let (positions, valid) = wanted_rows(&Tensor::zeros([2, 3], (Kind::Bool, Device::Cpu)));
+        assert_eq!(positions.size(), [2, 1]);
+        assert_eq!(i64::try_from(valid.sum(Kind::Int64)).unwrap(), 0);
+    }
 
     #[test]
     fn the_memory_budget_splits_a_large_models_batch_and_keeps_a_small_ones_whole() {

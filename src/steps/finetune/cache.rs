@@ -20,7 +20,7 @@ use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{Error, Result};
-use crate::model::bert::Encoder;
+use crate::model::bert::{Encoder, Rows};
 use crate::steps::encode::{key, IndexRecord};
 use crate::steps::training::Items;
 
@@ -96,7 +96,9 @@ pub fn encode_each(
             let shape = [chunk.len() as i64, width as i64];
             let ids = Tensor::from_slice(&ids).view(shape).to(settings.device);
             let mask = Tensor::from_slice(&mask).view(shape).to(settings.device);
-            let states = encoder.forward_t(&ids, Some(&mask), None, false).to_kind(kind).to(Device::Cpu);
+            let rows_kept = if settings.first_token_only { Rows::First } else { Rows::All };
+            let states =
+                encoder.forward_rows_t(&ids, Some(&mask), None, rows_kept, false).to_kind(kind).to(Device::Cpu);
             for (j, &r) in chunk.iter().enumerate() {
                 let len = match (settings.first_token_only, fixed) {
                     (true, _) => 1,
