@@ -147,7 +147,8 @@ def main():
         shutil.rmtree(work, ignore_errors=True)
     peak = gemm_peak(args.threads, args.device, args.precision)
     print(f"machine: {machine(args.device)}; threads {args.threads}; {args.device} {args.precision}; "
-          f"{versions()}; median of {args.rounds} processes; steps/s after {args.warmup} steps; "
+          f"{versions()}; median of {args.rounds} processes; "
+          f"{f'steps/s after {args.warmup} steps' if args.warmup else 'steps/s over the whole loop'}; "
           f"peer padding: {args.peer_padding}; "
           f"{args.precision} GEMM peak through libtorch {peak:.1f} GFLOP/s\n")
     print("| model | batch x steps | method | encoder cache | taft steps/s | taft wall s | taft peak RSS MiB | taft MFU "
