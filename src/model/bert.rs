@@ -318,8 +318,14 @@ mod tests {
             assert_eq!(first.size(), [2, 1, 16]);
             assert!(close(&first, &all.narrow(1, 0, 1)) < 1e-5);
             // The same loss through either path trains every variable the same way.
-            let full = gradients(&vs, (all.gather(1, &positions.unsqueeze(-1).expand(width, false), false) * &weights).sum(Kind::Float));
-            let rows = gradients(&vs, (enc.forward_rows_t(&ids, m, None, Rows::At(&positions), false) * &weights).sum(Kind::Float));
+            let full = gradients(
+                &vs,
+                (all.gather(1, &positions.unsqueeze(-1).expand(width, false), false) * &weights).sum(Kind::Float),
+            );
+            let rows = gradients(
+                &vs,
+                (enc.forward_rows_t(&ids, m, None, Rows::At(&positions), false) * &weights).sum(Kind::Float),
+            );
             assert!(full.iter().any(|g| f64::try_from(g.abs().max()).unwrap() > 0.0));
             for (a, b) in full.iter().zip(&rows) {
                 assert!(close(a, b) < 1e-5, "gradient differs by {}", close(a, b));

@@ -335,8 +335,9 @@ mod tests {
 
     #[test]
     fn wanted_rows_lists_each_blocks_positions_in_order_padded_to_the_most() {
-        let wanted = Tensor::from_slice(&[false, true, false, true, true, false, false, false, false, false, true, false])
-            .view([3, 4]);
+        let wanted =
+            Tensor::from_slice(&[false, true, false, true, true, false, false, false, false, false, true, false])
+                .view([3, 4]);
         let (positions, valid) = wanted_rows(&wanted);
         assert_eq!(positions.size(), [3, 2]);
         let valid: Vec<bool> = Vec::try_from(valid.reshape([-1])).unwrap();
