@@ -118,6 +118,7 @@ pub fn classifier(spec: &Spec, params: &BTreeMap<String, Param>, metadata: &[(&s
         let (qb, kb, vb) =
             (b.p(&format!("{s}.query.bias"))?, b.p(&format!("{s}.key.bias"))?, b.p(&format!("{s}.value.bias"))?);
         let projections = [(&q.data[..], &qb.data[..]), (&k.data[..], &kb.data[..]), (&v.data[..], &vb.data[..])];
+        let attention = SelfAttention { name: &s, projections, heads, d: cfg.hidden_size };
         let (context, residual) = if spec.adaptive.is_none() && l + 1 == cfg.num_hidden_layers {
             // Without an adaptive layer the pooler reads the last layer's first token alone
             // (as `Rows::First` in `Encoder::forward_rows_t`).
@@ -125,10 +126,9 @@ pub fn classifier(spec: &Spec, params: &BTreeMap<String, Param>, metadata: &[(&s
                 Masks::Additive(m) => m.clone(),
                 Masks::Raw(_) => b.additive_mask(&mask),
             };
-            let first = b.first_token_attention(&x, &s, projections, heads, cfg.hidden_size, &additive)?;
-            (first.0, first.1)
+            b.first_token_attention(&x, &attention, &additive)?
         } else {
-            (b.self_attention(&x, &s, projections, heads, cfg.hidden_size, Some(&masks))?, x.clone())
+            (b.self_attention(&x, &attention, Some(&masks))?, x.clone())
         };
         let dense = b.matmul_of(&context, &format!("{p}.attention.output.dense"))?;
         let a = b.add_bias_norm(&dense.0, &residual, &dense.1, &format!("{p}.attention.output.LayerNorm"), eps)?;
@@ -318,22 +318,11 @@ impl<'a> Builder<'a> {
         self.activate(&y, name, hint)
     }
 
-    /// Multi-head self-attention of `x` with the q, k, v projections given as (weight [d, d],
-    /// bias [d]) → the context before the output projection. Fused (and not int8): one
-    /// `com.microsoft` Attention node over the concatenated [d, 3·d] weight.
-    fn self_attention(
-        &mut self,
-        x: &str,
-        name: &str,
-        projections: [(&[f32], &[f32]); 3],
-        heads: i64,
-        d: i64,
-        mask: Option<&Masks>,
-    ) -> Result<String> {
-        let du = check_projections(name, &projections, d)?;
-        if heads <= 0 || d % heads != 0 {
-            return Err(Error::input(format!("{name}: {heads} heads do not divide {d}")));
-        }
+    /// Multi-head self-attention of `x` → the context before the output projection. Fused (and
+    /// not int8): one `com.microsoft` Attention node over the concatenated [d, 3·d] weight.
+    fn self_attention(&mut self, x: &str, a: &SelfAttention, mask: Option<&Masks>) -> Result<String> {
+        let du = a.check()?;
+        let SelfAttention { name, projections, heads, d } = *a;
         if self.fused && !self.int8 {
             let rows: Vec<f32> = projections.iter().flat_map(|(w, _)| w.iter().copied()).collect();
             let bias: Vec<f32> = projections.iter().flat_map(|(_, b)| b.iter().copied()).collect();
@@ -367,16 +356,9 @@ impl<'a> Builder<'a> {
     /// Self-attention of `x` [batch, seq, d] at its first token alone: the query of that
     /// token over the keys and values of every one, standard operators with the additive
     /// `mask`. Returns the context [batch, 1, d] and the first token's states (its residual).
-    fn first_token_attention(
-        &mut self,
-        x: &str,
-        name: &str,
-        projections: [(&[f32], &[f32]); 3],
-        heads: i64,
-        d: i64,
-        mask: &str,
-    ) -> Result<(String, String)> {
-        let du = check_projections(name, &projections, d)?;
+    fn first_token_attention(&mut self, x: &str, a: &SelfAttention, mask: &str) -> Result<(String, String)> {
+        let du = a.check()?;
+        let SelfAttention { name, projections, heads, d } = *a;
         let (zero, one) = (self.g.const_i64(&[1], &[0]), self.g.const_i64(&[1], &[1]));
         let first = self.g.node("Slice", &[x, &zero, &one, &one], &[], name);
         let [(qw, qb), (kw, kb), (vw, vb)] = projections;
@@ -513,15 +495,31 @@ impl<'a> Builder<'a> {
     }
 }
 
-/// Checks that each q/k/v projection is (weight [d, d], bias [d]); returns d.
-fn check_projections(name: &str, projections: &[(&[f32], &[f32]); 3], d: i64) -> Result<usize> {
-    let du = d as usize;
-    for (w, b) in projections {
-        if w.len() != du * du || b.len() != du {
-            return Err(Error::input(format!("{name}: a q/k/v projection is not [{d}, {d}]")));
+/// One encoder layer's self-attention: its name, the q, k, v projections as (weight [d, d],
+/// bias [d]), its heads and width d.
+#[derive(Clone, Copy)]
+struct SelfAttention<'p> {
+    name: &'p str,
+    projections: [(&'p [f32], &'p [f32]); 3],
+    heads: i64,
+    d: i64,
+}
+
+impl SelfAttention<'_> {
+    /// Checks the projections' shapes and that the heads divide d; returns d.
+    fn check(&self) -> Result<usize> {
+        let (name, d, heads) = (self.name, self.d, self.heads);
+        let du = d as usize;
+        for (w, b) in &self.projections {
+            if w.len() != du * du || b.len() != du {
+                return Err(Error::input(format!("{name}: a q/k/v projection is not [{d}, {d}]")));
+            }
         }
+        if heads <= 0 || d % heads != 0 {
+            return Err(Error::input(format!("{name}: {heads} heads do not divide {d}")));
+        }
+        Ok(du)
     }
-    Ok(du)
 }
 
 /// `w` [rows, cols] row-major → its transpose [cols, rows].
