@@ -12,7 +12,9 @@ every server encodes them the same way (the utterances joined by the separator t
 - Latency: CLIENTS connections each send requests of 1 conversation; p50 and p99 of the
   request latency as the client sees it (each server saturated: a request waits for the
   others' runs). Then one connection sends the same requests one after the other: the latency
-  of a request alone (p50 and p99 at 1 client).
+  of a request alone (p50 and p99 at 1 client). Each latency figure is over CLIENTS x the
+  model's latency requests per client (MODELS; with 4 clients 800 at the tiny size and 400 at
+  distilcamembert's shape, so a p99 is the 8th or 4th slowest answer, not the slowest).
 Each server runs fp32 and int8 (the peers: torch eager is fp32 only; onnxruntime loads
 model.int8.onnx). Every figure is the median of ROUNDS rounds (servers alternate within a
 round); peak RSS is the server process's VmHWM after its rounds.
@@ -41,7 +43,7 @@ SERVE_BIN = os.path.join(ROOT, "target", "taft-serve-release")
 MODELS = [
     # name, init scratch settings, throughput requests per client, latency requests per client
     ("tiny RoBERTa 2x64", "{vocab_size: 2000, hidden_size: 64, num_hidden_layers: 2, num_attention_heads: 4, intermediate_size: 128, max_length: 512}", 40, 200),
-    ("distilcamembert shape 6x768", "{vocab_size: 8000, hidden_size: 768, num_hidden_layers: 6, num_attention_heads: 12, intermediate_size: 3072, max_length: 512}", 2, 10),
+    ("distilcamembert shape 6x768", "{vocab_size: 8000, hidden_size: 768, num_hidden_layers: 6, num_attention_heads: 12, intermediate_size: 3072, max_length: 512}", 2, 100),
 ]
 
 
@@ -138,6 +140,21 @@ def quantile(xs, q):
     return xs[min(len(xs) - 1, int(q * len(xs)))]
 
 
+def make_export(work, prep, i, threads):
+    """MODELS[i] made by taft under WORK from the prep output PREP: `init` from scratch, one
+    step of plain `finetune`, `export` with `quantize: int8`. Returns (finetune output, export
+    output)."""
+    init, model, export = (os.path.join(work, f"{k}{i}") for k in ("init", "model", "export"))
+    taft("init", "-i", prep, "-o", init, "--set", f"scratch={MODELS[i][1]}")
+    taft("finetune", "-i", prep, "-i", init, "-o", model, "--set", "method=finetune", "--set", "train.max_steps=1",
+         "--set", "train.batch_size=4", "--set", "train.eval_each_epoch=false", "--set", "train.best=null",
+         "--set", f"train.threads={threads}")
+    # Random weights: near-tie predictions, so int8 agreement is reported, not required.
+    taft("export", "-i", model, "-i", prep, "-o", export, "--set", "quantize=int8", "--set", "min_agreement=0",
+         "--set", f"threads={threads}")
+    return model, export
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
@@ -174,15 +191,8 @@ def main():
         import pyarrow.parquet as pq
         rows = pq.read_table(os.path.join(prep, "conversations.parquet")).to_pylist()
         for i in (int(x) for x in args.models.split(",")):
-            name, scratch, thr_requests, lat_requests = MODELS[i]
-            init, model, export = (os.path.join(work, f"{k}{i}") for k in ("init", "model", "export"))
-            taft("init", "-i", prep, "-o", init, "--set", f"scratch={scratch}")
-            taft("finetune", "-i", prep, "-i", init, "-o", model, "--set", "method=finetune", "--set", "train.max_steps=1",
-                 "--set", "train.batch_size=4", "--set", "train.eval_each_epoch=false", "--set", "train.best=null",
-                 "--set", f"train.threads={args.threads}")
-            # Random weights: near-tie predictions, so int8 agreement is reported, not required.
-            taft("export", "-i", model, "-i", prep, "-o", export, "--set", "quantize=int8", "--set", "min_agreement=0",
-                 "--set", f"threads={args.threads}")
+            name, _, thr_requests, lat_requests = MODELS[i]
+            model, export = make_export(work, prep, i, args.threads)
             texts = [tuple(u["text"] for u in r["utterances"]) for r in rows if r["split"] == "test"]
             servers = [("taft", "fp32"), ("onnxruntime (Python)", "fp32"), ("torch eager", "fp32"),
                        ("taft", "int8"), ("onnxruntime (Python)", "int8")]

@@ -66,25 +66,16 @@ def ort_backend(export_dir, onnx_file, threads):
     return run, taft
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--backend", choices=["torch", "ort"], required=True)
-    ap.add_argument("--model", required=True)
-    ap.add_argument("--onnx", default="model.onnx")
-    ap.add_argument("--port", type=int, required=True)
-    ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args()
-    if args.backend == "torch":
-        run, taft = torch_backend(args.model, args.threads)
-    else:
-        run, taft = ort_backend(args.model, args.onnx, args.threads)
-    tok = Tokenizer.from_file(os.path.join(args.model, "tokenizer.json"))
+def conversation_encoder(model_dir, max_length):
+    """encode(conversations) -> (ids, mask): each conversation (a list of utterances) encoded
+    as taft encodes it, padded to the longest."""
+    tok = Tokenizer.from_file(os.path.join(model_dir, "tokenizer.json"))
     vocab = tok.get_vocab()
     pad_id = vocab["<pad>" if "<pad>" in vocab else "[PAD]"]
     sep_id = vocab["</s>" if "</s>" in vocab else "[SEP]"]
     around = tok.encode("").ids  # the special tokens the post-processor puts around a text
     front, back = around[:1], around[1:]
-    budget = taft["max_length"] - len(around)
+    budget = max_length - len(around)
 
     def encode(conversations):
         """Token ids and attention masks of conversations, padded to the longest."""
@@ -100,6 +91,23 @@ def main():
         ids = np.array([r + [pad_id] * (width - len(r)) for r in rows], dtype=np.int64)
         mask = np.array([[1] * len(r) + [0] * (width - len(r)) for r in rows], dtype=np.int64)
         return ids, mask
+
+    return encode
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--backend", choices=["torch", "ort"], required=True)
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--onnx", default="model.onnx")
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    if args.backend == "torch":
+        run, taft = torch_backend(args.model, args.threads)
+    else:
+        run, taft = ort_backend(args.model, args.onnx, args.threads)
+    encode = conversation_encoder(args.model, taft["max_length"])
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"

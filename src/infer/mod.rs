@@ -5,6 +5,7 @@
 pub mod items;
 pub mod server;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use ort::session::builder::GraphOptimizationLevel;
@@ -180,8 +181,50 @@ impl Exported {
     }
 
     /// Class probabilities of each text, per head: `[head][item][class]`, in the texts' order.
+    /// With several instances ([`Exported::calibrate`]) the runs are shared among them, each
+    /// instance on a thread of its own taking the next run as it finishes one.
     pub fn probabilities<T: Segments>(&self, texts: &[T], batch_size: usize) -> Result<Probs> {
-        self.probabilities_with(0, texts, batch_size, None, |_, _| {})
+        if self.sessions.len() == 1 {
+            return self.probabilities_with(0, texts, batch_size, None, |_, _| {});
+        }
+        let ids = self.encoder.ids(texts)?;
+        let order = by_length(&ids);
+        let cut = self.cut(&order, &ids, batch_size);
+        let names = self.head_names();
+        let next = AtomicUsize::new(0);
+        let parts: Vec<Result<Vec<(usize, Outputs)>>> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..self.sessions.len())
+                .map(|instance| {
+                    let (cut, ids, names, next) = (&cut, &ids, &names, &next);
+                    scope.spawn(move || {
+                        let mut scored = Vec::new();
+                        loop {
+                            let k = next.fetch_add(1, Ordering::Relaxed);
+                            let Some(rows) = cut.get(k) else { return Ok(scored) };
+                            match self.run_rows(instance, rows, ids, names) {
+                                Ok(out) => scored.push((k, out)),
+                                Err(e) => {
+                                    // The other instances stop after their current run.
+                                    next.store(cut.len(), Ordering::Relaxed);
+                                    return Err(e);
+                                }
+                            }
+                        }
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| w.join().unwrap_or_else(|_| Err(Error::Other(format!("{}: a model run panicked", self.url)))))
+                .collect()
+        });
+        let mut probs = self.no_probs(texts.len());
+        for part in parts {
+            for (k, out) in part? {
+                self.store(&mut probs, cut[k], &out);
+            }
+        }
+        Ok(probs)
     }
 
     /// Sets up the sessions for serving and measures what batching is worth on this machine
@@ -307,6 +350,57 @@ impl Exported {
         Ok(best)
     }
 
+    /// `order` (items by ascending length) cut into runs of at most `batch_size`: plain chunks
+    /// for fixed-width runs (they cost the same whatever their lengths), else by length
+    /// ([`runs`]).
+    fn cut<'a>(&self, order: &'a [usize], ids: &[Vec<i64>], batch_size: usize) -> Vec<&'a [usize]> {
+        if self.fixed_width {
+            order.chunks(batch_size.max(1)).collect()
+        } else {
+            runs(order, ids, batch_size.max(1), self.join_tokens)
+        }
+    }
+
+    /// One run of the items `rows` on the session of `instance`, its outputs checked against
+    /// the heads' classes.
+    fn run_rows(&self, instance: usize, rows: &[usize], ids: &[Vec<i64>], names: &[String]) -> Result<Outputs> {
+        let enc = self.pad(&rows.iter().map(|&i| ids[i].as_slice()).collect::<Vec<_>>());
+        let out = {
+            let session = &self.sessions[instance.min(self.sessions.len() - 1)];
+            // A panic in an earlier run leaves the session as ONNX Runtime left it.
+            let mut session = session.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            run(&mut session, &enc, names)?
+        };
+        for (h, (_, p)) in out.iter().enumerate() {
+            let width = self.heads[h].1.len();
+            if p.len() != rows.len() * width {
+                return Err(Error::input(format!(
+                    "{}: output `{}` has {} values for {} items of {width} classes ({TAFT_JSON})",
+                    self.url,
+                    crate::onnx::probs_name(&self.heads[h].0),
+                    p.len(),
+                    rows.len()
+                )));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Per head, an empty probability row for each of `items`.
+    fn no_probs(&self, items: usize) -> Probs {
+        self.heads.iter().map(|_| vec![Vec::new(); items]).collect()
+    }
+
+    /// The probabilities of a run's outputs ([`Exported::run_rows`]) put at its items' rows.
+    fn store(&self, probs: &mut Probs, rows: &[usize], out: &Outputs) {
+        for (h, (_, p)) in out.iter().enumerate() {
+            let width = self.heads[h].1.len();
+            for (k, &row) in rows.iter().enumerate() {
+                probs[h][row] = p[k * width..(k + 1) * width].to_vec();
+            }
+        }
+    }
+
     /// [`Exported::probabilities`] on the session of `instance`, calling `done(items, probs)`
     /// after each run with the items it scored. Texts are cut into runs of at most
     /// `batch_size` by length (padding within [`MAX_PADDING`] of their tokens, and, once calibrated, worth less than a run:
@@ -325,42 +419,16 @@ impl Exported {
         F: FnMut(&[usize], &Probs),
     {
         let ids = self.encoder.ids(texts)?;
-        let mut order: Vec<usize> = (0..texts.len()).collect();
-        order.sort_by_key(|&i| ids[i].len());
+        let order = by_length(&ids);
         let names = self.head_names();
-        let mut probs: Probs = self.heads.iter().map(|_| vec![Vec::new(); texts.len()]).collect();
-        // Fixed-width runs cost the same whatever their lengths: plain chunks.
-        let mut cut: Vec<&[usize]> = if self.fixed_width {
-            order.chunks(batch_size.max(1)).collect()
-        } else {
-            runs(&order, &ids, batch_size.max(1), self.join_tokens)
-        };
+        let mut probs = self.no_probs(texts.len());
+        let mut cut = self.cut(&order, &ids, batch_size);
         if let Some(age) = age {
             oldest_first(&mut cut, age);
         }
-        let session = &self.sessions[instance.min(self.sessions.len() - 1)];
         for rows in cut {
-            let enc = self.pad(&rows.iter().map(|&i| ids[i].as_slice()).collect::<Vec<_>>());
-            let out = {
-                // A panic in an earlier run leaves the session as ONNX Runtime left it.
-                let mut session = session.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                run(&mut session, &enc, &names)?
-            };
-            for (h, (_, p)) in out.iter().enumerate() {
-                let width = self.heads[h].1.len();
-                if p.len() != rows.len() * width {
-                    return Err(Error::input(format!(
-                        "{}: output `{}` has {} values for {} items of {width} classes ({TAFT_JSON})",
-                        self.url,
-                        crate::onnx::probs_name(&self.heads[h].0),
-                        p.len(),
-                        rows.len()
-                    )));
-                }
-                for (k, &row) in rows.iter().enumerate() {
-                    probs[h][row] = p[k * width..(k + 1) * width].to_vec();
-                }
-            }
+            let out = self.run_rows(instance, rows, &ids, &names)?;
+            self.store(&mut probs, rows, &out);
             done(rows, &probs);
         }
         Ok(probs)
@@ -369,6 +437,16 @@ impl Exported {
 
 /// Class probabilities by head, item and class.
 pub type Probs = Vec<Vec<Vec<f32>>>;
+
+/// One run's outputs, per head (logits, probabilities), each row-major [items, classes].
+type Outputs = Vec<(Vec<f32>, Vec<f32>)>;
+
+/// Item indices by ascending length of their token ids.
+fn by_length(ids: &[Vec<i64>]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..ids.len()).collect();
+    order.sort_by_key(|&i| ids[i].len());
+    order
+}
 
 /// The share of a run's tokens that may be padding: a run is cut shorter rather than pad more
 /// (on a CPU-bound encoder padding is work; short runs cost little).

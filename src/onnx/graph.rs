@@ -137,6 +137,15 @@ impl Graph {
         name
     }
 
+    /// A float constant of any shape (named after its values, shared by every use).
+    pub fn const_f32(&mut self, dims: &[i64], values: &[f32]) -> String {
+        let name = format!("const/f32/{dims:?}/{values:?}");
+        if !self.initializers.iter().any(|t| t.name.as_deref() == Some(&name)) {
+            self.f32(&name, dims, values);
+        }
+        name
+    }
+
     /// An int64 constant of any shape (named after its values, shared by every use).
     pub fn const_i64(&mut self, dims: &[i64], values: &[i64]) -> String {
         let name = format!("const/i64/{dims:?}/{values:?}");

@@ -40,9 +40,10 @@ impl Variant {
 }
 
 /// How the encoder is written: `fused` with the operators ONNX Runtime's CPU and CUDA
-/// providers implement for BERT-family models (`com.microsoft` Attention,
-/// SkipLayerNormalization, BiasGelu/FastGelu), `portable` with standard ONNX operators only
-/// (opset 17), for any runtime.
+/// providers implement for BERT-family models (`com.microsoft` Attention, BiasGelu/FastGelu)
+/// and LayerNorm as InstanceNormalization over rows (ONNX Runtime's fastest kernel for it),
+/// `portable` with standard ONNX operators only (opset 17) and LayerNormalization, for any
+/// runtime.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum GraphKind {

@@ -3,8 +3,9 @@
 //! as trained), the pooler and every task head, with inputs `input_ids` and `attention_mask`
 //! (int64, dynamic batch and sequence) and per task `logits_<task>` and `probs_<task>`.
 //! Beside it: `tokenizer.json` and `taft.json`. `graph: fused` (the default) writes the
-//! encoder with ONNX Runtime's contrib operators (Attention, SkipLayerNormalization,
-//! BiasGelu/FastGelu); `graph: portable` with standard operators only, for other runtimes.
+//! encoder with ONNX Runtime's contrib operators (Attention, BiasGelu/FastGelu) and LayerNorm
+//! as InstanceNormalization over rows; `graph: portable` with standard operators only, for
+//! other runtimes.
 //!
 //! Before anything is committed the step runs the ONNX model through ONNX Runtime and the
 //! trained model through libtorch on batches of several shapes (batch 1 and 8, short and

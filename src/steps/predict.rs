@@ -37,6 +37,15 @@ pub struct PredictConfig {
     /// ONNX Runtime's threads (default: one per core).
     #[serde(default)]
     pub threads: Option<usize>,
+    /// Sessions of the model running at once, `threads` shared among them (default: chosen
+    /// at load as `taft serve` chooses: one per thread for a model too small to split over
+    /// threads, else one).
+    #[serde(default)]
+    pub instances: Option<usize>,
+    /// Padding tokens an item may add to a run it joins (default: measured at load as
+    /// `taft serve` measures it); a number fixes it, the same runs on every machine.
+    #[serde(default)]
+    pub join_tokens: Option<usize>,
     /// `i/n`: only shard i (0-based) of n.
     #[serde(default)]
     pub shard: Option<String>,
@@ -67,6 +76,12 @@ impl Step for Predict {
         }
         if config.threads.is_some_and(|t| !(1..=1024).contains(&t)) {
             return Err(Error::config("threads must be in 1..=1024"));
+        }
+        if config.instances.is_some_and(|k| !(1..=1024).contains(&k)) {
+            return Err(Error::config("instances must be in 1..=1024"));
+        }
+        if config.join_tokens.is_some_and(|t| t > 1 << 20) {
+            return Err(Error::config("join_tokens must be in 0..=1048576"));
         }
         #[cfg(feature = "serve")]
         if let Some(s) = &config.shard {
@@ -159,7 +174,13 @@ mod stream {
             return Err(Error::config(format!("split: {data_url} is a JSON-lines file, which has no splits")));
         }
         let shard = config.shard.as_deref().map(Shard::parse).transpose().map_err(Error::config)?;
-        let model = Arc::new(Exported::open(&model_url, config.model, config.threads).await?);
+        let mut model = Exported::open(&model_url, config.model, config.threads).await?;
+        let (instances, join) = (config.instances, config.join_tokens);
+        let model = tokio::task::spawn_blocking(move || model.calibrate(instances, join).map(|_| model))
+            .await
+            .map_err(|e| Error::Other(format!("model loading: {e}")))??;
+        tracing::info!(model = %model.url, instances = model.instances, threads = model.threads, join_tokens = model.join_tokens, "model loaded");
+        let model = Arc::new(model);
         let started = std::time::Instant::now();
         let mut sink = Sink { writer: None, rows: 0, conversations: 0, skipped: 0 };
         let mut chunk: Vec<Item> = Vec::new();
@@ -253,6 +274,9 @@ mod stream {
             "skipped_other_shards": sink.skipped,
             "items": sink.rows,
             "items_per_second": sink.rows as f64 / seconds.max(1e-9),
+            "instances": model.instances,
+            "threads": model.threads * model.instances,
+            "join_tokens": model.join_tokens,
         }))
     }
 

@@ -233,13 +233,18 @@ fn check_ops(ops: &serde_json::Value, graph: &str, model_file: &str, summary: &s
     match (graph, model_file.contains("int8")) {
         ("fused", false) => {
             assert_eq!(count("com.microsoft:Attention"), 1 + adaptive, "{ops:?}");
-            assert_eq!(count("com.microsoft:SkipLayerNormalization"), 1 + 2 * layers, "{ops:?}");
-            assert_eq!(count("ai.onnx:LayerNormalization"), 0, "{ops:?}");
+            // Every LayerNorm as InstanceNormalization over rows.
+            assert_eq!(count("ai.onnx:InstanceNormalization"), 1 + 2 * layers, "{ops:?}");
+            assert_eq!(
+                count("ai.onnx:LayerNormalization") + count("com.microsoft:SkipLayerNormalization"),
+                0,
+                "{ops:?}"
+            );
             assert_eq!(count("ai.onnx:Transpose"), 4, "{ops:?}");
         }
         ("fused", true) => {
             assert_eq!(count("com.microsoft:Attention"), 0, "{ops:?}");
-            assert_eq!(count("com.microsoft:SkipLayerNormalization"), 1 + 2 * layers, "{ops:?}");
+            assert_eq!(count("ai.onnx:InstanceNormalization"), 1 + 2 * layers, "{ops:?}");
             assert!(count("ai.onnx:MatMulInteger") > 0, "{ops:?}");
         }
         ("portable", _) => {
@@ -290,31 +295,41 @@ fn predict_labels_equal_evaluate_labels() {
         let eval = dir.path().join("eval");
         let _ = std::fs::remove_dir_all(&eval);
         evaluate(model, &eval, &[]).ok();
-        let pred = dir.path().join("pred");
-        let _ = std::fs::remove_dir_all(&pred);
-        taft_run(&[
-            "predict",
-            "-i",
-            s(export_dir),
-            "-i",
-            s(&parents().prep),
-            "-o",
-            s(&pred),
-            "--set",
-            "split=test",
-            "--set",
-            "batch_size=7",
-        ])
-        .ok();
         let a = predictions(&eval.join("predictions.parquet"));
-        let b = predictions(&pred.join("predictions.parquet"));
-        assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>(), "{}", model.display());
         assert!(a.len() > 50);
-        for (key, heads) in &a {
-            for (head, (label, probs)) in heads {
-                let (label2, probs2) = &b[key][head];
-                assert_eq!(label, label2, "{key:?} {head}");
-                assert!(max_diff(probs, probs2) <= TOL, "{key:?} {head}: {probs:?} vs {probs2:?}");
+        // One session on both threads, and two sessions of one thread sharing the runs.
+        for instances in [1, 2] {
+            let pred = dir.path().join("pred");
+            let _ = std::fs::remove_dir_all(&pred);
+            taft_run(&[
+                "predict",
+                "-i",
+                s(export_dir),
+                "-i",
+                s(&parents().prep),
+                "-o",
+                s(&pred),
+                "--set",
+                "split=test",
+                "--set",
+                "batch_size=7",
+                "--set",
+                "threads=2",
+                "--set",
+                &format!("instances={instances}"),
+            ])
+            .ok();
+            let done = summary(&pred);
+            assert_eq!(done["instances"], instances);
+            assert_eq!(done["threads"], 2);
+            let b = predictions(&pred.join("predictions.parquet"));
+            assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>(), "{}", model.display());
+            for (key, heads) in &a {
+                for (head, (label, probs)) in heads {
+                    let (label2, probs2) = &b[key][head];
+                    assert_eq!(label, label2, "{key:?} {head} ({instances} instances)");
+                    assert!(max_diff(probs, probs2) <= TOL, "{key:?} {head}: {probs:?} vs {probs2:?}");
+                }
             }
         }
     }
