@@ -241,7 +241,7 @@ impl Exported {
     ///
     /// [`Exported::join_tokens`]: the time of one item of `CALIBRATION_TOKENS` tokens alone
     /// and of `CALIBRATION_ITEMS` such items in one run (the best of at least three runs and
-    /// `CALIBRATION_SECONDS` each: a small model is timed over many runs, so that a moment
+    /// `seconds` each: a small model is timed over many runs, so that a moment
     /// when another process holds the CPU does not decide it). Each item
     /// batched saves (items × alone − together) / (items − 1) seconds; a padding token costs
     /// together / (items × tokens). On a large encoder on a CPU the GEMMs are already
@@ -249,7 +249,7 @@ impl Exported {
     /// nearly equal length. On a small one a run's fixed cost dominates and runs stay long.
     /// A model whose runs are all `max_length` wide is not timed: its runs are plain chunks.
     /// A `join_tokens` given is taken as it is (not timed).
-    pub fn calibrate(&mut self, instances: Option<usize>, join: Option<usize>) -> Result<Option<usize>> {
+    pub fn calibrate(&mut self, instances: Option<usize>, join: Option<usize>, seconds: f64) -> Result<Option<usize>> {
         let source = self.source.take();
         let total = self.threads * self.instances;
         let name = format!("{}/{}", self.url, self.variant.file());
@@ -258,7 +258,8 @@ impl Exported {
             Some(k) => k.max(1),
             None if total >= 2 && !self.fixed_width && source.is_some() => {
                 let row = self.calibration_row()?;
-                let all = self.best_run(&mut self.sessions[0].lock().unwrap_or_else(|e| e.into_inner()), &row, 1)?;
+                let all =
+                    self.best_run(&mut self.sessions[0].lock().unwrap_or_else(|e| e.into_inner()), &row, 1, seconds)?;
                 // An item this long is made of operators that split well over threads; a
                 // second session (a second copy of a large model) is not made to time it.
                 if all >= SPLIT_SECONDS {
@@ -266,7 +267,7 @@ impl Exported {
                 } else {
                     let bytes = source.as_deref().unwrap_or_default();
                     let mut single = session(bytes, Some(1), &name)?;
-                    let alone = self.best_run(&mut single, &row, 1)?;
+                    let alone = self.best_run(&mut single, &row, 1, seconds)?;
                     one_thread = Some(single);
                     tracing::info!(
                         threads = total,
@@ -308,8 +309,8 @@ impl Exported {
         }
         let row = self.calibration_row()?;
         let mut session = self.sessions[0].lock().unwrap_or_else(|e| e.into_inner());
-        let alone = self.best_run(&mut session, &row, 1)?;
-        let together = self.best_run(&mut session, &row, CALIBRATION_ITEMS)?;
+        let alone = self.best_run(&mut session, &row, 1, seconds)?;
+        let together = self.best_run(&mut session, &row, CALIBRATION_ITEMS, seconds)?;
         drop(session);
         let join = join_tokens(alone, together, CALIBRATION_ITEMS, row.len());
         tracing::info!(
@@ -335,13 +336,13 @@ impl Exported {
     }
 
     /// The best time of a run of `n` copies of `row` on `session`: at least three runs and
-    /// `CALIBRATION_SECONDS`, after one untimed.
-    fn best_run(&self, session: &mut Session, row: &[i64], n: usize) -> Result<f64> {
+    /// `seconds`, after one untimed.
+    fn best_run(&self, session: &mut Session, row: &[i64], n: usize, seconds: f64) -> Result<f64> {
         let names = self.head_names();
         let enc = self.encoder.pad(&vec![row; n]);
         run(session, &enc, &names)?;
         let (mut best, mut spent, mut runs) = (f64::INFINITY, 0.0, 0);
-        while runs < 3 || (spent < CALIBRATION_SECONDS && runs < 1000) {
+        while runs < 3 || (spent < seconds && runs < 1000) {
             let started = std::time::Instant::now();
             run(session, &enc, &names)?;
             let took = started.elapsed().as_secs_f64();
@@ -456,8 +457,10 @@ pub const MAX_PADDING: f64 = 0.15;
 const CALIBRATION_TOKENS: usize = 128;
 /// How many items it times in one run.
 const CALIBRATION_ITEMS: usize = 8;
-/// How long it times each of the two at least.
-const CALIBRATION_SECONDS: f64 = 0.25;
+/// How long `taft serve` times each run of [`Exported::calibrate`] at least (once, at load).
+pub const SERVE_CALIBRATION_SECONDS: f64 = 0.25;
+/// The same for `taft predict`, whose whole job may take seconds.
+pub const PREDICT_CALIBRATION_SECONDS: f64 = 0.05;
 /// The share of a perfect speed-up (threads × faster) below which threads are worth more as
 /// instances of their own.
 const THREAD_EFFICIENCY: f64 = 0.9;

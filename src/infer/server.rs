@@ -192,9 +192,11 @@ pub async fn serve(model_url: &str, config: ServeConfig) -> Result<()> {
             // How many sessions run at once and what batching is worth, for this model on this
             // machine, decide how runs are cut and run, unless the config fixes them.
             let (instances, join) = (state.config.instances, state.config.join_tokens);
-            let model = tokio::task::spawn_blocking(move || model.calibrate(instances, join).map(|_| model))
-                .await
-                .map_err(|e| Error::Other(format!("model calibration: {e}")))??;
+            let model = tokio::task::spawn_blocking(move || {
+                model.calibrate(instances, join, crate::infer::SERVE_CALIBRATION_SECONDS).map(|_| model)
+            })
+            .await
+            .map_err(|e| Error::Other(format!("model calibration: {e}")))??;
             tracing::info!(model = %url, heads = ?model.head_names(), instances = model.instances, threads = model.threads, join_tokens = model.join_tokens, seconds = started.elapsed().as_secs_f64(), "model loaded");
             state.metrics.join_tokens.set(model.join_tokens.map_or(-1, |t| t.min(i64::MAX as usize) as i64));
             state.metrics.instances.set(model.instances as i64);

@@ -174,12 +174,16 @@ mod stream {
             return Err(Error::config(format!("split: {data_url} is a JSON-lines file, which has no splits")));
         }
         let shard = config.shard.as_deref().map(Shard::parse).transpose().map_err(Error::config)?;
+        let loading = std::time::Instant::now();
         let mut model = Exported::open(&model_url, config.model, config.threads).await?;
         let (instances, join) = (config.instances, config.join_tokens);
-        let model = tokio::task::spawn_blocking(move || model.calibrate(instances, join).map(|_| model))
-            .await
-            .map_err(|e| Error::Other(format!("model loading: {e}")))??;
-        tracing::info!(model = %model.url, instances = model.instances, threads = model.threads, join_tokens = model.join_tokens, "model loaded");
+        let model = tokio::task::spawn_blocking(move || {
+            model.calibrate(instances, join, crate::infer::PREDICT_CALIBRATION_SECONDS).map(|_| model)
+        })
+        .await
+        .map_err(|e| Error::Other(format!("model loading: {e}")))??;
+        let load_seconds = loading.elapsed().as_secs_f64();
+        tracing::info!(model = %model.url, instances = model.instances, threads = model.threads, join_tokens = model.join_tokens, seconds = load_seconds, "model loaded");
         let model = Arc::new(model);
         let started = std::time::Instant::now();
         let mut sink = Sink { writer: None, rows: 0, conversations: 0, skipped: 0 };
@@ -277,6 +281,7 @@ mod stream {
             "instances": model.instances,
             "threads": model.threads * model.instances,
             "join_tokens": model.join_tokens,
+            "model_load_seconds": load_seconds,
         }))
     }
 
