@@ -227,8 +227,8 @@ impl Exported {
         Ok(probs)
     }
 
-    /// Sets up the sessions for serving and measures what batching is worth on this machine
-    /// for this model.
+    /// Sets up the sessions for serving or batch prediction and measures what batching is
+    /// worth on this machine for this model.
     ///
     /// `instances`: sessions that run at once, the threads shared among them (`None`:
     /// chosen here). With several threads, one 128-token item is timed on all of them and,
