@@ -17,6 +17,8 @@ import argparse
 import collections
 import json
 import os
+import shutil
+import tempfile
 import time
 
 import numpy as np
@@ -26,18 +28,29 @@ from onnx import helper as h
 from onnx import numpy_helper as nh
 
 
-def options(threads, profile=False):
+def options(threads, profile_prefix=None):
     o = ort.SessionOptions()
     o.intra_op_num_threads = threads
     o.inter_op_num_threads = 1
-    o.enable_profiling = profile
+    if profile_prefix:
+        o.enable_profiling = True
+        o.profile_file_prefix = profile_prefix
     o.log_severity_level = 3
     return o
 
 
 def profile(args):
     path = os.path.join(args.export, args.file)
-    sess = ort.InferenceSession(path, options(args.threads, True), providers=["CPUExecutionProvider"])
+    scratch = tempfile.mkdtemp(prefix="taft-ort-profile-")
+    try:
+        profile_in(args, path, scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def profile_in(args, path, scratch):
+    sess = ort.InferenceSession(path, options(args.threads, os.path.join(scratch, "profile")),
+                                providers=["CPUExecutionProvider"])
     vocab = len(json.load(open(os.path.join(args.export, "tokenizer.json")))["model"]["vocab"])
     rng = np.random.default_rng(0)
     ids = rng.integers(5, vocab, (1, args.tokens)).astype(np.int64)
